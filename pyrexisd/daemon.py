@@ -1,0 +1,167 @@
+"""The daemon's lifecycle: start, serve, and an ordered shutdown.
+
+Start: take the database lock, refuse a live daemon on the socket (remove a stale one),
+open the store, recover, listen. Signals only set flags. Shutdown: stop accepting, let
+running jobs finish within the grace period (a second signal skips it), interrupt the
+rest, commit, close connections, remove the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import importlib
+import logging
+import os
+import signal
+import socket
+import stat
+from typing import IO
+
+from protocol.errors import PyrexisError
+from pyrexisd.config import Config
+from pyrexisd.engine import Engine
+from pyrexisd.executors.async_ import AsyncExecutor
+from pyrexisd.executors.base import Executor
+from pyrexisd.executors.process import ProcessExecutor
+from pyrexisd.executors.shell import ShellExecutor
+from pyrexisd.executors.thread import ThreadExecutor
+from pyrexisd.handlers import make_handlers
+from pyrexisd.server import Server
+from pyrexisd.store import Store
+from pyrexisd.tasks.builtin import register_builtins
+from pyrexisd.tasks.registry import REGISTRY, Registry
+
+log = logging.getLogger("pyrexisd")
+
+
+class StartupError(PyrexisError):
+    """The daemon cannot start (another one runs, a path is unusable, a task module fails)."""
+
+
+def lock_database(db_path: str) -> IO[bytes]:
+    """Hold an exclusive lock next to the database for the daemon's lifetime."""
+    lock_path = db_path + ".lock"
+    handle = open(lock_path, "ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StartupError(f"another pyrexisd is using the database {db_path} (lock {lock_path})") from None
+        raise
+    return handle
+
+
+def claim_socket_path(path: str) -> None:
+    """Refuse a live daemon at ``path``; remove a stale socket file left by a dead one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale socket %s", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot probe the socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"another pyrexisd is already serving {path}")
+
+
+def load_tasks(registry: Registry, config: Config) -> None:
+    register_builtins(registry, enable_shell=config.enable_shell)
+    for module in config.task_modules:
+        try:
+            importlib.import_module(module)
+        except PyrexisError:
+            raise
+        except Exception as exc:
+            raise StartupError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def make_executors(config: Config) -> dict[str, Executor]:
+    executors: dict[str, Executor] = {
+        "thread": ThreadExecutor(config.threads),
+        "process": ProcessExecutor(config.processes, config.task_modules, config.kill_grace),
+        "async": AsyncExecutor(config.async_slots),
+    }
+    if config.enable_shell:
+        executors["shell"] = ShellExecutor(config.shell_slots, config.kill_grace)
+    return executors
+
+
+def _makedirs(path: str, mode: int) -> None:
+    if path and not os.path.isdir(path):
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+
+class Daemon:
+    """One daemon: owns the store, the engine and the server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
+        self.engine: Engine | None = None
+        self.server: Server | None = None
+
+    def _on_signal(self, signum: int) -> None:
+        # Only flags: the main coroutine does the work in order.
+        if self.should_exit.is_set():
+            log.warning("second %s: skipping the grace period", signal.Signals(signum).name)
+            self.force_exit.set()
+        else:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            self.should_exit.set()
+
+    async def run(self) -> int:
+        config = self.config
+        _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
+        lock = lock_database(config.db)
+        try:
+            _makedirs(os.path.dirname(os.path.abspath(config.socket)), 0o700)
+            claim_socket_path(config.socket)
+            load_tasks(REGISTRY, config)
+            store = Store(config.db, config.sync)
+            await store.open()
+            try:
+                return await self._serve(store)
+            finally:
+                await store.close()
+        finally:
+            lock.close()
+
+    async def _serve(self, store: Store) -> int:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        engine = Engine(config, store, REGISTRY, make_executors(config))
+        self.engine = engine
+        await engine.start()
+        server = Server(make_handlers(engine, config.max_frame), config.max_frame, config.max_inflight)
+        self.server = server
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await server.listen(config.socket)
+            log.info(
+                "pyrexisd ready on %s (db %s, sync %s, slots %s)",
+                config.socket, config.db, config.sync, config.slots,
+            )
+            await self.should_exit.wait()
+            server.stop_accepting()
+            await engine.stop(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await server.close()
+        log.info("pyrexisd stopped")
+        return 0

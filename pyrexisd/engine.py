@@ -1,0 +1,1039 @@
+"""The job lifecycle: submit → schedule → dispatch → finish → retry.
+
+The engine is where the rooms meet: it asks the scheduler what to start, writes every
+change through the store's group commit, starts attempts on the executors and wakes the
+clients waiting on jobs. Its rules:
+
+* Durable before told: the in-memory view of a job changes only after its commit; a
+  client is answered, and work starts, only after the commit of the state it implies.
+* One change at a time per job: while a change of job ``seq`` is being committed,
+  ``_locks[seq]`` holds the commit's future, and any op on that job waits for it first.
+* A finished attempt's commit carries the starts the freed slot allows, so a busy
+  daemon spends one fsync for "A finished, B started".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence
+
+import msgpack
+from pydantic import ValidationError
+
+from protocol.errors import (
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    PyrexisError,
+    ShuttingDown,
+    StorageError,
+    Timeout,
+    UnknownTask,
+    Conflict,
+)
+from protocol.models import JobSpec, validation_errors
+from protocol.status import WAITING
+from pyrexisd.config import Config
+from pyrexisd.executors.base import Executor, JobCall, Outcome
+from pyrexisd.jobs import JobRow
+from pyrexisd.metrics import Metrics
+from pyrexisd.retry import Backoff, retries_left
+from pyrexisd.scheduler import Scheduler, Start
+from pyrexisd.store import LogLine, QueueSettings, Store
+from pyrexisd.tasks.registry import Registry, TaskDef
+
+log = logging.getLogger(__name__)
+
+ROW_CACHE_LIMIT = 20_000  # waiting rows kept in memory; beyond, they are read back on start
+PROGRESS_FLUSH = 0.5  # seconds between progress writes of one job
+LOG_PAGE = 1000
+STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [[k, _canonical(value[k])] for k in sorted(value, key=repr)]
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def spec_digest(spec: JobSpec) -> bytes:
+    """Identity of a spec for idempotent resubmits: fields as sent, defaults filled in."""
+    packed = msgpack.packb(_canonical(spec.model_dump()), use_bin_type=True)
+    return hashlib.sha256(packed).digest()
+
+
+def encode_cursor(row: JobRow) -> str:
+    raw = msgpack.packb([row.created_at, row.job_id], use_bin_type=True)
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, job_id = msgpack.unpackb(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        return float(created), str(job_id)
+    except Exception:
+        raise InvalidRequest(
+            "invalid cursor", {"errors": [{"loc": ["after"], "msg": "not a cursor from list"}]}
+        ) from None
+
+
+@dataclass(eq=False)
+class Active:
+    """An attempt that is running (or, once ``ended``, still winding down)."""
+
+    row: JobRow
+    call: JobCall
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    ended: bool = False  # its outcome is decided; a late result is discarded
+    progress_dirty: bool = False
+    progress_due: float = 0.0
+
+
+class _ActiveEvents:
+    """What an attempt reports while it runs: log lines and progress, batched."""
+
+    __slots__ = ("engine", "active", "_lines", "_flush", "_last_write")
+
+    def __init__(self, engine: "Engine", active: Active) -> None:
+        self.engine = engine
+        self.active = active
+        self._lines: list[LogLine] = []
+        self._flush: asyncio.Handle | None = None
+        self._last_write: asyncio.Future[None] | None = None
+
+    def log(self, stream: str, line: str) -> None:
+        row = self.active.row
+        row.log_seq += 1
+        self._lines.append(LogLine(row.seq, row.log_seq, stream, line, self.engine.clock()))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush = None
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        fut = self.engine.store.write(logs=lines)
+        fut.add_done_callback(_log_write_failure)
+        self._last_write = fut
+
+    async def drain(self) -> None:
+        self.flush()
+        fut = self._last_write
+        if fut is not None and not fut.done():
+            await asyncio.shield(fut)
+
+    def progress(self, fraction: float | None, message: str | None) -> None:
+        active = self.active
+        if active.ended:
+            return
+        active.row.progress = {"fraction": fraction, "message": message}
+        active.progress_dirty = True
+        self.engine._progress_changed(active)
+
+
+def _log_write_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("log lines not stored: %s", fut.exception())
+
+
+class Engine:
+    """Owns the job lifecycle; the handlers call its public coroutines."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        registry: Registry,
+        executors: dict[str, Executor],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.executors = executors
+        self.clock = clock
+        self.scheduler = Scheduler(
+            {mode: ex.slots for mode, ex in executors.items()}, clock, config.aging
+        )
+        self.metrics = Metrics(clock())
+        self.backoff = Backoff()
+        self.stopping = False
+        self._seq = 0
+        self._active: dict[int, Active] = {}
+        self._winding_down: set[Active] = set()
+        self._rows: dict[int, JobRow] = {}
+        self._locks: dict[int, asyncio.Future[Any]] = {}
+        self._claimed_ids: dict[str, asyncio.Future[Any]] = {}
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._kick_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # == start-up and shutdown ========================================================
+    async def start(self) -> None:
+        """Load state from the store and recover jobs the last daemon left running."""
+        self._loop = asyncio.get_running_loop()
+        for mode, executor in self.executors.items():
+            await executor.start()
+        self._seq = await self.store.max_seq()
+        for queue, status, mode, n in await self.store.counts():
+            self.metrics.by_queue_status[(queue, status)] += n
+        settings = await self.store.settings()
+        if settings.get("paused_by_default"):
+            self.scheduler.pause_all(True)
+        for q in await self.store.queue_settings():
+            self.scheduler.configure(
+                q.name, weight=q.weight, max_concurrency=q.max_concurrency, aging=q.aging, paused=q.paused
+            )
+        await self._recover_running()
+        for key in await self.store.waiting_keys():
+            if key.status == "pending":
+                self.scheduler.add(key.seq, key.queue, key.mode, key.priority, key.enqueued_at)
+            else:
+                self.scheduler.defer(key.seq, key.run_at or 0.0)
+        self._arm_timer()
+        self._kick()
+
+    async def _recover_running(self) -> None:
+        rows = await self.store.jobs_with_status("running")
+        if not rows:
+            return
+        logs: list[LogLine] = []
+        now = self.clock()
+        for row in rows:
+            self._interrupt(row, now, "the daemon stopped while the job was running")
+            row.log_seq = max(row.log_seq, await self.store.max_log_seq(row.seq)) + 1
+            logs.append(LogLine(row.seq, row.log_seq, "log", f"interrupted: {row.error or 'back to pending'}", now))
+        await self.store.write(jobs=rows, logs=logs)
+        for row in rows:
+            self.metrics.moved(row.queue, row.mode, "running", row.status)
+        log.warning("recovered %d jobs that were running when the daemon stopped", len(rows))
+
+    def _interrupt(self, row: JobRow, now: float, why: str) -> None:
+        """Apply ``on_interrupt`` to a job whose attempt was lost (the attempt stays counted)."""
+        if row.on_interrupt == "retry":
+            row.move("pending")
+            row.enqueued_at = now
+            row.started_at = None
+        else:
+            row.move("failed")
+            row.finished_at = now
+            row.error = {"type": "interrupted", "message": why, "retryable": False}
+
+    async def stop(self, grace: float, force: asyncio.Event | None = None) -> None:
+        """Stop taking work, let running jobs finish within ``grace``, interrupt the rest."""
+        self.stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+        running = [a.task for a in self._active.values() if a.task is not None]
+        if running and grace > 0:
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(running, timeout=grace))]
+            if force is not None:
+                waiters.append(asyncio.ensure_future(force.wait()))
+            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for p in pending:
+                p.cancel()
+        # Let finished attempts' commits land before deciding who was interrupted.
+        while self._locks:
+            await asyncio.gather(*list(self._locks.values()), return_exceptions=True)
+        leftovers = [a for a in self._active.values() if not a.ended]
+        now = self.clock()
+        for active in leftovers:
+            active.ended = True
+            self._interrupt(active.row, now, "the daemon was stopped while the job was running")
+        if leftovers:
+            try:
+                await self.store.write(jobs=[a.row for a in leftovers])
+                for a in leftovers:
+                    self.metrics.moved(a.row.queue, a.row.mode, "running", a.row.status)
+                    if a.row.terminal:
+                        self._notify(a.row)
+            except StorageError as exc:
+                log.error("could not record interrupted jobs (recovery will): %s", exc)
+        for active in leftovers:
+            active.call.cancel()
+        tasks = [a.task for a in leftovers if a.task is not None and a.row.mode != "thread"]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.kill_grace + 1)
+        for task in tasks:
+            task.cancel()
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(ShuttingDown("the daemon is stopping"))
+        for executor in self.executors.values():
+            await executor.shutdown()
+        for task in list(self._background):
+            task.cancel()
+
+    def _check_open(self) -> None:
+        if self.stopping:
+            raise ShuttingDown("the daemon is stopping and takes no new work")
+
+    # == submit ==========================================================================
+    def _prepare(self, raw: Any, index: int | None = None) -> tuple[JobSpec, TaskDef, JobRow]:
+        where = {} if index is None else {"index": index}
+        if not isinstance(raw, dict):
+            raise InvalidRequest("a job spec must be a map", {"errors": [{"loc": [], "msg": "not a map"}], **where})
+        try:
+            spec = JobSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidRequest("invalid job spec", {"errors": validation_errors(exc), **where}) from None
+        definition = self.registry.get(spec.task)
+        if definition is None:
+            raise UnknownTask(f"no task named {spec.task!r}", {"task": spec.task, **where})
+        mode = spec.mode or definition.default_mode
+        if mode not in definition.modes:
+            raise InvalidRequest(
+                f"task {spec.task!r} does not run in {mode} mode",
+                {"errors": [{"loc": ["mode"], "msg": f"supported: {', '.join(definition.modes)}"}], **where},
+            )
+        if spec.depends_on:
+            raise InvalidRequest(
+                "depends_on is not supported by this daemon yet",
+                {"errors": [{"loc": ["depends_on"], "msg": "dependencies are not supported yet"}], **where},
+            )
+        try:
+            definition.validate_args(spec.args)
+            msgpack.packb(spec.args, use_bin_type=True)
+        except InvalidRequest as exc:
+            exc.details = {**(exc.details or {}), **where}
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidRequest(f"args cannot be stored: {exc}", {"errors": [{"loc": ["args"], "msg": str(exc)}], **where}) from None
+        now = self.clock()
+        max_retries = spec.max_retries
+        if max_retries is None:
+            max_retries = definition.max_retries if definition.max_retries is not None else self.config.default_max_retries
+        run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay is not None else None)
+        row = JobRow(
+            seq=0,
+            job_id=spec.job_id or "",
+            task=spec.task,
+            args=spec.args,
+            queue=spec.queue,
+            priority=spec.priority,
+            mode=mode,
+            status="pending",
+            created_at=now,
+            max_retries=max_retries,
+            on_interrupt=spec.on_interrupt or definition.on_interrupt,
+            dependency_policy=spec.dependency_policy,
+            depends_on=list(spec.depends_on),
+            labels=dict(spec.labels),
+            timeout=spec.timeout if spec.timeout is not None else definition.timeout,
+            run_at=run_at,
+            enqueued_at=now,
+            spec_digest=spec_digest(spec),
+        )
+        return spec, definition, row
+
+    async def submit(self, raw: Any) -> dict[str, Any]:
+        """Validate, store and schedule one job; the record once it is durable."""
+        return (await self.submit_many([raw], batch=False))[0]
+
+    async def submit_many(self, raws: Sequence[Any], batch: bool = True) -> list[dict[str, Any]]:
+        """All-or-nothing: every spec is valid and stored, or none is."""
+        self._check_open()
+        prepared = [self._prepare(raw, i if batch else None) for i, raw in enumerate(raws)]
+        seen: dict[str, int] = {}
+        for i, (spec, _, _) in enumerate(prepared):
+            if spec.job_id is not None:
+                if spec.job_id in seen:
+                    raise InvalidRequest(
+                        f"job_id {spec.job_id!r} appears twice in the batch",
+                        {"errors": [{"loc": ["jobs", i, "job_id"], "msg": "duplicate"}], "index": i},
+                    )
+                seen[spec.job_id] = i
+        existing = await self._existing_jobs(prepared, batch)
+        self._check_open()
+        fresh = [row for i, (_, _, row) in enumerate(prepared) if i not in existing]
+        if fresh:
+            await self._admit(fresh)
+        return [existing[i] if i in existing else prepared[i][2].record() for i in range(len(prepared))]
+
+    async def _existing_jobs(
+        self, prepared: list[tuple[JobSpec, TaskDef, JobRow]], batch: bool
+    ) -> dict[int, dict[str, Any]]:
+        """Client ids already in use: same spec → that job's record; else ``conflict``."""
+        wanted = {spec.job_id: i for i, (spec, _, _) in enumerate(prepared) if spec.job_id is not None}
+        if not wanted:
+            return {}
+        # A submit of the same id may be committing right now: wait for it first.
+        while busy := [self._claimed_ids[j] for j in wanted if j in self._claimed_ids]:
+            await asyncio.gather(*busy, return_exceptions=True)
+        rows = await self.store.get_jobs_by_id(list(wanted))
+        while busy := [self._claimed_ids[j] for j in wanted if j in self._claimed_ids]:
+            await asyncio.gather(*busy, return_exceptions=True)
+            rows = await self.store.get_jobs_by_id(list(wanted))
+        out: dict[int, dict[str, Any]] = {}
+        for job_id, row in rows.items():
+            i = wanted[job_id]
+            if row.spec_digest != prepared[i][2].spec_digest:
+                details: dict[str, Any] = {"job_id": job_id}
+                if batch:
+                    details["index"] = i
+                raise Conflict(f"job_id {job_id!r} is already used by a different job", details)
+            out[i] = row.record()
+        for i, (spec, _, _) in enumerate(prepared):
+            if spec.job_id is not None and i not in out and spec.job_id in self._claimed_ids:
+                raise Conflict(f"job_id {spec.job_id!r} is being submitted concurrently", {"job_id": spec.job_id})
+        return out
+
+    async def _admit(self, rows: list[JobRow]) -> None:
+        now = self.clock()
+        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        starting: list[JobRow] = []
+        for row in rows:
+            self._seq += 1
+            row.seq = self._seq
+            if not row.job_id:
+                row.job_id = secrets.token_hex(8)
+            self._claimed_ids[row.job_id] = claim
+            if row.run_at is not None and row.run_at > now:
+                row.status = "scheduled"
+            elif self.scheduler.try_start_now(row.queue, row.mode):
+                row.status = "running"
+                row.attempts = 1
+                row.started_at = now
+                starting.append(row)
+            else:
+                row.status = "pending"
+        try:
+            await self.store.write(jobs=rows)
+        except StorageError:
+            for row in starting:
+                self.scheduler.release(row.queue, row.mode)
+            self._kick()
+            raise
+        finally:
+            for row in rows:
+                self._claimed_ids.pop(row.job_id, None)
+            claim.set_result(None)
+        for row in rows:
+            self.metrics.moved(row.queue, row.mode, None, row.status)
+            if row.status == "running":
+                self._launch(row)
+            else:
+                self._enqueue(row)
+        self._arm_timer()
+        self._kick()
+
+    def _enqueue(self, row: JobRow) -> None:
+        """A committed waiting job joins the scheduler (its row cached while room allows)."""
+        if row.status == "pending":
+            self.scheduler.add(row.seq, row.queue, row.mode, row.priority, row.enqueued_at)
+        elif row.status in ("scheduled", "retrying"):
+            self.scheduler.defer(row.seq, row.run_at or 0.0)
+        else:
+            return
+        if len(self._rows) < ROW_CACHE_LIMIT:
+            self._rows[row.seq] = row
+
+    # == dispatch ========================================================================
+    def _kick(self) -> None:
+        if not self._kick_pending and self._loop is not None:
+            self._kick_pending = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._kick_pending = False
+        if self.stopping:
+            return
+        rows, missing = self._take_starts()
+        if rows:
+            self._spawn(self._begin(rows))
+        if missing:
+            self._spawn(self._load_and_begin(missing))
+
+    def _take_starts(self) -> tuple[list[JobRow], list[Start]]:
+        """Jobs the free slots allow: rows in hand, and starts whose rows must be read."""
+        if self.stopping:
+            return [], []
+        rows: list[JobRow] = []
+        missing: list[Start] = []
+        for start in self.scheduler.pick():
+            row = self._rows.pop(start.seq, None)
+            if row is None:
+                missing.append(start)
+            else:
+                rows.append(row)
+        return rows, missing
+
+    def _mark_started(self, rows: list[JobRow]) -> list[JobRow]:
+        now = self.clock()
+        snapshots = []
+        for row in rows:
+            snapshots.append(replace(row))
+            row.move("running")
+            row.attempts += 1
+            row.started_at = now
+            row.finished_at = None
+            row.progress = None
+        return snapshots
+
+    async def _load_and_begin(self, starts: list[Start]) -> None:
+        seqs = [s.seq for s in starts]
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for seq in seqs:
+            self._locks[seq] = gate
+        try:
+            found = await self.store.get_jobs(seqs)
+        except StorageError as exc:
+            log.error("cannot read jobs to start: %s", exc)
+            found = {}
+        finally:
+            for seq in seqs:
+                if self._locks.get(seq) is gate:
+                    del self._locks[seq]
+            gate.set_result(None)
+        rows = []
+        for start in starts:
+            row = found.get(start.seq)
+            if row is None or row.status != "pending":
+                # Only if the read failed or the database was changed behind our back.
+                log.error("job %d was picked but could not be read as pending", start.seq)
+                self.scheduler.release(start.queue, start.mode)
+                if row is None and start.seq not in found:
+                    self._retry_dispatch_later()
+                continue
+            rows.append(row)
+        if rows:
+            await self._begin(rows)
+
+    async def _begin(
+        self, rows: list[JobRow], extra: Sequence[JobRow] = (), logs: Sequence[LogLine] = ()
+    ) -> None:
+        """Commit ``rows`` as running (``extra`` rows and ``logs`` in the same batch), then
+        start them. If the commit fails they wait in the scheduler again."""
+        snapshots = self._mark_started(rows)
+        fut = self.store.write(jobs=[*extra, *rows], logs=logs)
+        for row in (*extra, *rows):
+            self._locks[row.seq] = fut
+        try:
+            await fut
+        except StorageError as exc:
+            log.error("could not start %d jobs: %s", len(rows), exc)
+            for row, snap in zip(rows, snapshots):
+                self.scheduler.release(row.queue, row.mode)
+                self._restore(row, snap)
+                self._enqueue(row)
+            self._retry_dispatch_later()
+            raise
+        finally:
+            for row in (*extra, *rows):
+                if self._locks.get(row.seq) is fut:
+                    del self._locks[row.seq]
+        for row in rows:
+            self.metrics.moved(row.queue, row.mode, "pending", "running")
+            self._launch(row)
+
+    def _retry_dispatch_later(self) -> None:
+        if self._loop is not None:
+            self._loop.call_later(STORAGE_RETRY[1], self._kick)
+
+    @staticmethod
+    def _restore(row: JobRow, snapshot: JobRow) -> None:
+        for name in JobRow.__dataclass_fields__:
+            setattr(row, name, getattr(snapshot, name))
+
+    def _launch(self, row: JobRow) -> None:
+        """Start the attempt of a job whose ``running`` row is committed."""
+        definition = self.registry.get(row.task)
+        executor = self.executors[row.mode]
+        if definition is None:  # the task module was removed between restarts
+            active = Active(row, JobCall(row.job_id, row.attempts, _missing_task(row.task), row.args, _NullEvents()))
+            self._active[row.seq] = active
+            active.task = self._spawn(self._settle(active, Outcome.failure("exception", f"task {row.task!r} is not loaded", retryable=False)))
+            return
+        active = Active(row, None)  # type: ignore[arg-type]
+        active.call = JobCall(row.job_id, row.attempts, definition, row.args, _ActiveEvents(self, active))
+        self._active[row.seq] = active
+        self.metrics.started_after(max(0.0, (row.started_at or 0.0) - row.enqueued_at))
+        if row.timeout is not None and self._loop is not None:
+            active.timer = self._loop.call_later(row.timeout, self._on_timeout, active)
+        active.task = self._spawn(self._run(active, executor))
+
+    async def _run(self, active: Active, executor: Executor) -> None:
+        try:
+            outcome = await executor.run(active.call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an executor bug must not take the daemon down
+            log.exception("executor %s failed on job %s", executor.mode, active.row.job_id)
+            outcome = Outcome.failure("exception", f"internal error in the {executor.mode} executor: {exc}")
+        finally:
+            if active.timer is not None:
+                active.timer.cancel()
+        await self._settle(active, outcome)
+
+    def _result_problem(self, result: Any) -> Outcome | None:
+        try:
+            size = len(msgpack.packb(result, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            return Outcome.failure("exception", f"the result cannot be stored: {exc}", retryable=False)
+        if size > self.config.max_result:
+            return Outcome.failure(
+                "result_too_large",
+                f"the result is {size} bytes, above max_result ({self.config.max_result})",
+                retryable=False,
+            )
+        return None
+
+    def _apply_outcome(self, row: JobRow, outcome: Outcome, now: float) -> None:
+        """Turn an attempt's outcome into the job's next status (not yet committed)."""
+        if outcome.ok:
+            problem = self._result_problem(outcome.result)
+            if problem is None:
+                row.move("completed")
+                row.result = outcome.result
+                row.error = None
+                row.finished_at = now
+                return
+            outcome = problem
+        error = {"type": outcome.error_type, "message": outcome.message, "retryable": outcome.retryable}
+        row.error = error
+        if outcome.retryable and retries_left(row.attempts, row.round_base, row.max_retries) > 0:
+            retry_number = row.attempts - row.round_base
+            delay = outcome.retry_after if outcome.retry_after is not None else self.backoff.delay(retry_number)
+            row.move("retrying")
+            row.run_at = now + max(0.0, delay)
+        else:
+            row.move("cancelled" if outcome.error_type == "cancelled" else "failed")
+            row.finished_at = now
+
+    async def _settle(self, active: Active, outcome: Outcome) -> None:
+        """An attempt's work has stopped: record its outcome, free its slot, start the next."""
+        row = active.row
+        if active.ended:  # cancelled or timed out earlier: its status is already committed
+            self._winding_down.discard(active)
+            self.scheduler.release(row.queue, row.mode)
+            self._kick()
+            return
+        active.ended = True
+        now = self.clock()
+        self._apply_outcome(row, outcome, now)
+        lines: list[LogLine] = []
+        if outcome.traceback:
+            events = active.call.events
+            if isinstance(events, _ActiveEvents):
+                events.flush()
+            for text in outcome.traceback.rstrip("\n").split("\n"):
+                row.log_seq += 1
+                lines.append(LogLine(row.seq, row.log_seq, "stderr", text, now))
+        self.scheduler.release(row.queue, row.mode)
+        starts, missing = self._take_starts()
+        if missing:
+            self._spawn(self._load_and_begin(missing))
+        await self._commit_outcome(active, lines, starts)
+
+    async def _commit_outcome(self, active: Active, lines: list[LogLine], starts: list[JobRow]) -> None:
+        row = active.row
+        pause = STORAGE_RETRY[0]
+        while True:
+            lock: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._locks[row.seq] = lock
+            try:
+                if starts:
+                    # One commit for "this one finished" and "these started".
+                    await self._begin(starts, extra=[row], logs=lines)
+                else:
+                    await self.store.write(jobs=[row], logs=lines)
+                break
+            except StorageError as exc:
+                starts = []  # _begin put them back in the queue
+                log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+                await asyncio.sleep(pause)
+                pause = min(STORAGE_RETRY[1], pause * 2)
+            finally:
+                if self._locks.get(row.seq) is lock:
+                    del self._locks[row.seq]
+                lock.set_result(None)
+        self._active.pop(row.seq, None)
+        self._committed_end(row)
+        self._kick()
+
+    def _committed_end(self, row: JobRow) -> None:
+        self.metrics.moved(row.queue, row.mode, "running", row.status)
+        if row.status == "completed":
+            self.metrics.completed(self.clock())
+        if row.status == "retrying":
+            self._enqueue(row)
+            self._arm_timer()
+        else:
+            self._notify(row)
+
+    def _on_timeout(self, active: Active) -> None:
+        if active.ended or self.stopping:
+            return
+        self._spawn(self._end_early(active, Outcome.failure("timeout", f"timed out after {active.row.timeout} s")))
+
+    async def _end_early(self, active: Active, outcome: Outcome) -> JobRow:
+        """Decide a running attempt's outcome now (cancel, timeout); its work stops after."""
+        row = active.row
+        snapshot = replace(row)
+        active.ended = True
+        self._apply_outcome(row, outcome, self.clock())
+        fut = self.store.write(jobs=[row])
+        self._locks[row.seq] = fut
+        try:
+            await fut
+        except StorageError:
+            self._restore(row, snapshot)
+            active.ended = False
+            raise
+        finally:
+            if self._locks.get(row.seq) is fut:
+                del self._locks[row.seq]
+        self._active.pop(row.seq, None)
+        self._winding_down.add(active)
+        active.call.cancel()
+        self._committed_end(row)
+        return row
+
+    # == timers ==========================================================================
+    def _arm_timer(self) -> None:
+        if self._loop is None or self.stopping:
+            return
+        at = self.scheduler.next_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            delay = max(0.0, at - self.clock())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        due = self.scheduler.due(self.clock())
+        if due:
+            self._spawn(self._promote(due))
+        self._arm_timer()
+
+    async def _promote(self, seqs: list[int]) -> None:
+        """Scheduled and retrying jobs whose time has come become pending."""
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for seq in seqs:
+            self._locks[seq] = gate
+        try:
+            rows = {s: self._rows.pop(s) for s in seqs if s in self._rows}
+            missing = [s for s in seqs if s not in rows]
+            if missing:
+                rows.update(await self.store.get_jobs(missing))
+            now = self.clock()
+            ready = [rows[s] for s in seqs if s in rows and rows[s].status in ("scheduled", "retrying")]
+            olds = [r.status for r in ready]
+            for row in ready:
+                row.move("pending")
+                row.enqueued_at = now
+            await self.store.write(jobs=ready)
+        except StorageError as exc:
+            log.error("could not release %d delayed jobs, retrying: %s", len(seqs), exc)
+            for seq in seqs:
+                self.scheduler.defer(seq, self.clock() + STORAGE_RETRY[1])
+            self._arm_timer()
+            return
+        finally:
+            for seq in seqs:
+                if self._locks.get(seq) is gate:
+                    del self._locks[seq]
+            gate.set_result(None)
+        for row, old in zip(ready, olds):
+            self.metrics.moved(row.queue, row.mode, old, "pending")
+            self._enqueue(row)
+        self._kick()
+
+    # == progress ========================================================================
+    def _progress_changed(self, active: Active) -> None:
+        if self._progress_timer is None and self._loop is not None:
+            self._progress_timer = self._loop.call_later(PROGRESS_FLUSH, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self._progress_timer = None
+        rows = []
+        for active in self._active.values():
+            if active.progress_dirty and not active.ended and active.row.seq not in self._locks:
+                active.progress_dirty = False
+                rows.append(active.row)
+        if rows:
+            self.store.write(jobs=rows).add_done_callback(_log_write_failure)
+
+    # == client ops ======================================================================
+    async def _current(self, job_id: str) -> JobRow:
+        """The latest committed state of a job, with no change of it in flight."""
+        while True:
+            stored = await self.store.get_job(job_id)
+            if stored is None:
+                raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+            lock = self._locks.get(stored.seq)
+            if lock is not None:
+                await asyncio.gather(lock, return_exceptions=True)
+                continue
+            active = self._active.get(stored.seq)
+            if active is not None:
+                return active.row
+            return self._rows.get(stored.seq, stored)
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        row = await self.store.get_job(job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+        return row.record()
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        self._check_open()
+        row = await self._current(job_id)
+        if row.terminal:
+            raise InvalidState(f"job {job_id!r} is already {row.status}", {"status": row.status})
+        if row.status == "running":
+            active = self._active[row.seq]
+            await self._end_early(active, Outcome.failure("cancelled", "cancelled by a client", retryable=False))
+            return row.record()
+        return (await self._change_waiting(row, self._to_cancelled)).record()
+
+    def _to_cancelled(self, row: JobRow) -> None:
+        row.move("cancelled")
+        row.finished_at = self.clock()
+        row.error = {"type": "cancelled", "message": "cancelled by a client", "retryable": False}
+
+    async def _change_waiting(self, row: JobRow, change: Callable[[JobRow], None]) -> JobRow:
+        """Apply ``change`` to a waiting job durably; it leaves the scheduler meanwhile."""
+        old = row.status
+        self.scheduler.discard(row.seq)
+        self._rows.pop(row.seq, None)
+        snapshot = replace(row)
+        change(row)
+        fut = self.store.write(jobs=[row])
+        self._locks[row.seq] = fut
+        try:
+            await fut
+        except StorageError:
+            self._restore(row, snapshot)
+            self._enqueue(row)
+            raise
+        finally:
+            if self._locks.get(row.seq) is fut:
+                del self._locks[row.seq]
+        self.metrics.moved(row.queue, row.mode, old, row.status)
+        if row.terminal:
+            self._notify(row)
+        else:
+            self._enqueue(row)
+            self._arm_timer()
+            self._kick()
+        return row
+
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        """A failed or cancelled job waits again, with a fresh round of retries."""
+        self._check_open()
+        row = await self._current(job_id)
+        if row.status not in ("failed", "cancelled"):
+            raise InvalidState(
+                f"only a failed or cancelled job can be retried; {job_id!r} is {row.status}",
+                {"status": row.status},
+            )
+
+        def again(r: JobRow) -> None:
+            now = self.clock()
+            r.move("pending")
+            r.round_base = r.attempts
+            r.error = None
+            r.result = None
+            r.finished_at = None
+            r.started_at = None
+            r.progress = None
+            r.run_at = None
+            r.enqueued_at = now
+
+        return (await self._change_waiting(row, again)).record()
+
+    async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        """The job's record once it is terminal; ``timeout`` error if that takes too long."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(job_id, [])
+        waiters.append(fut)  # before the read, so a commit after the read still wakes us
+        try:
+            row = await self.store.get_job(job_id)
+            if row is None:
+                raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+            if row.terminal:
+                return row.record()
+            self._check_open()
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                raise Timeout(f"job {job_id!r} is not finished after {timeout} s", {"status": row.status}) from None
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    def _notify(self, row: JobRow) -> None:
+        futures = self._waiters.pop(row.job_id, None)
+        if futures:
+            record = row.record()
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(record)
+
+    async def list(
+        self,
+        statuses: Sequence[str] | None,
+        task: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None, list[JobRow]]:
+        cursor = decode_cursor(after) if after else None
+        rows = await self.store.list_jobs(statuses, task, queue, limit + 1, cursor)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [r.record() for r in rows], (encode_cursor(rows[-1]) if more and rows else None), rows
+
+    async def logs(self, job_id: str, since: int) -> tuple[int, list[LogLine]]:
+        """The stored log lines of a job from ``since`` (its ``seq`` and the lines)."""
+        row = await self.store.get_job(job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+        active = self._active.get(row.seq)
+        if active is not None and isinstance(active.call.events, _ActiveEvents):
+            await active.call.events.drain()
+        return row.seq, await self.store.read_logs(row.seq, since, LOG_PAGE)
+
+    async def more_logs(self, job_seq: int, since: int) -> list[LogLine]:
+        return await self.store.read_logs(job_seq, since, LOG_PAGE)
+
+    def stats(self) -> dict[str, Any]:
+        return self.metrics.snapshot(self.clock(), self.scheduler.slots)
+
+    def task_list(self) -> list[dict[str, Any]]:
+        return [t.describe() for t in self.registry.all()]
+
+    # == queues ==========================================================================
+    def queue_row(self, name: str) -> dict[str, Any]:
+        q = self.scheduler.queue(name)
+        return {
+            "queue": name,
+            "paused": q.paused,
+            "weight": q.weight,
+            "max_concurrency": q.max_concurrency,
+            "aging": q.aging,
+            "waiting": self.metrics.count(name, WAITING),
+            "running": self.metrics.count(name, frozenset({"running"})),
+        }
+
+    def queue_rows(self) -> list[dict[str, Any]]:
+        names = set(self.scheduler.queues) | self.metrics.queues()
+        return [self.queue_row(n) for n in sorted(names)]
+
+    def _settings_of(self, name: str, **changes: Any) -> QueueSettings:
+        q = self.scheduler.queue(name)
+        current = {"paused": q.paused, "weight": q.weight, "max_concurrency": q.max_concurrency, "aging": q.aging}
+        current.update(changes)
+        return QueueSettings(name, **current)
+
+    async def set_paused(self, queue: str | None, paused: bool) -> list[dict[str, Any]]:
+        """Pause or resume one queue, or every queue (including later ones). Durable."""
+        self._check_open()
+        if queue is None:
+            names = set(self.scheduler.queues) | self.metrics.queues()
+            await self.store.write(
+                queues=[self._settings_of(n, paused=paused) for n in names],
+                settings=[("paused_by_default", paused)],
+            )
+            for n in names:
+                self.scheduler.queue(n)
+            self.scheduler.pause_all(paused)
+            self._kick()
+            return self.queue_rows()
+        await self.store.write(queues=[self._settings_of(queue, paused=paused)])
+        self.scheduler.configure(queue, paused=paused)
+        self._kick()
+        return [self.queue_row(queue)]
+
+    async def configure_queue(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
+        self._check_open()
+        await self.store.write(queues=[self._settings_of(queue, **changes)])
+        self.scheduler.configure(
+            queue,
+            weight=changes.get("weight"),
+            max_concurrency=changes["max_concurrency"] if "max_concurrency" in changes else False,
+            aging=changes.get("aging"),
+        )
+        self._kick()
+        return self.queue_row(queue)
+
+    # == helpers =========================================================================
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, PyrexisError):
+            log.error("background task failed", exc_info=exc)
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+
+class _NullEvents:
+    def log(self, stream: str, line: str) -> None:
+        pass
+
+    def progress(self, fraction: float | None, message: str | None) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+
+def _missing_task(name: str) -> TaskDef:
+    from pyrexisd.tasks.registry import make_task
+
+    def missing() -> None:
+        raise RuntimeError(f"task {name!r} is not loaded")
+
+    return make_task(missing, name=name)
+
+
+def statuses_arg(value: Any) -> list[str] | None:
+    """The ``status`` filter of ``list``: one status or a list of them."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidRequest("status must be a string or a list of strings", {"errors": [{"loc": ["status"], "msg": "bad type"}]})
+    from protocol.status import ALL_STATUSES
+
+    unknown = [v for v in values if v not in ALL_STATUSES]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown status {unknown[0]!r}", {"errors": [{"loc": ["status"], "msg": f"one of {', '.join(ALL_STATUSES)}"}]}
+        )
+    return values

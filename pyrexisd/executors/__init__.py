@@ -1,0 +1,5 @@
+"""Executors: thread, process, async and shell, behind one interface."""
+
+from pyrexisd.executors.base import Executor, JobCall, JobEvents, Outcome
+
+__all__ = ["Executor", "JobCall", "JobEvents", "Outcome"]

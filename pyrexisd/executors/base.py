@@ -1,0 +1,113 @@
+"""One interface for every way of running a job: thread, process, async, shell."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+from pyrexisd.tasks.context import Fatal, Retry
+from pyrexisd.tasks.registry import TaskDef
+
+
+class JobEvents(Protocol):
+    """The engine's side of a running job: called on the event loop's thread only."""
+
+    def log(self, stream: str, line: str) -> None: ...
+
+    def progress(self, fraction: float | None, message: str | None) -> None: ...
+
+    async def drain(self) -> None:
+        """Wait until buffered log lines are stored (backpressure for chatty jobs)."""
+        ...
+
+
+@dataclass(eq=False)
+class JobCall:
+    """One attempt of one job, as an executor sees it."""
+
+    job_id: str
+    attempt: int
+    task: TaskDef
+    args: dict[str, Any]
+    events: JobEvents
+    env: dict[str, str] = field(default_factory=dict)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    _on_cancel: Callable[[], Any] | None = None
+
+    def on_cancel(self, hook: Callable[[], Any]) -> None:
+        """Set how the executor stops this attempt; runs at once if already cancelled."""
+        self._on_cancel = hook
+        if self.cancel_event.is_set():
+            hook()
+
+    def cancel(self) -> None:
+        """Stop the attempt: sets the context's flag, then the executor's own means."""
+        if self.cancel_event.is_set():
+            return
+        self.cancel_event.set()
+        if self._on_cancel is not None:
+            self._on_cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an attempt ended. Executors return it; they never raise for a task's failure."""
+
+    ok: bool
+    result: Any = None
+    error_type: str = ""
+    message: str = ""
+    retryable: bool = True
+    retry_after: float | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def success(cls, result: Any) -> "Outcome":
+        return cls(True, result)
+
+    @classmethod
+    def failure(
+        cls, error_type: str, message: str, retryable: bool = True, tb: str | None = None
+    ) -> "Outcome":
+        return cls(False, None, error_type, message, retryable, None, tb)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> "Outcome":
+        """A task's exception: ``Fatal`` is final, ``Retry`` may set the delay."""
+        tb = "".join(traceback.format_exception(exc))
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, Fatal):
+            return cls(False, None, "exception", message, False, None, tb)
+        if isinstance(exc, Retry):
+            return cls(False, None, "exception", message, True, exc.delay, tb)
+        return cls(False, None, "exception", message, True, None, tb)
+
+
+CANCELLED = Outcome(False, None, "cancelled", "cancelled", False)
+
+
+class Executor(ABC):
+    """Runs attempts of one mode. ``run`` returns when the work has really stopped."""
+
+    mode: ClassVar[str]
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+
+    async def start(self) -> None:
+        """Acquire resources (pools, workers) before the first job."""
+
+    async def shutdown(self) -> None:
+        """Release resources; running attempts have been cancelled already."""
+
+    @abstractmethod
+    async def run(self, call: JobCall) -> Outcome:
+        """Run one attempt to its end. After ``call.cancel()`` it returns once the work
+        has stopped (for threads: once the thread returns)."""

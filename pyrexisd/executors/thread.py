@@ -1,0 +1,55 @@
+"""Thread mode: a function on a ``ThreadPoolExecutor`` through ``run_in_executor``.
+
+Threads cannot be killed: cancel and timeout set the context's ``cancelled`` flag and
+the slot stays taken until the function returns. Hard timeouts need process mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
+from pyrexisd.tasks.context import CallbackSink, TaskContext
+
+
+def context_for(call: JobCall, loop: asyncio.AbstractEventLoop | None) -> TaskContext:
+    """A task context whose events reach the engine on its loop (thread-safe if ``loop``)."""
+    events = call.events
+    if loop is None:
+        sink = CallbackSink(events.progress, lambda line: events.log("log", line))
+    else:
+        sink = CallbackSink(
+            lambda f, m: loop.call_soon_threadsafe(events.progress, f, m),
+            lambda line: loop.call_soon_threadsafe(events.log, "log", line),
+        )
+    return TaskContext(call.job_id, call.attempt, sink, call.cancel_event)
+
+
+def _invoke(func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    return func(**kwargs)
+
+
+class ThreadExecutor(Executor):
+    mode = "thread"
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(slots)
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="pyrexis-job")
+
+    async def run(self, call: JobCall) -> Outcome:
+        loop = asyncio.get_running_loop()
+        try:
+            kwargs = call.task.kwargs(call.args)
+            if call.task.ctx_param:
+                # run_in_executor does not carry context variables: pass the context.
+                kwargs[call.task.ctx_param] = context_for(call, loop)
+            result = await loop.run_in_executor(self._pool, _invoke, call.task.func, kwargs)
+        except Exception as exc:
+            return CANCELLED if call.cancelled else Outcome.from_exception(exc)
+        return CANCELLED if call.cancelled else Outcome.success(result)
+
+    async def shutdown(self) -> None:
+        # Threads still running cannot be stopped; do not wait for them.
+        self._pool.shutdown(wait=False, cancel_futures=True)

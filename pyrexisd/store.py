@@ -1,0 +1,467 @@
+"""The durable store: SQLite through aiosqlite, with group commit.
+
+One object owns two aiosqlite connections to one WAL database:
+
+* the *writer*, used only by the group-commit task. Whoever wants something durable
+  calls :meth:`Store.write` and awaits the future it returns. The writer task drains every
+  pending write into one transaction (one ``executemany`` per table), commits once and
+  then resolves all their futures, so ``synchronous=FULL`` costs one fsync per batch, not
+  one per job. Each batch runs as a single call on aiosqlite's connection thread: a
+  thread hop costs about as much as the fsync itself, so a batch is one hop, not one per
+  statement.
+* the *reader*, for every query. WAL shows it committed data only, so a client never
+  reads a state that is not durable (a read between BEGIN and COMMIT on the writer would).
+
+Rows are serialised when :meth:`write` is called, so the caller may keep changing its
+in-memory copy while the batch waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import aiosqlite
+import msgpack
+
+from protocol.errors import StorageError
+from pyrexisd.jobs import JobRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SYNC_MODES = ("full", "normal")
+
+JOB_COLUMNS: tuple[str, ...] = (
+    "seq", "job_id", "task", "args", "queue", "priority", "mode", "status", "created_at",
+    "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
+    "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
+    "result", "error", "progress", "log_seq", "spec_digest",
+)  # fmt: skip
+_BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
+_BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS)
+_SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_UPSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
+    "ON CONFLICT(seq) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in JOB_COLUMNS if c != "seq")
+)
+_INSERT_LOG = (
+    "INSERT OR REPLACE INTO logs (job_seq, seq, stream, line, time) VALUES (?, ?, ?, ?, ?)"
+)
+_UPSERT_QUEUE = (
+    "INSERT INTO queues (name, paused, weight, max_concurrency, aging) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused, weight = excluded.weight, "
+    "max_concurrency = excluded.max_concurrency, aging = excluded.aging"
+)
+_UPSERT_SETTING = (
+    "INSERT INTO settings (key, value) VALUES (?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
+
+# Each entry upgrades the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL UNIQUE,
+        task TEXT NOT NULL,
+        args BLOB NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        max_retries INTEGER NOT NULL,
+        on_interrupt TEXT NOT NULL,
+        dependency_policy TEXT NOT NULL,
+        depends_on BLOB NOT NULL,
+        labels BLOB NOT NULL,
+        timeout REAL,
+        attempts INTEGER NOT NULL,
+        round_base INTEGER NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        run_at REAL,
+        enqueued_at REAL NOT NULL,
+        result BLOB,
+        error BLOB,
+        progress BLOB,
+        log_seq INTEGER NOT NULL,
+        spec_digest BLOB NOT NULL
+    );
+    CREATE INDEX jobs_created ON jobs (created_at, job_id);
+    CREATE INDEX jobs_status ON jobs (status, created_at, job_id);
+    CREATE INDEX jobs_queue ON jobs (queue, created_at, job_id);
+    CREATE TABLE logs (
+        job_seq INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        line TEXT NOT NULL,
+        time REAL NOT NULL,
+        PRIMARY KEY (job_seq, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        weight REAL NOT NULL,
+        max_concurrency INTEGER,
+        aging REAL NOT NULL
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB);
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    job_seq: int
+    seq: int
+    stream: str
+    line: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    name: str
+    paused: bool
+    weight: float
+    max_concurrency: int | None
+    aging: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingKey:
+    """What the scheduler needs of a waiting job at start-up: no args, no result."""
+
+    seq: int
+    queue: str
+    mode: str
+    priority: int
+    enqueued_at: float
+    status: str
+    run_at: float | None
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(blob: bytes | None) -> Any:
+    if blob is None:
+        return None
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+def job_params(row: JobRow) -> tuple[Any, ...]:
+    """A row's column values in :data:`JOB_COLUMNS` order, blobs packed."""
+    values = [getattr(row, c) for c in JOB_COLUMNS]
+    for i in _BLOB_INDEXES:
+        if values[i] is not None:
+            values[i] = _pack(values[i])
+    return tuple(values)
+
+
+def job_from_db(values: Sequence[Any]) -> JobRow:
+    out = list(values)
+    for i in _BLOB_INDEXES:
+        out[i] = _unpack(out[i])
+    return JobRow(**dict(zip(JOB_COLUMNS, out)))
+
+
+class _Batch:
+    __slots__ = ("jobs", "logs", "queues", "settings", "waiters")
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, ...]] = []
+        self.logs: list[tuple[Any, ...]] = []
+        self.queues: list[tuple[Any, ...]] = []
+        self.settings: list[tuple[Any, ...]] = []
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+class Store:
+    """The database: group-committed writes, reads from committed data only."""
+
+    def __init__(self, path: str, sync: str = "full") -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {SYNC_MODES}")
+        self.path = path
+        self.sync = sync
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._pending = _Batch()
+        self._wake = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0  # batches committed, for metrics and tests
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await self._writer.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            await self._writer.execute("PRAGMA busy_timeout=5000")
+            await self._migrate(self._writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute("PRAGMA query_only=1")
+            await self._reader.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+        self._writer_task = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Commit what is pending, then close both connections."""
+        self._closing = True
+        self._wake.set()
+        if self._writer_task is not None:
+            await self._writer_task
+            self._writer_task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def __aenter__(self) -> "Store":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await conn.executescript(f"BEGIN; {script}; PRAGMA user_version={target}; COMMIT;")
+            log.info("database schema migrated to version %d", target)
+
+    # -- writes -----------------------------------------------------------------------
+    def write(
+        self,
+        jobs: Iterable[JobRow] = (),
+        logs: Iterable[LogLine] = (),
+        queues: Iterable[QueueSettings] = (),
+        settings: Iterable[tuple[str, Any]] = (),
+    ) -> asyncio.Future[None]:
+        """Queue rows for the next group commit; the future resolves once they are durable.
+
+        Raises :class:`StorageError` through the future if the batch cannot commit.
+        """
+        batch = self._pending
+        batch.jobs.extend(job_params(r) for r in jobs)
+        batch.logs.extend((ln.job_seq, ln.seq, ln.stream, ln.line, ln.time) for ln in logs)
+        batch.queues.extend(
+            (q.name, int(q.paused), q.weight, q.max_concurrency, q.aging) for q in queues
+        )
+        batch.settings.extend((k, _pack(v)) for k, v in settings)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(fut)
+        self._wake.set()
+        return fut
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, _Batch()
+            if batch.waiters:
+                await self._commit(batch)
+            if self._closing and not self._pending.waiters:
+                return
+
+    async def _commit(self, batch: _Batch) -> None:
+        try:
+            await self._in_thread(self._writer_conn(), self._apply, batch)
+        except Exception as exc:  # sqlite3.Error, OSError: the disk, not the caller
+            err = StorageError(f"could not commit: {exc}")
+            log.error("group commit of %d writes failed: %s", len(batch.waiters), exc)
+            for fut in batch.waiters:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        self.commits += 1
+        for fut in batch.waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _apply(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        # Runs on aiosqlite's thread: one transaction, one executemany per table.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.jobs:
+                conn.executemany(_UPSERT_JOB, batch.jobs)
+            if batch.logs:
+                conn.executemany(_INSERT_LOG, batch.logs)
+            if batch.queues:
+                conn.executemany(_UPSERT_QUEUE, batch.queues)
+            if batch.settings:
+                conn.executemany(_UPSERT_SETTING, batch.settings)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- reads ------------------------------------------------------------------------
+    def _writer_conn(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StorageError("the store is closed")
+        return self._writer
+
+    def _reader_conn(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StorageError("the store is closed")
+        return self._reader
+
+    async def _in_thread(
+        self, conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on ``conn``'s thread in one hop."""
+        raw = conn._conn  # noqa: SLF001 - aiosqlite's sqlite3 connection, used on its thread
+        return await conn._execute(fn, raw, *args)  # type: ignore[no-any-return]  # noqa: SLF001
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await self._in_thread(self._reader_conn(), fn, *args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not read: {exc}") from exc
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        def q(conn: sqlite3.Connection) -> JobRow | None:
+            row = conn.execute(f"{_SELECT_JOB} WHERE job_id = ?", (job_id,)).fetchone()
+            return job_from_db(row) if row else None
+
+        return await self._read(q)
+
+    async def get_jobs(self, seqs: Sequence[int]) -> dict[int, JobRow]:
+        def q(conn: sqlite3.Connection) -> dict[int, JobRow]:
+            out: dict[int, JobRow] = {}
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"{_SELECT_JOB} WHERE seq IN ({marks})", chunk):
+                    job = job_from_db(row)
+                    out[job.seq] = job
+            return out
+
+        return await self._read(q)
+
+    async def get_jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, JobRow]:
+        def q(conn: sqlite3.Connection) -> dict[str, JobRow]:
+            out: dict[str, JobRow] = {}
+            for i in range(0, len(job_ids), 500):
+                chunk = job_ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"{_SELECT_JOB} WHERE job_id IN ({marks})", chunk):
+                    job = job_from_db(row)
+                    out[job.job_id] = job
+            return out
+
+        return await self._read(q)
+
+    async def list_jobs(
+        self,
+        statuses: Sequence[str] | None,
+        task: str | None,
+        queue: str | None,
+        limit: int,
+        after: tuple[float, str] | None,
+    ) -> list[JobRow]:
+        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``."""
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        if queue is not None:
+            where.append("queue = ?")
+            params.append(queue)
+        if after is not None:
+            where.append("(created_at, job_id) > (?, ?)")
+            params.extend(after)
+        sql = _SELECT_JOB
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, job_id LIMIT ?"
+        params.append(limit)
+
+        def q(conn: sqlite3.Connection) -> list[JobRow]:
+            return [job_from_db(r) for r in conn.execute(sql, params)]
+
+        return await self._read(q)
+
+    async def read_logs(self, job_seq: int, since: int, limit: int) -> list[LogLine]:
+        def q(conn: sqlite3.Connection) -> list[LogLine]:
+            rows = conn.execute(
+                "SELECT job_seq, seq, stream, line, time FROM logs "
+                "WHERE job_seq = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (job_seq, since, limit),
+            )
+            return [LogLine(*r) for r in rows]
+
+        return await self._read(q)
+
+    async def max_log_seq(self, job_seq: int) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT max(seq) FROM logs WHERE job_seq = ?", (job_seq,)).fetchone()
+            return int(row[0] or 0)
+
+        return await self._read(q)
+
+    async def max_seq(self) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[0])
+
+        return await self._read(q)
+
+    async def counts(self) -> list[tuple[str, str, str, int]]:
+        """(queue, status, mode, count) over every job, for the in-memory counters."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+            return list(
+                conn.execute("SELECT queue, status, mode, count(*) FROM jobs GROUP BY 1, 2, 3")
+            )
+
+        return await self._read(q)
+
+    async def waiting_keys(self) -> list[WaitingKey]:
+        """Every waiting job's scheduling key, oldest first, without args or results."""
+
+        def q(conn: sqlite3.Connection) -> list[WaitingKey]:
+            rows = conn.execute(
+                "SELECT seq, queue, mode, priority, enqueued_at, status, run_at FROM jobs "
+                "WHERE status IN ('pending', 'scheduled', 'retrying') ORDER BY seq"
+            )
+            return [WaitingKey(*r) for r in rows]
+
+        return await self._read(q)
+
+    async def jobs_with_status(self, status: str) -> list[JobRow]:
+        def q(conn: sqlite3.Connection) -> list[JobRow]:
+            return [job_from_db(r) for r in conn.execute(f"{_SELECT_JOB} WHERE status = ?", (status,))]
+
+        return await self._read(q)
+
+    async def queue_settings(self) -> list[QueueSettings]:
+        def q(conn: sqlite3.Connection) -> list[QueueSettings]:
+            rows = conn.execute("SELECT name, paused, weight, max_concurrency, aging FROM queues")
+            return [QueueSettings(n, bool(p), w, m, a) for n, p, w, m, a in rows]
+
+        return await self._read(q)
+
+    async def settings(self) -> dict[str, Any]:
+        def q(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {k: _unpack(v) for k, v in conn.execute("SELECT key, value FROM settings")}
+
+        return await self._read(q)

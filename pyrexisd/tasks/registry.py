@@ -1,0 +1,209 @@
+"""The task registry: ``@task`` turns a function into something the daemon can run.
+
+A task's parameters (other than its context) become a pydantic model: it validates a
+job's ``args`` at submit time, before anything is stored, and its JSON schema is what
+the ``tasks`` op shows.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from protocol.errors import InvalidRequest, PyrexisError
+from protocol.models import validation_errors
+from protocol.status import MODES
+from pyrexisd.tasks.context import TaskContext
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TaskDefinitionError(PyrexisError):
+    """A task cannot be registered: a bad mode, a duplicate name, an odd signature."""
+
+    code = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDef:
+    """A registered task: the function, its options and its args model."""
+
+    name: str
+    func: Callable[..., Any]
+    modes: tuple[str, ...]
+    default_mode: str
+    max_retries: int | None
+    timeout: float | None
+    on_interrupt: str
+    description: str
+    args_model: type[BaseModel]
+    ctx_param: str | None
+    is_async: bool
+    module: str
+    schema: dict[str, Any] = field(default_factory=dict)
+
+    def validate_args(self, args: dict[str, Any]) -> BaseModel:
+        """The args as the task's model, or ``invalid_request`` with field errors."""
+        try:
+            return self.args_model.model_validate(args)
+        except ValidationError as exc:
+            raise InvalidRequest(
+                f"invalid args for task {self.name!r}",
+                {"errors": validation_errors(exc, ("args",))},
+            ) from None
+
+    def kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the function (without the context)."""
+        model = self.validate_args(args)
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modes": list(self.modes),
+            "default_mode": self.default_mode,
+            "description": self.description,
+            "schema": self.schema,
+        }
+
+
+class Registry:
+    """Task name → :class:`TaskDef`. One per daemon (and per process worker)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDef] = {}
+
+    def add(self, definition: TaskDef) -> None:
+        existing = self._tasks.get(definition.name)
+        if existing is not None and existing.func is not definition.func:
+            raise TaskDefinitionError(
+                f"task name {definition.name!r} is defined twice: in {existing.module} "
+                f"and in {definition.module}"
+            )
+        self._tasks[definition.name] = definition
+
+    def get(self, name: str) -> TaskDef | None:
+        return self._tasks.get(name)
+
+    def remove(self, name: str) -> None:
+        self._tasks.pop(name, None)
+
+    def all(self) -> list[TaskDef]:
+        return sorted(self._tasks.values(), key=lambda t: t.name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+
+REGISTRY = Registry()
+
+
+def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], str | None]:
+    sig = inspect.signature(func)
+    try:
+        hints = get_type_hints(func, include_extras=True)
+    except Exception:  # unresolvable forward references: treat as Any
+        hints = {}
+    fields: dict[str, Any] = {}
+    ctx_param: str | None = None
+    for pname, param in sig.parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TaskDefinitionError(f"task {name!r}: *args/**kwargs are not supported")
+        annotation = hints.get(pname, Any)
+        if annotation is TaskContext or pname == "ctx":
+            ctx_param = pname
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[pname] = (annotation, default)
+    model_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Args"
+    model = create_model(  # type: ignore[call-overload]
+        model_name or "TaskArgs",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
+        **fields,
+    )
+    return model, ctx_param
+
+
+def make_task(
+    func: Callable[..., Any],
+    *,
+    name: str | None = None,
+    mode: str | None = None,
+    modes: tuple[str, ...] | list[str] | None = None,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+    on_interrupt: str | None = None,
+    description: str | None = None,
+) -> TaskDef:
+    """Build the :class:`TaskDef` of ``func`` (see :func:`task` for the options)."""
+    task_name = name or func.__name__
+    is_async = inspect.iscoroutinefunction(func)
+    default_mode = mode or ("async" if is_async else "thread")
+    allowed = tuple(modes) if modes else (default_mode,)
+    for m in (*allowed, default_mode):
+        if m not in MODES:
+            raise TaskDefinitionError(f"task {task_name!r}: unknown mode {m!r}")
+    if default_mode not in allowed:
+        allowed = (default_mode, *allowed)
+    if is_async and set(allowed) - {"async"}:
+        raise TaskDefinitionError(f"task {task_name!r}: a coroutine function runs in async mode only")
+    if on_interrupt not in (None, "retry", "fail"):
+        raise TaskDefinitionError(f"task {task_name!r}: on_interrupt must be 'retry' or 'fail'")
+    model, ctx_param = _args_model(task_name, func)
+    doc = description if description is not None else inspect.getdoc(func) or ""
+    return TaskDef(
+        name=task_name,
+        func=func,
+        modes=allowed,
+        default_mode=default_mode,
+        max_retries=max_retries,
+        timeout=timeout,
+        on_interrupt=on_interrupt or "retry",
+        description=doc.strip().splitlines()[0] if doc.strip() else "",
+        args_model=model,
+        ctx_param=ctx_param,
+        is_async=is_async,
+        module=getattr(func, "__module__", "?"),
+        schema=model.model_json_schema(),
+    )
+
+
+def task(
+    name: str | None = None,
+    *,
+    mode: str | None = None,
+    modes: tuple[str, ...] | list[str] | None = None,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+    on_interrupt: str | None = None,
+    description: str | None = None,
+    registry: Registry | None = None,
+) -> Callable[[F], F]:
+    """Register a function or coroutine function as a PYREXIS task.
+
+    ``mode`` is the default execution mode (``async`` for a coroutine function, else
+    ``thread``); ``modes`` lists every mode a job may ask for. ``max_retries``,
+    ``timeout`` and ``on_interrupt`` are the defaults for jobs that do not set them.
+    The function itself is returned unchanged, so it can still be called directly and
+    pickled by reference for process mode.
+    """
+
+    def decorate(func: F) -> F:
+        (registry or REGISTRY).add(
+            make_task(
+                func,
+                name=name,
+                mode=mode,
+                modes=modes,
+                max_retries=max_retries,
+                timeout=timeout,
+                on_interrupt=on_interrupt,
+                description=description,
+            )
+        )
+        return func
+
+    return decorate
