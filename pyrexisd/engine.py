@@ -20,8 +20,8 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import msgpack
 from pydantic import ValidationError

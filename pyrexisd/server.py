@@ -128,26 +128,31 @@ class Connection(asyncio.Protocol):
             return
         task = asyncio.ensure_future(self._run(rid, handler, args))
         self.inflight[rid] = task
-        task.add_done_callback(lambda _t, rid=rid: self._done(rid))
+        task.add_done_callback(lambda t, rid=rid: self._done(rid, t))
         self._update_reading()
 
     async def _run(self, rid: int, handler: Handler, args: dict[str, Any]) -> None:
         try:
             result = await handler(args, _RequestStream(self, rid))
         except asyncio.CancelledError:
+            self.inflight.pop(rid, None)
             if not self.closed:
                 self._fail(rid, Internal("the request was cancelled"))
             raise
         except PyrexisError as exc:
-            self._fail(rid, exc)
+            reply: dict[str, Any] = {"id": rid, "ok": False, "error": exc.to_wire()}
         except Exception as exc:
             log.exception("op failed")
-            self._fail(rid, Internal(f"internal error: {type(exc).__name__}"))
+            reply = {"id": rid, "ok": False, "error": Internal(f"internal error: {type(exc).__name__}").to_wire()}
         else:
-            self.send({"id": rid, "ok": True, "result": result})
-
-    def _done(self, rid: int) -> None:
+            reply = {"id": rid, "ok": True, "result": result}
+        # The id is free again once its final frame is sent: a client may reuse it at once.
         self.inflight.pop(rid, None)
+        self.send(reply)
+
+    def _done(self, rid: int, task: asyncio.Task[None]) -> None:
+        if self.inflight.get(rid) is task:
+            del self.inflight[rid]
         self._update_reading()
 
     def _fail(self, rid: int | None, exc: PyrexisError) -> None:

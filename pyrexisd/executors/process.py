@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import queue
 import threading
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures.process import BrokenProcessPool
