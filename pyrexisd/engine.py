@@ -27,6 +27,7 @@ import msgpack
 from pydantic import ValidationError
 
 from protocol.errors import (
+    Internal,
     InvalidRequest,
     InvalidState,
     NotFound,
@@ -40,18 +41,22 @@ from protocol.errors import (
 from protocol.models import JobSpec, validation_errors
 from protocol.status import WAITING
 from pyrexisd.config import Config
+from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome
 from pyrexisd.jobs import JobRow
 from pyrexisd.metrics import Metrics
 from pyrexisd.retry import Backoff, retries_left
 from pyrexisd.scheduler import Scheduler, Start
-from pyrexisd.store import LogLine, QueueSettings, Store
+from pyrexisd.store import LogLine, OutputItem, QueueSettings, Store
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 log = logging.getLogger(__name__)
 
+# Waiting statuses the scheduler tracks (held and blocked jobs wait outside it).
+WAITING_IN_SCHEDULER = frozenset({"pending", "scheduled", "retrying"})
 ROW_CACHE_LIMIT = 20_000  # waiting rows kept in memory; beyond, they are read back on start
 PROGRESS_FLUSH = 0.5  # seconds between progress writes of one job
+PROGRESS_EVERY = 0.1  # seconds between progress events of one job
 LOG_PAGE = 1000
 STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
 
@@ -99,38 +104,62 @@ class Active:
 
 
 class _ActiveEvents:
-    """What an attempt reports while it runs: log lines and progress, batched."""
+    """What an attempt reports while it runs: log lines, outputs and progress.
 
-    __slots__ = ("engine", "active", "_lines", "_flush", "_last_write")
+    Lines and outputs are batched per loop iteration into one store write, and reach
+    watchers only once committed, so a ``seq`` a client saw is never reused after a
+    crash. Progress is coalesced: at most one event per :data:`PROGRESS_EVERY` seconds
+    per job, and the latest value always arrives.
+    """
+
+    __slots__ = ("engine", "active", "_lines", "_outputs", "_flush", "_last_write", "_progress_at", "_progress_handle")
 
     def __init__(self, engine: "Engine", active: Active) -> None:
         self.engine = engine
         self.active = active
         self._lines: list[LogLine] = []
+        self._outputs: list[OutputItem] = []
         self._flush: asyncio.Handle | None = None
         self._last_write: asyncio.Future[None] | None = None
+        self._progress_at = 0.0
+        self._progress_handle: asyncio.TimerHandle | None = None
 
     def log(self, stream: str, line: str) -> None:
+        if self.active.ended:
+            return  # a thread still printing after its cancel or timeout: discarded
         row = self.active.row
         row.log_seq += 1
         self._lines.append(LogLine(row.seq, row.log_seq, stream, line, self.engine.clock()))
+        self._schedule_flush()
+
+    def output(self, value: Any) -> None:
+        row = self.active.row
+        row.output_seq += 1
+        self._outputs.append(OutputItem(row.seq, row.output_seq, value, self.engine.clock()))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        self._flush = None
-        if not self._lines:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self._lines and not self._outputs:
             return
         lines, self._lines = self._lines, []
-        fut = self.engine.store.write(logs=lines)
-        fut.add_done_callback(_log_write_failure)
+        outputs, self._outputs = self._outputs, []
+        fut = self.engine.store.write(logs=lines, outputs=outputs)
+        row = self.active.row
+        fut.add_done_callback(lambda f: self.engine._stored_events(f, row, lines, outputs))
         self._last_write = fut
 
     async def drain(self) -> None:
         self.flush()
         fut = self._last_write
         if fut is not None and not fut.done():
-            await asyncio.shield(fut)
+            await asyncio.gather(asyncio.shield(fut), return_exceptions=True)
 
     def progress(self, fraction: float | None, message: str | None) -> None:
         active = self.active
@@ -139,11 +168,29 @@ class _ActiveEvents:
         active.row.progress = {"fraction": fraction, "message": message}
         active.progress_dirty = True
         self.engine._progress_changed(active)
+        if self._progress_handle is not None:
+            return  # a trailing publish is already due and will carry this value
+        now = time.monotonic()
+        wait = self._progress_at + PROGRESS_EVERY - now
+        if wait <= 0:
+            self._publish_progress()
+        else:
+            self._progress_handle = asyncio.get_running_loop().call_later(wait, self._publish_progress)
+
+    def _publish_progress(self) -> None:
+        self._progress_handle = None
+        self._progress_at = time.monotonic()
+        row = self.active.row
+        if self.active.ended or not self.engine.hub.wants(row.job_id):
+            return
+        event = progress_event(row, self.engine.clock())
+        if event is not None:
+            self.engine.hub.publish(event, row.task, row.queue)
 
 
 def _log_write_failure(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        log.warning("log lines not stored: %s", fut.exception())
+        log.warning("progress not stored: %s", fut.exception())
 
 
 class Engine:
@@ -168,6 +215,7 @@ class Engine:
         self.metrics = Metrics(clock())
         self.backoff = Backoff()
         self.stopping = False
+        self.stopping_event = asyncio.Event()  # streams end with shutting_down once set
         self._seq = 0
         self._active: dict[int, Active] = {}
         self._winding_down: set[Active] = set()
@@ -181,6 +229,8 @@ class Engine:
         self._progress_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.hub = EventHub()
+        self._log_signals: dict[int, asyncio.Future[None]] = {}
 
     # == start-up and shutdown ========================================================
     async def start(self) -> None:
@@ -219,7 +269,7 @@ class Engine:
             logs.append(LogLine(row.seq, row.log_seq, "log", f"interrupted: {row.error or 'back to pending'}", now))
         await self.store.write(jobs=rows, logs=logs)
         for row in rows:
-            self.metrics.moved(row.queue, row.mode, "running", row.status)
+            self._moved(row, "running")
         log.warning("recovered %d jobs that were running when the daemon stopped", len(rows))
 
     def _interrupt(self, row: JobRow, now: float, why: str) -> None:
@@ -236,6 +286,7 @@ class Engine:
     async def stop(self, grace: float, force: asyncio.Event | None = None) -> None:
         """Stop taking work, let running jobs finish within ``grace``, interrupt the rest."""
         self.stopping = True
+        self.stopping_event.set()
         if self._timer is not None:
             self._timer.cancel()
         running = [a.task for a in self._active.values() if a.task is not None]
@@ -258,7 +309,7 @@ class Engine:
             try:
                 await self.store.write(jobs=[a.row for a in leftovers])
                 for a in leftovers:
-                    self.metrics.moved(a.row.queue, a.row.mode, "running", a.row.status)
+                    self._moved(a.row, "running")
                     if a.row.terminal:
                         self._notify(a.row)
             except StorageError as exc:
@@ -424,7 +475,7 @@ class Engine:
                 self._claimed_ids.pop(row.job_id, None)
             claim.set_result(None)
         for row in rows:
-            self.metrics.moved(row.queue, row.mode, None, row.status)
+            self._moved(row, None)
             if row.status == "running":
                 self._launch(row)
             else:
@@ -538,7 +589,7 @@ class Engine:
                 if self._locks.get(row.seq) is fut:
                     del self._locks[row.seq]
         for row in rows:
-            self.metrics.moved(row.queue, row.mode, "pending", "running")
+            self._moved(row, "pending")
             self._launch(row)
 
     def _retry_dispatch_later(self) -> None:
@@ -666,8 +717,30 @@ class Engine:
         self._committed_end(row)
         self._kick()
 
+    def _moved(self, row: JobRow, old: str | None) -> None:
+        """A status change of ``row`` has committed: count it and tell the watchers."""
+        self.metrics.moved(row.queue, row.mode, old, row.status)
+        if self.hub.wants(row.job_id):
+            self.hub.publish(state_event(row, self.clock()), row.task, row.queue)
+        if row.terminal:
+            self._signal_log(row.seq)
+
+    def _signal_log(self, seq: int) -> None:
+        """Wake the ``logs --follow`` readers of job ``seq``: lines or an end committed."""
+        fut = self._log_signals.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def log_signal(self, seq: int) -> asyncio.Future[None]:
+        """A future that resolves at the next commit of log lines or of an end of ``seq``."""
+        fut = self._log_signals.get(seq)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._log_signals[seq] = fut
+        return fut
+
     def _committed_end(self, row: JobRow) -> None:
-        self.metrics.moved(row.queue, row.mode, "running", row.status)
+        self._moved(row, "running")
         if row.status == "completed":
             self.metrics.completed(self.clock())
         if row.status == "retrying":
@@ -756,9 +829,29 @@ class Engine:
                     del self._locks[seq]
             gate.set_result(None)
         for row, old in zip(ready, olds):
-            self.metrics.moved(row.queue, row.mode, old, "pending")
+            self._moved(row, old)
             self._enqueue(row)
         self._kick()
+
+    # == events ==========================================================================
+    def _stored_events(
+        self, fut: asyncio.Future[None], row: JobRow, lines: list[LogLine], outputs: list[OutputItem]
+    ) -> None:
+        """Log lines and outputs are durable: now watchers and followers may see them."""
+        if fut.cancelled() or fut.exception() is not None:
+            log.warning("log lines and outputs of job %s not stored: %s", row.job_id, None if fut.cancelled() else fut.exception())
+            return
+        if lines:
+            self._signal_log(row.seq)
+        if self.hub.wants(row.job_id):
+            for line in lines:
+                self.hub.publish(log_event(row.job_id, line), row.task, row.queue)
+            for item in outputs:
+                self.hub.publish(
+                    {"kind": "output", "job_id": row.job_id, "seq": item.seq, "value": item.value, "time": item.time},
+                    row.task,
+                    row.queue,
+                )
 
     # == progress ========================================================================
     def _progress_changed(self, active: Active) -> None:
@@ -777,19 +870,41 @@ class Engine:
 
     # == client ops ======================================================================
     async def _current(self, job_id: str) -> JobRow:
-        """The latest committed state of a job, with no change of it in flight."""
-        while True:
+        """The latest committed state of a job, with no change of it in flight.
+
+        A read from the store can be overtaken by a commit before this coroutine resumes,
+        so a stored row is trusted only if the in-memory view agrees with it: a running
+        job is active, a waiting one is in the scheduler, a terminal one is in neither.
+        Otherwise the job moved meanwhile and it is read again. The caller acts on the
+        returned row without awaiting in between.
+        """
+        for _ in range(1000):
             stored = await self.store.get_job(job_id)
             if stored is None:
                 raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
-            lock = self._locks.get(stored.seq)
+            seq = stored.seq
+            lock = self._locks.get(seq)
             if lock is not None:
                 await asyncio.gather(lock, return_exceptions=True)
                 continue
-            active = self._active.get(stored.seq)
+            active = self._active.get(seq)
             if active is not None:
                 return active.row
-            return self._rows.get(stored.seq, stored)
+            cached = self._rows.get(seq)
+            if cached is not None:
+                return cached
+            waiting_here = self.scheduler.is_waiting(seq)
+            if stored.status in WAITING_IN_SCHEDULER:
+                if waiting_here:
+                    return stored
+            elif stored.status != "running" and not waiting_here:
+                return stored
+            await asyncio.sleep(0)  # it moved after the read: read again
+        raise Internal(f"job {job_id!r} does not settle; its state is inconsistent")
+
+    async def snapshot(self, job_id: str) -> JobRow:
+        """The job's committed state now (see :meth:`_current`), for a stream's first event."""
+        return await self._current(job_id)
 
     async def get(self, job_id: str) -> dict[str, Any]:
         row = await self.store.get_job(job_id)
@@ -831,7 +946,7 @@ class Engine:
         finally:
             if self._locks.get(row.seq) is fut:
                 del self._locks[row.seq]
-        self.metrics.moved(row.queue, row.mode, old, row.status)
+        self._moved(row, old)
         if row.terminal:
             self._notify(row)
         else:
@@ -1006,6 +1121,9 @@ class _NullEvents:
     def log(self, stream: str, line: str) -> None:
         pass
 
+    def output(self, value: Any) -> None:
+        pass
+
     def progress(self, fraction: float | None, message: str | None) -> None:
         pass
 
@@ -1020,6 +1138,29 @@ def _missing_task(name: str) -> TaskDef:
         raise RuntimeError(f"task {name!r} is not loaded")
 
     return make_task(missing, name=name)
+
+
+def state_event(row: JobRow, now: float) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "kind": "state",
+        "job_id": row.job_id,
+        "status": row.status,
+        "attempt": row.attempts,
+        "time": now,
+    }
+    if row.status in ("failed", "cancelled"):
+        event["error"] = row.error
+    return event
+
+
+def log_event(job_id: str, line: LogLine) -> dict[str, Any]:
+    return {"kind": "log", "job_id": job_id, "seq": line.seq, "stream": line.stream, "line": line.line, "time": line.time}
+
+
+def progress_event(row: JobRow, now: float) -> dict[str, Any] | None:
+    if row.progress is None:
+        return None
+    return {"kind": "progress", "job_id": row.job_id, **row.progress, "time": now}
 
 
 def statuses_arg(value: Any) -> list[str] | None:

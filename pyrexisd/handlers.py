@@ -13,10 +13,15 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol import PROTOCOL_VERSION
-from protocol.errors import InvalidRequest
+import asyncio
+
+from protocol.errors import InvalidRequest, Overloaded, ShuttingDown, Timeout
+from protocol.status import TERMINAL
 from protocol.models import validation_errors
 from pyrexisd import __version__
-from pyrexisd.engine import Engine, encode_cursor, statuses_arg
+from pyrexisd.engine import LOG_PAGE, Engine, encode_cursor, log_event, progress_event, state_event, statuses_arg
+from pyrexisd.events import EventFilter, Subscription
+from pyrexisd.jobs import JobRow
 from pyrexisd.server import Handler, Stream
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,6 +59,17 @@ class ListArgs(_Args):
     queue: Optional[str] = None
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
     after: Optional[str] = None
+
+
+class WatchArgs(_Args):
+    job_id: Optional[str] = Field(default=None, min_length=1)
+    task: Optional[str] = None
+    queue: Optional[str] = None
+    kinds: Optional[list[str]] = None
+
+
+class CloseArgs(_Args):
+    id: int = Field(ge=0)
 
 
 class SubmitManyArgs(_Args):
@@ -127,30 +143,70 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
 
     async def wait(args: dict[str, Any], stream: Stream) -> Any:
         a = parse(WaitArgs, args)
-        if a.events:
-            raise InvalidRequest(
-                "wait with events is not supported by this daemon yet",
-                {"errors": [{"loc": ["events"], "msg": "not supported yet"}]},
-            )
-        return await engine.wait(a.job_id, a.timeout)
+        if not a.events:
+            return await engine.wait(a.job_id, a.timeout)
+        stream.streaming = True
+        sub = engine.hub.subscribe(EventFilter(job_id=a.job_id))
+        try:
+            row = await engine.snapshot(a.job_id)
+            await _open_job_stream(engine, sub, stream, row, None)
+            if row.terminal:
+                return row.record()
+            deadline = None if a.timeout is None else asyncio.get_running_loop().time() + a.timeout
+            while True:
+                ended = await _pump(engine, sub, stream, deadline, stop_at_terminal=True)
+                if ended == "terminal":
+                    return await engine.get(a.job_id)
+                if ended == "closed":
+                    return await engine.get(a.job_id)
+                raise Timeout(f"job {a.job_id!r} is not finished after {a.timeout} s")
+        finally:
+            engine.hub.unsubscribe(sub)
 
     async def logs(args: dict[str, Any], stream: Stream) -> Any:
         a = parse(LogsArgs, args)
-        if a.follow:
-            raise InvalidRequest(
-                "logs with follow is not supported by this daemon yet",
-                {"errors": [{"loc": ["follow"], "msg": "not supported yet"}]},
-            )
-        job_seq, lines = await engine.logs(a.job_id, a.since)
+        stream.streaming = True
+        row = await engine.snapshot(a.job_id)
         next_seq = a.since
-        while lines:
-            for line in lines:
-                await stream.send(
-                    {"kind": "log", "job_id": a.job_id, "seq": line.seq, "stream": line.stream, "line": line.line, "time": line.time}
-                )
-                next_seq = line.seq + 1
-            lines = await engine.more_logs(job_seq, next_seq)
-        return {"next": next_seq}
+        while True:
+            signal = engine.log_signal(row.seq)
+            current = await engine.store.get_job(a.job_id)
+            finished = current is None or current.terminal or not a.follow
+            while True:
+                lines = await engine.more_logs(row.seq, next_seq)
+                for line in lines:
+                    await stream.send(log_event(a.job_id, line))
+                    next_seq = line.seq + 1
+                if len(lines) < LOG_PAGE:
+                    break
+            if finished or stream.closing.is_set():
+                return {"next": next_seq}
+            await _first(signal, stream.closing.wait(), engine.stopping_event.wait())
+            if engine.stopping_event.is_set():
+                raise ShuttingDown("the daemon is stopping")
+
+    async def watch(args: dict[str, Any], stream: Stream) -> Any:
+        a = parse(WatchArgs, args)
+        stream.streaming = True
+        kinds = frozenset(a.kinds) if a.kinds is not None else None
+        # Subscribed before this handler first awaits: in effect before the next frame is read.
+        sub = engine.hub.subscribe(EventFilter(a.job_id, a.task, a.queue, kinds))
+        try:
+            if a.job_id is not None:
+                row = await engine.snapshot(a.job_id)
+                await _open_job_stream(engine, sub, stream, row, kinds)
+            await _pump(engine, sub, stream, None, stop_at_terminal=False)
+            return {}
+        finally:
+            engine.hub.unsubscribe(sub)
+
+    async def close(args: dict[str, Any], stream: Stream) -> Any:
+        a = parse(CloseArgs, args)
+        task = stream.close_stream(a.id)
+        if task is None:
+            return {"closed": False}
+        await asyncio.wait([task])
+        return {"closed": True}
 
     async def stats(args: dict[str, Any], stream: Stream) -> Any:
         return engine.stats()
@@ -186,6 +242,8 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
         "retry": retry,
         "wait": wait,
         "logs": logs,
+        "watch": watch,
+        "close": close,
         "stats": stats,
         "tasks": tasks,
         "queues": queues,
@@ -194,6 +252,64 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
         "configure_queue": configure_queue,
     }
     return handlers
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+
+async def _open_job_stream(
+    engine: Engine, sub: Subscription, stream: Stream, row: JobRow, kinds: frozenset[str] | None
+) -> None:
+    """A job stream starts where the job is: its state, and its latest progress."""
+    # The snapshot reflects every state change buffered so far.
+    sub.drop_state_events()
+    now = engine.clock()
+    opening = [state_event(row, now), progress_event(row, now)]
+    for event in opening:
+        if event is not None and (kinds is None or event["kind"] in kinds):
+            stream.send_nowait(event)
+
+
+async def _pump(
+    engine: Engine, sub: Subscription, stream: Stream, deadline: float | None, stop_at_terminal: bool
+) -> str:
+    """Forward a subscription's events until the job ends, ``close``, or the deadline.
+
+    Events are written without waiting for the reader; while the reader lags, the
+    subscription buffers up to its bound, and past that the stream ends ``overloaded``.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        if sub.overflowed:
+            raise Overloaded(
+                "the stream's reader fell behind",
+                {"limit": "stream_buffer", "dropped": sub.dropped},
+            )
+        for event in sub.take():
+            stream.send_nowait(event)
+            if stop_at_terminal and event["kind"] == "state" and event["status"] in TERMINAL:
+                return "terminal"
+        if stream.closing.is_set():
+            return "closed"
+        if engine.stopping_event.is_set():
+            raise ShuttingDown("the daemon is stopping")
+        waits: list[Any] = [stream.closing.wait(), engine.stopping_event.wait(), sub.overflow.wait()]
+        # While the peer is not reading, wake when it reads again (or the buffer overflows).
+        waits.append(sub.wait() if stream.writable() else stream.until_writable())
+        if deadline is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return "deadline"
+            waits.append(asyncio.sleep(remaining))
+        await _first(*waits)
 
 
 def _packed_size(value: Any) -> int:

@@ -45,6 +45,7 @@ class JobRow:
     progress: dict[str, Any] | None = None
     log_seq: int = 0
     spec_digest: bytes = b""
+    output_seq: int = 0
 
     def move(self, new: str) -> None:
         """Change status, refusing anything the contract's table does not allow."""

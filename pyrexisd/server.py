@@ -26,22 +26,60 @@ WRITE_HIGH_WATER = 4 * 1024 * 1024
 class Stream(Protocol):
     """What a streaming handler uses to send events before its final frame."""
 
-    async def send(self, event: dict[str, Any]) -> None: ...
+    closing: asyncio.Event  # set by the ``close`` op: end with the final frame now
+    streaming: bool
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send one event frame, waiting while the peer is not reading."""
+        ...
+
+    def send_nowait(self, event: dict[str, Any]) -> None:
+        """Send one event frame without waiting."""
+        ...
+
+    def writable(self) -> bool:
+        """Whether the peer is keeping up with what we send."""
+        ...
+
+    async def until_writable(self) -> None: ...
+
+    def close_stream(self, stream_id: int) -> "asyncio.Task[None] | None":
+        """Ask stream ``stream_id`` of this connection to end; its task, or None."""
+        ...
 
 
 Handler = Callable[[dict[str, Any], Stream], Awaitable[Any]]
 
 
 class _RequestStream:
-    __slots__ = ("conn", "rid")
+    __slots__ = ("conn", "rid", "closing", "streaming")
 
     def __init__(self, conn: "Connection", rid: int) -> None:
         self.conn = conn
         self.rid = rid
+        self.closing = asyncio.Event()
+        self.streaming = False  # set by handlers of streaming ops; ``close`` ends only those
 
     async def send(self, event: dict[str, Any]) -> None:
         self.conn.send({"id": self.rid, "event": event})
         await self.conn.writable()
+
+    def send_nowait(self, event: dict[str, Any]) -> None:
+        self.conn.send({"id": self.rid, "event": event})
+
+    def writable(self) -> bool:
+        return not self.conn._writing_paused
+
+    async def until_writable(self) -> None:
+        await self.conn.writable()
+
+    def close_stream(self, stream_id: int) -> "asyncio.Task[None] | None":
+        target = self.conn.streams.get(stream_id)
+        task = self.conn.inflight.get(stream_id)
+        if target is None or task is None or target is self or not target.streaming:
+            return None
+        target.closing.set()
+        return task
 
 
 class Connection(asyncio.Protocol):
@@ -52,6 +90,7 @@ class Connection(asyncio.Protocol):
         self.decoder = FrameDecoder(server.max_frame)
         self.transport: asyncio.Transport | None = None
         self.inflight: dict[int, asyncio.Task[None]] = {}
+        self.streams: dict[int, _RequestStream] = {}
         self._reading_paused = False
         self._writing_paused = False
         self._can_write: asyncio.Event = asyncio.Event()
@@ -126,16 +165,18 @@ class Connection(asyncio.Protocol):
         if handler is None:
             self._fail(rid, UnknownOp(f"unknown op {op!r}", {"op": op}))
             return
-        task = asyncio.ensure_future(self._run(rid, handler, args))
+        stream = _RequestStream(self, rid)
+        task = asyncio.ensure_future(self._run(rid, handler, args, stream))
         self.inflight[rid] = task
+        self.streams[rid] = stream
         task.add_done_callback(lambda t, rid=rid: self._done(rid, t))
         self._update_reading()
 
-    async def _run(self, rid: int, handler: Handler, args: dict[str, Any]) -> None:
+    async def _run(self, rid: int, handler: Handler, args: dict[str, Any], stream: _RequestStream) -> None:
         try:
-            result = await handler(args, _RequestStream(self, rid))
+            result = await handler(args, stream)
         except asyncio.CancelledError:
-            self.inflight.pop(rid, None)
+            self._forget(rid, stream)
             if not self.closed:
                 self._fail(rid, Internal("the request was cancelled"))
             raise
@@ -147,8 +188,13 @@ class Connection(asyncio.Protocol):
         else:
             reply = {"id": rid, "ok": True, "result": result}
         # The id is free again once its final frame is sent: a client may reuse it at once.
-        self.inflight.pop(rid, None)
+        self._forget(rid, stream)
         self.send(reply)
+
+    def _forget(self, rid: int, stream: _RequestStream) -> None:
+        self.inflight.pop(rid, None)
+        if self.streams.get(rid) is stream:
+            del self.streams[rid]
 
     def _done(self, rid: int, task: asyncio.Task[None]) -> None:
         if self.inflight.get(rid) is task:

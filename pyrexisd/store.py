@@ -39,7 +39,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "seq", "job_id", "task", "args", "queue", "priority", "mode", "status", "created_at",
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
-    "result", "error", "progress", "log_seq", "spec_digest",
+    "result", "error", "progress", "log_seq", "spec_digest", "output_seq",
 )  # fmt: skip
 _BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
 _BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS)
@@ -52,6 +52,7 @@ _UPSERT_JOB = (
 _INSERT_LOG = (
     "INSERT OR REPLACE INTO logs (job_seq, seq, stream, line, time) VALUES (?, ?, ?, ?, ?)"
 )
+_INSERT_OUTPUT = "INSERT OR REPLACE INTO outputs (job_seq, seq, value, time) VALUES (?, ?, ?, ?)"
 _UPSERT_QUEUE = (
     "INSERT INTO queues (name, paused, weight, max_concurrency, aging) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused, weight = excluded.weight, "
@@ -113,6 +114,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN output_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE outputs (
+        job_seq INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        value BLOB NOT NULL,
+        time REAL NOT NULL,
+        PRIMARY KEY (job_seq, seq)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -122,6 +133,14 @@ class LogLine:
     seq: int
     stream: str
     line: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItem:
+    job_seq: int
+    seq: int
+    value: Any
     time: float
 
 
@@ -174,11 +193,12 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 
 class _Batch:
-    __slots__ = ("jobs", "logs", "queues", "settings", "waiters")
+    __slots__ = ("jobs", "logs", "outputs", "queues", "settings", "waiters")
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Any, ...]] = []
         self.logs: list[tuple[Any, ...]] = []
+        self.outputs: list[tuple[Any, ...]] = []
         self.queues: list[tuple[Any, ...]] = []
         self.settings: list[tuple[Any, ...]] = []
         self.waiters: list[asyncio.Future[None]] = []
@@ -248,6 +268,7 @@ class Store:
         self,
         jobs: Iterable[JobRow] = (),
         logs: Iterable[LogLine] = (),
+        outputs: Iterable[OutputItem] = (),
         queues: Iterable[QueueSettings] = (),
         settings: Iterable[tuple[str, Any]] = (),
     ) -> asyncio.Future[None]:
@@ -258,6 +279,7 @@ class Store:
         batch = self._pending
         batch.jobs.extend(job_params(r) for r in jobs)
         batch.logs.extend((ln.job_seq, ln.seq, ln.stream, ln.line, ln.time) for ln in logs)
+        batch.outputs.extend((o.job_seq, o.seq, _pack(o.value), o.time) for o in outputs)
         batch.queues.extend(
             (q.name, int(q.paused), q.weight, q.max_concurrency, q.aging) for q in queues
         )
@@ -300,6 +322,8 @@ class Store:
                 conn.executemany(_UPSERT_JOB, batch.jobs)
             if batch.logs:
                 conn.executemany(_INSERT_LOG, batch.logs)
+            if batch.outputs:
+                conn.executemany(_INSERT_OUTPUT, batch.outputs)
             if batch.queues:
                 conn.executemany(_UPSERT_QUEUE, batch.queues)
             if batch.settings:
@@ -409,6 +433,17 @@ class Store:
                 (job_seq, since, limit),
             )
             return [LogLine(*r) for r in rows]
+
+        return await self._read(q)
+
+    async def read_outputs(self, job_seq: int, since: int, limit: int) -> list[OutputItem]:
+        def q(conn: sqlite3.Connection) -> list[OutputItem]:
+            rows = conn.execute(
+                "SELECT job_seq, seq, value, time FROM outputs "
+                "WHERE job_seq = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (job_seq, since, limit),
+            )
+            return [OutputItem(j, s, _unpack(v), t) for j, s, v, t in rows]
 
         return await self._read(q)
 

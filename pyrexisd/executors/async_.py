@@ -7,9 +7,19 @@ functions such as ``echo``, where a thread hop would cost more than the work.
 from __future__ import annotations
 
 import asyncio
+import inspect
+from typing import Any, AsyncGenerator
 
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.executors.thread import context_for
+
+
+async def _drain_async_generator(gen: AsyncGenerator[Any, None], call: JobCall) -> list[Any]:
+    items: list[Any] = []
+    async for item in gen:
+        items.append(item)
+        call.events.output(item)
+    return items
 
 
 class AsyncExecutor(Executor):
@@ -21,9 +31,19 @@ class AsyncExecutor(Executor):
             kwargs = task.kwargs(call.args)
             if task.ctx_param:
                 kwargs[task.ctx_param] = context_for(call, None)
-            if not task.is_async:
-                return Outcome.success(task.func(**kwargs))
-            inner = asyncio.ensure_future(task.func(**kwargs))
+            produced = task.func(**kwargs)
+            if inspect.isgenerator(produced):
+                items = []
+                for item in produced:
+                    items.append(item)
+                    call.events.output(item)
+                return Outcome.success(items)
+            if inspect.isasyncgen(produced):
+                inner = asyncio.ensure_future(_drain_async_generator(produced, call))
+            elif inspect.isawaitable(produced):
+                inner = asyncio.ensure_future(produced)
+            else:
+                return Outcome.success(produced)
         except Exception as exc:
             return Outcome.from_exception(exc)
         call.on_cancel(inner.cancel)

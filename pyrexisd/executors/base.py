@@ -19,6 +19,10 @@ class JobEvents(Protocol):
 
     def progress(self, fraction: float | None, message: str | None) -> None: ...
 
+    def output(self, value: Any) -> None:
+        """A partial result: one item a generator task yielded."""
+        ...
+
     async def drain(self) -> None:
         """Wait until buffered log lines are stored (backpressure for chatty jobs)."""
         ...
@@ -91,6 +95,11 @@ class Outcome:
 
 
 CANCELLED = Outcome(False, None, "cancelled", "cancelled", False)
+
+
+def generator_result(items: list[Any], returned: Any) -> Any:
+    """A generator task's result: its return value when it has one, else its items."""
+    return items if returned is None else returned
 
 
 class Executor(ABC):

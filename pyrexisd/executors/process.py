@@ -27,6 +27,7 @@ from pyrexisd.executors import worker
 log = logging.getLogger(__name__)
 
 START_METHOD = "forkserver"
+CHANNEL_CATCH_UP = 5.0  # seconds to wait for a finished job's last events
 
 
 class ProcessExecutor(Executor):
@@ -42,6 +43,8 @@ class ProcessExecutor(Executor):
         self._reader: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls: dict[int, JobCall] = {}
+        self._received: dict[int, int] = {}  # token -> channel messages delivered
+        self._caught_up: dict[int, tuple[int, asyncio.Future[None]]] = {}
         self._tokens = itertools.count(1)
 
     async def start(self) -> None:
@@ -78,12 +81,33 @@ class ProcessExecutor(Executor):
     def _deliver(self, item: tuple[int, str, Any]) -> None:
         token, kind, payload = item
         call = self._calls.get(token)
-        if call is None or call.cancelled:
+        if call is None:
+            return
+        count = self._received[token] = self._received.get(token, 0) + 1
+        waiting = self._caught_up.get(token)
+        if waiting is not None and count >= waiting[0] and not waiting[1].done():
+            waiting[1].set_result(None)
+        if call.cancelled:
             return
         if kind == "progress":
             call.events.progress(*payload)
         elif kind == "log":
             call.events.log("log", payload)
+        elif kind == "output":
+            call.events.output(payload)
+
+    async def _catch_up(self, token: int, sent: int) -> None:
+        """Wait until the channel has delivered the ``sent`` events of this attempt."""
+        if self._received.get(token, 0) >= sent:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._caught_up[token] = (sent, fut)
+        try:
+            await asyncio.wait_for(fut, CHANNEL_CATCH_UP)
+        except asyncio.TimeoutError:
+            log.warning("events of a process job were lost on the channel")
+        finally:
+            self._caught_up.pop(token, None)
 
     async def run(self, call: JobCall) -> Outcome:
         if self._pool is None:
@@ -115,13 +139,15 @@ class ProcessExecutor(Executor):
                 return Outcome.failure("worker_died", f"the process pool broke: {exc}")
             except Exception as exc:  # pebble's own errors, pickling failures
                 return Outcome.failure("exception", f"{type(exc).__name__}: {exc}")
+            await self._catch_up(token, reply[-1])
         finally:
             del self._calls[token]
+            self._received.pop(token, None)
         if call.cancelled:
             return CANCELLED
         if reply[0] == "ok":
             return Outcome.success(reply[1])
-        _, message, retryable, delay, tb = reply
+        _, message, retryable, delay, tb, _sent = reply
         return Outcome(False, None, "exception", message, retryable, delay, tb)
 
     def _rebuild(self, why: str) -> None:

@@ -7,10 +7,11 @@ the slot stays taken until the function returns. Hard timeouts need process mode
 from __future__ import annotations
 
 import asyncio
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
+from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, generator_result
 from pyrexisd.tasks.context import CallbackSink, TaskContext
 
 
@@ -27,8 +28,23 @@ def context_for(call: JobCall, loop: asyncio.AbstractEventLoop | None) -> TaskCo
     return TaskContext(call.job_id, call.attempt, sink, call.cancel_event)
 
 
-def _invoke(func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    return func(**kwargs)
+def _invoke(
+    func: Callable[..., Any], kwargs: dict[str, Any], call: JobCall, loop: asyncio.AbstractEventLoop
+) -> Any:
+    result = func(**kwargs)
+    if not inspect.isgenerator(result):
+        return result
+    # A generator task: each item is an output event, sent to the loop as it comes.
+    items: list[Any] = []
+    while not call.cancelled:
+        try:
+            item = next(result)
+        except StopIteration as stop:
+            return generator_result(items, stop.value)
+        items.append(item)
+        loop.call_soon_threadsafe(call.events.output, item)
+    result.close()
+    return items
 
 
 class ThreadExecutor(Executor):
@@ -45,7 +61,7 @@ class ThreadExecutor(Executor):
             if call.task.ctx_param:
                 # run_in_executor does not carry context variables: pass the context.
                 kwargs[call.task.ctx_param] = context_for(call, loop)
-            result = await loop.run_in_executor(self._pool, _invoke, call.task.func, kwargs)
+            result = await loop.run_in_executor(self._pool, _invoke, call.task.func, kwargs, call, loop)
         except Exception as exc:
             return CANCELLED if call.cancelled else Outcome.from_exception(exc)
         return CANCELLED if call.cancelled else Outcome.success(result)

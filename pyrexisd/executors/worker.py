@@ -9,6 +9,7 @@ exception that cannot be pickled still reaches the daemon as text.
 from __future__ import annotations
 
 import importlib
+import inspect
 import traceback
 from typing import Any
 
@@ -22,16 +23,27 @@ _channel: Any = None
 
 
 class _ChannelSink:
-    __slots__ = ("token",)
+    """Sends a job's events to the daemon, counting them so it can wait for the last one."""
+
+    __slots__ = ("token", "sent")
 
     def __init__(self, token: int) -> None:
         self.token = token
+        self.sent = 0
+
+    def _put(self, kind: str, payload: Any) -> None:
+        _channel.put((self.token, kind, payload))
+        self.sent += 1
 
     def progress(self, fraction: float | None, message: str | None) -> None:
-        _channel.put((self.token, "progress", (fraction, message)))
+        self._put("progress", (fraction, message))
 
     def log(self, line: str) -> None:
-        _channel.put((self.token, "log", line))
+        self._put("log", line)
+
+    def output(self, value: Any) -> None:
+        msgpack.packb(value, use_bin_type=True)  # an item the store cannot keep fails here
+        self._put("output", value)
 
 
 def init_worker(task_modules: tuple[str, ...], channel: Any) -> None:
@@ -44,20 +56,35 @@ def init_worker(task_modules: tuple[str, ...], channel: Any) -> None:
 
 
 def run_task(name: str, args: dict[str, Any], job_id: str, attempt: int, token: int) -> tuple[Any, ...]:
-    """Run one attempt; ``("ok", result)`` or ``("err", message, retryable, delay, tb)``."""
+    """Run one attempt.
+
+    ``("ok", result, sent)`` or ``("err", message, retryable, delay, tb, sent)``, where
+    ``sent`` counts the events sent over the channel, which the daemon waits for before
+    it settles the job (the channel and the result travel separately).
+    """
+    sink = _ChannelSink(token)
     definition = REGISTRY.get(name)
     if definition is None:
-        return ("err", f"task {name!r} is not loaded in the process worker", False, None, None)
+        return ("err", f"task {name!r} is not loaded in the process worker", False, None, None, 0)
     try:
         kwargs = definition.kwargs(args)
         if definition.ctx_param:
-            kwargs[definition.ctx_param] = TaskContext(job_id, attempt, _ChannelSink(token))
+            kwargs[definition.ctx_param] = TaskContext(job_id, attempt, sink)
         result = definition.func(**kwargs)
+        if inspect.isgenerator(result):
+            items = []
+            try:
+                while True:
+                    item = next(result)
+                    sink.output(item)
+                    items.append(item)
+            except StopIteration as stop:
+                result = items if stop.value is None else stop.value
         msgpack.packb(result, use_bin_type=True)  # refuse here what the store could not keep
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the daemon as text
         tb = "".join(traceback.format_exception(exc))
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, Fatal):
-            return ("err", message, False, None, tb)
-        return ("err", message, True, exc.delay if isinstance(exc, Retry) else None, tb)
-    return ("ok", result)
+            return ("err", message, False, None, tb, sink.sent)
+        return ("err", message, True, exc.delay if isinstance(exc, Retry) else None, tb, sink.sent)
+    return ("ok", result, sink.sent)

@@ -140,7 +140,7 @@ def make_task(
 ) -> TaskDef:
     """Build the :class:`TaskDef` of ``func`` (see :func:`task` for the options)."""
     task_name = name or func.__name__
-    is_async = inspect.iscoroutinefunction(func)
+    is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
     default_mode = mode or ("async" if is_async else "thread")
     allowed = tuple(modes) if modes else (default_mode,)
     for m in (*allowed, default_mode):

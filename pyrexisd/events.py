@@ -1,0 +1,127 @@
+"""Fan-out of job events to the streams that watch them.
+
+``publish`` is synchronous and cheap: it appends the event to the bounded buffer of each
+matching subscription and wakes its reader. A subscription whose reader falls behind
+stops buffering once full; its stream then ends with ``overloaded`` and the number of
+events it did not deliver. Publishing never waits for a reader, so a slow client can
+never slow the daemon, its jobs or other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+DEFAULT_BUFFER = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """What a subscription wants; ``None`` matches anything."""
+
+    job_id: str | None = None
+    task: str | None = None
+    queue: str | None = None
+    kinds: frozenset[str] | None = None
+
+    def matches(self, event: dict[str, Any], task: str, queue: str) -> bool:
+        if self.kinds is not None and event["kind"] not in self.kinds:
+            return False
+        if self.task is not None and task != self.task:
+            return False
+        if self.queue is not None and queue != self.queue:
+            return False
+        return True
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One stream's view of the event flow."""
+
+    filter: EventFilter
+    limit: int = DEFAULT_BUFFER
+    buffer: deque[dict[str, Any]] = field(default_factory=deque)
+    dropped: int = 0
+    overflow: asyncio.Event = field(default_factory=asyncio.Event)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def overflowed(self) -> bool:
+        return self.dropped > 0
+
+    def push(self, event: dict[str, Any]) -> None:
+        if self.dropped or len(self.buffer) >= self.limit:
+            self.dropped += 1
+            self.overflow.set()
+        else:
+            self.buffer.append(event)
+        self._wake.set()
+
+    async def wait(self) -> None:
+        """Until there is an event to take (or the buffer overflowed)."""
+        while not self.buffer and not self.dropped:
+            self._wake.clear()
+            await self._wake.wait()
+
+    def take(self) -> list[dict[str, Any]]:
+        events = list(self.buffer)
+        self.buffer.clear()
+        return events
+
+    def drop_state_events(self) -> None:
+        """Forget buffered ``state`` events: a snapshot taken now already reflects them."""
+        kept = [e for e in self.buffer if e["kind"] != "state"]
+        self.buffer.clear()
+        self.buffer.extend(kept)
+
+
+class EventHub:
+    """Routes each event to the subscriptions that match it."""
+
+    def __init__(self, buffer_limit: int = DEFAULT_BUFFER) -> None:
+        self.buffer_limit = buffer_limit
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._broad: set[Subscription] = set()
+
+    def subscribe(self, flt: EventFilter) -> Subscription:
+        sub = Subscription(flt, self.buffer_limit)
+        if flt.job_id is not None:
+            self._by_job.setdefault(flt.job_id, set()).add(sub)
+        else:
+            self._broad.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        job_id = sub.filter.job_id
+        if job_id is None:
+            self._broad.discard(sub)
+            return
+        subs = self._by_job.get(job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_job[job_id]
+
+    def wants(self, job_id: str) -> bool:
+        """Whether anyone might receive an event of ``job_id`` (skip building it if not)."""
+        return bool(self._broad) or job_id in self._by_job
+
+    def publish(self, event: dict[str, Any], task: str, queue: str) -> None:
+        job_subs = self._by_job.get(event["job_id"])
+        if job_subs:
+            for sub in job_subs:
+                if sub.filter.matches(event, task, queue):
+                    sub.push(event)
+        for sub in self._broad:
+            if sub.filter.matches(event, task, queue):
+                sub.push(event)
+
+    def publish_many(self, events: Iterable[dict[str, Any]], task: str, queue: str) -> None:
+        for event in events:
+            self.publish(event, task, queue)
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._broad) + sum(len(s) for s in self._by_job.values())
