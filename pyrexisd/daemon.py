@@ -12,6 +12,7 @@ import asyncio
 import errno
 import fcntl
 import importlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -77,21 +78,35 @@ def claim_socket_path(path: str) -> None:
     raise StartupError(f"another pyrexisd is already serving {path}")
 
 
-def load_tasks(registry: Registry, config: Config) -> None:
+ENTRY_POINT_GROUP = "pyrexis.tasks"
+
+
+def discover_task_modules(config: Config) -> tuple[str, ...]:
+    """Modules named by ``--tasks`` and by every ``pyrexis.tasks`` entry point, in order."""
+    modules = list(config.task_modules)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.module not in modules:
+            modules.append(ep.module)
+    return tuple(modules)
+
+
+def load_tasks(registry: Registry, config: Config, modules: tuple[str, ...]) -> None:
+    """Register the built-ins, then import each task module (its ``@task``s register)."""
     register_builtins(registry, enable_shell=config.enable_shell)
-    for module in config.task_modules:
+    for module in modules:
         try:
             importlib.import_module(module)
-        except PyrexisError:
-            raise
+        except PyrexisError as exc:
+            raise StartupError(f"task module {module!r}: {exc.message}") from exc
         except Exception as exc:
             raise StartupError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def make_executors(config: Config) -> dict[str, Executor]:
+def make_executors(config: Config, modules: tuple[str, ...]) -> dict[str, Executor]:
     executors: dict[str, Executor] = {
         "thread": ThreadExecutor(config.threads),
-        "process": ProcessExecutor(config.processes, config.task_modules, config.kill_grace),
+        # Workers import the same task modules as the daemon.
+        "process": ProcessExecutor(config.processes, modules, config.kill_grace),
         "async": AsyncExecutor(config.async_slots),
     }
     if config.enable_shell:
@@ -130,20 +145,21 @@ class Daemon:
         try:
             _makedirs(os.path.dirname(os.path.abspath(config.socket)), 0o700)
             claim_socket_path(config.socket)
-            load_tasks(REGISTRY, config)
+            modules = discover_task_modules(config)
+            load_tasks(REGISTRY, config, modules)
             store = Store(config.db, config.sync)
             await store.open()
             try:
-                return await self._serve(store)
+                return await self._serve(store, modules)
             finally:
                 await store.close()
         finally:
             lock.close()
 
-    async def _serve(self, store: Store) -> int:
+    async def _serve(self, store: Store, modules: tuple[str, ...]) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
-        engine = Engine(config, store, REGISTRY, make_executors(config))
+        engine = Engine(config, store, REGISTRY, make_executors(config, modules))
         self.engine = engine
         await engine.start()
         server = Server(make_handlers(engine, config.max_frame), config.max_frame, config.max_inflight)
