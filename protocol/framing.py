@@ -18,7 +18,7 @@ MAX_DEPTH = 1024
 
 def encode_frame(message: Mapping[str, Any]) -> bytes:
     """One frame holding ``message``."""
-    body = msgpack.packb(message, use_bin_type=True)
+    body: bytes = msgpack.packb(message, use_bin_type=True)
     return HEADER.pack(len(body)) + body
 
 

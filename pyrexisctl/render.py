@@ -1,0 +1,390 @@
+"""What pyrexisctl shows people and scripts: compact tables, JSON/NDJSON, times, a progress line.
+
+Pure formatting: functions take records (plain maps from the daemon) and return text, so
+they are cheap to import and easy to test. Only :func:`echo_json`, :func:`echo_ndjson` and
+:class:`ProgressLine` write.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+import click
+
+JOB_HEADERS = ("ID", "TASK", "QUEUE", "PRI", "STATUS", "ATTEMPTS", "AGE", "ELAPSED")
+_JOB_RIGHT = frozenset({3, 5, 6, 7})
+
+MAX_VALUE_CHARS = 400
+"""Characters of a result, args or error a human view shows (``--json`` shows all)."""
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _json_default(value: Any) -> Any:
+    # msgpack ``bin`` has no JSON counterpart: keep it lossless and recognisable.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def to_json(value: Any) -> str:
+    """``value`` as one line of JSON (bytes become ``{"$base64": ...}``)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as one line of JSON on stdout."""
+    click.echo(to_json(value))
+
+
+def echo_ndjson(values: Iterable[Any]) -> None:
+    """Print each value as its own JSON line (NDJSON), as they come."""
+    for value in values:
+        click.echo(to_json(value))
+
+
+def short_value(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """A JSON rendering of ``value`` cut to ``limit`` characters for human views."""
+    text = to_json(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars, see --json)"
+
+
+# --------------------------------------------------------------------------- times
+
+
+def format_duration(seconds: float | None) -> str:
+    """Compact duration: ``0.42ms``, ``85ms``, ``3.4s``, ``2m05s``, ``1h02m``, ``3d04h``, ``-``."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)  # clocks of client and daemon may disagree a little
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2f}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return _coarse(int(seconds))
+
+
+def format_age(seconds: float | None) -> str:
+    """A compact age in whole units: ``12s``, ``2m05s``, ``1h02m``, ``3d04h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole}s"
+    return _coarse(whole)
+
+
+def _coarse(whole: int) -> str:
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_time(timestamp: float | None, now: float | None = None) -> str:
+    """A local wall-clock time with its distance from now: ``2024-05-01 12:00:03 (12s ago)``."""
+    if timestamp is None:
+        return "-"
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    delta = now - timestamp
+    if delta >= 0:
+        return f"{stamp} ({format_age(delta)} ago)"
+    return f"{stamp} (in {format_age(-delta)})"
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def job_elapsed(job: Mapping[str, Any], now: float) -> float | None:
+    """How long the job has run: until now while running, until it finished otherwise."""
+    started = _num(job.get("started_at"))
+    if started is None:
+        return None
+    finished = _num(job.get("finished_at"))
+    if finished is not None and job.get("status") != "running":
+        return finished - started
+    if job.get("status") == "running":
+        return now - started
+    return None
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
+    """A compact text table: columns two spaces apart, those in ``right`` right-aligned."""
+    materialised = [list(row) for row in rows]
+    widths = [len(header) for header in headers]
+    for row in materialised:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+    right_set = frozenset(right)
+    last = len(headers) - 1
+
+    def line(cells: Sequence[str]) -> str:
+        parts = []
+        for index, cell in enumerate(cells):
+            if index in right_set:
+                parts.append(cell.rjust(widths[index]))
+            elif index == last:
+                parts.append(cell)  # no trailing padding
+            else:
+                parts.append(cell.ljust(widths[index]))
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in materialised)])
+
+
+def key_values(pairs: Iterable[tuple[str, str]]) -> str:
+    """``key  value`` lines with the values aligned."""
+    materialised = list(pairs)
+    width = max((len(key) for key, _ in materialised), default=0)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in materialised)
+
+
+def job_row(job: Mapping[str, Any], now: float) -> list[str]:
+    """One row of the job table (see :data:`JOB_HEADERS`)."""
+    attempts = job.get("attempts")
+    created = _num(job.get("created_at"))
+    return [
+        str(job.get("job_id", "?")),
+        str(job.get("task", "?")),
+        str(job.get("queue", "?")),
+        str(job.get("priority", "")),
+        str(job.get("status", "?")),
+        "-" if attempts is None else str(attempts),
+        format_age(None if created is None else now - created),
+        format_duration(job_elapsed(job, now)),
+    ]
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float | None = None) -> str:
+    """The job list as a table."""
+    now = time.time() if now is None else now
+    return table(JOB_HEADERS, (job_row(job, now) for job in jobs), _JOB_RIGHT)
+
+
+def format_error(error: Any) -> str:
+    """A Job record's ``error`` map as ``type: message (retryable)``."""
+    if not isinstance(error, Mapping):
+        return short_value(error)
+    text = f"{error.get('type', 'error')}: {error.get('message', '')}"
+    return f"{text} (retryable)" if error.get("retryable") else text
+
+
+def format_progress(progress: Any) -> str:
+    """A ``progress`` map as ``45% message``."""
+    if not isinstance(progress, Mapping):
+        return "-"
+    fraction = _num(progress.get("fraction"))
+    parts = [] if fraction is None else [f"{fraction * 100:.0f}%"]
+    if progress.get("message"):
+        parts.append(str(progress["message"]))
+    return " ".join(parts) or "-"
+
+
+def job_detail(job: Mapping[str, Any], now: float | None = None) -> str:
+    """Everything about one job, one field per line (``status`` command)."""
+    now = time.time() if now is None else now
+    created = _num(job.get("created_at"))
+    started = _num(job.get("started_at"))
+    max_retries = job.get("max_retries")
+    attempts = f"{job.get('attempts', 0)}"
+    if isinstance(max_retries, int):
+        attempts += f" (max_retries {max_retries})"
+    pairs: list[tuple[str, str]] = [
+        ("job", str(job.get("job_id", "?"))),
+        ("task", f"{job.get('task', '?')} ({job.get('mode') or 'default mode'})"),
+        ("status", str(job.get("status", "?"))),
+        ("queue", f"{job.get('queue', '?')}, priority {job.get('priority', 0)}"),
+        ("attempts", attempts),
+        ("created", format_time(created, now)),
+    ]
+    if job.get("run_at") is not None:
+        pairs.append(("run at", format_time(_num(job.get("run_at")), now)))
+    if started is not None:
+        wait = "" if created is None else f", {format_duration(started - created)} after submit"
+        pairs.append(("started", format_time(started, now) + wait))
+    if job.get("finished_at") is not None:
+        pairs.append(("finished", format_time(_num(job.get("finished_at")), now)))
+    if started is not None:
+        pairs.append(("elapsed", format_duration(job_elapsed(job, now))))
+    if job.get("progress"):
+        pairs.append(("progress", format_progress(job.get("progress"))))
+    pairs.append(("args", short_value(job.get("args"))))
+    if job.get("status") == "completed":
+        pairs.append(("result", short_value(job.get("result"))))
+    if job.get("error"):
+        pairs.append(("error", format_error(job.get("error"))))
+    if job.get("depends_on"):
+        depends = ", ".join(str(dep) for dep in job["depends_on"])
+        pairs.append(("depends on", f"{depends} ({job.get('dependency_policy')})"))
+    labels = job.get("labels")
+    if isinstance(labels, Mapping) and labels:
+        pairs.append(("labels", " ".join(f"{key}={value}" for key, value in labels.items())))
+    if job.get("timeout") is not None:
+        pairs.append(("timeout", format_duration(_num(job.get("timeout")))))
+    if job.get("on_interrupt"):
+        pairs.append(("on interrupt", str(job["on_interrupt"])))
+    return key_values(pairs)
+
+
+def job_outcome(job: Mapping[str, Any]) -> str:
+    """How a terminal job ended: ``ID completed in 12ms`` / ``ID failed after 3 attempts: ...``."""
+    job_id = job.get("job_id", "?")
+    status = job.get("status", "?")
+    elapsed = job_elapsed(job, time.time())
+    if status == "completed":
+        return f"{job_id} completed in {format_duration(elapsed)}"
+    attempts = job.get("attempts")
+    after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    error = f": {format_error(job['error'])}" if job.get("error") else ""
+    return f"{job_id} {status}{after}{error}"
+
+
+def queues_table(queues: Iterable[Mapping[str, Any]]) -> str:
+    """Queue rows as a table."""
+    rows = [
+        [
+            str(row.get("queue", "?")),
+            "yes" if row.get("paused") else "no",
+            _plain(row.get("weight")),
+            _plain(row.get("max_concurrency")),
+            _plain(row.get("aging")),
+            _plain(row.get("waiting")),
+            _plain(row.get("running")),
+        ]
+        for row in queues
+    ]
+    headers = ("QUEUE", "PAUSED", "WEIGHT", "MAX", "AGING", "WAITING", "RUNNING")
+    return table(headers, rows, right={2, 3, 4, 5, 6})
+
+
+def tasks_table(tasks: Iterable[Mapping[str, Any]]) -> str:
+    """Registered tasks as a table."""
+    rows = []
+    for task in tasks:
+        modes = task.get("modes") or []
+        description = str(task.get("description") or "").strip().splitlines()
+        rows.append(
+            [
+                str(task.get("name", "?")),
+                ",".join(str(mode) for mode in modes),
+                str(task.get("default_mode") or "-"),
+                description[0] if description else "",
+            ]
+        )
+    return table(("TASK", "MODES", "DEFAULT", "DESCRIPTION"), rows)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _counts(counts: Any) -> str:
+    if not isinstance(counts, Mapping) or not counts:
+        return "-"
+    return "  ".join(f"{key} {value}" for key, value in counts.items())
+
+
+def stats_text(stats: Mapping[str, Any]) -> str:
+    """The ``stats`` answer for people."""
+    latency = stats.get("submit_to_start_ms")
+    if isinstance(latency, Mapping):
+        p50, p99 = _num(latency.get("p50")), _num(latency.get("p99"))
+        latency_text = "p50 {}  p99 {}".format(
+            "-" if p50 is None else format_duration(p50 / 1000),
+            "-" if p99 is None else format_duration(p99 / 1000),
+        )
+    else:
+        latency_text = "-"
+    rate = _num(stats.get("completed_per_s"))
+    pairs = [
+        ("uptime", format_duration(_num(stats.get("uptime")))),
+        ("jobs", _counts(stats.get("by_status"))),
+        ("running", _counts(stats.get("running_by_mode"))),
+        ("slots", _counts(stats.get("slots"))),
+        ("completed/s", "-" if rate is None else f"{rate:.1f} (last 60 s)"),
+        ("submit->start", latency_text),
+    ]
+    by_queue = stats.get("by_queue")
+    if isinstance(by_queue, Mapping):
+        for queue, counts in by_queue.items():
+            pairs.append((f"queue {queue}", _counts(counts)))
+    return key_values(pairs)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class ProgressLine:
+    """A single status line redrawn in place on a terminal (silent when not a terminal).
+
+    ``update`` redraws it; ``clear`` erases it so normal output can follow. Writing to
+    stderr keeps stdout clean for the result.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = sys.stderr if stream is None else stream
+        self.enabled = self._stream.isatty()
+        self._shown = False
+        self._started = time.monotonic()
+
+    def render(
+        self, label: str, status: str, fraction: float | None = None, message: str | None = None
+    ) -> str:
+        """The text of the line, fitted to the terminal's width."""
+        parts = [label, status.ljust(9)]
+        if fraction is not None:
+            fraction = min(1.0, max(0.0, fraction))
+            filled = round(fraction * 20)
+            parts.append(f"[{'#' * filled}{'.' * (20 - filled)}] {fraction * 100:3.0f}%")
+        parts.append(format_age(time.monotonic() - self._started))
+        if message:
+            parts.append(message)
+        text = "  ".join(parts)
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+    def update(
+        self, label: str, status: str, fraction: float | None = None, message: str | None = None
+    ) -> None:
+        """Redraw the line."""
+        if not self.enabled:
+            return
+        # \r goes back to the line start, ESC[K erases what a longer previous line left.
+        self._stream.write("\r\x1b[K" + self.render(label, status, fraction, message))
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        """Erase the line, if one is shown."""
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
