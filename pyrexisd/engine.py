@@ -40,6 +40,7 @@ from protocol.errors import (
 )
 from protocol.models import JobSpec, validation_errors
 from protocol.status import WAITING
+from pyrexisd import dependencies
 from pyrexisd.config import Config
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome
@@ -230,6 +231,10 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.hub = EventHub()
+        self._blocked: dict[int, JobRow] = {}  # blocked jobs, evaluated as dependencies settle
+        self._held: dict[int, JobRow] = {}
+        self._dependents: dict[str, set[int]] = {}  # dependency job_id -> blocked seqs
+        self._to_evaluate: set[int] = set()
         self._log_signals: dict[int, asyncio.Future[None]] = {}
 
     # == start-up and shutdown ========================================================
@@ -249,6 +254,9 @@ class Engine:
                 q.name, weight=q.weight, max_concurrency=q.max_concurrency, aging=q.aging, paused=q.paused
             )
         await self._recover_running()
+        for status in ("blocked", "held"):
+            for row in await self.store.jobs_with_status(status):
+                self._enqueue(row)
         for key in await self.store.waiting_keys():
             if key.status == "pending":
                 self.scheduler.add(key.seq, key.queue, key.mode, key.priority, key.enqueued_at)
@@ -352,10 +360,10 @@ class Engine:
                 f"task {spec.task!r} does not run in {mode} mode",
                 {"errors": [{"loc": ["mode"], "msg": f"supported: {', '.join(definition.modes)}"}], **where},
             )
-        if spec.depends_on:
+        if spec.job_id is not None and spec.job_id in spec.depends_on:
             raise InvalidRequest(
-                "depends_on is not supported by this daemon yet",
-                {"errors": [{"loc": ["depends_on"], "msg": "dependencies are not supported yet"}], **where},
+                f"job {spec.job_id!r} depends on itself",
+                {"errors": [{"loc": ["depends_on"], "msg": "a dependency cycle"}], **where},
             )
         try:
             definition.validate_args(spec.args)
@@ -383,7 +391,7 @@ class Engine:
             max_retries=max_retries,
             on_interrupt=spec.on_interrupt or definition.on_interrupt,
             dependency_policy=spec.dependency_policy,
-            depends_on=list(spec.depends_on),
+            depends_on=list(dict.fromkeys(spec.depends_on)),
             labels=dict(spec.labels),
             timeout=spec.timeout if spec.timeout is not None else definition.timeout,
             run_at=run_at,
@@ -409,12 +417,40 @@ class Engine:
                         {"errors": [{"loc": ["jobs", i, "job_id"], "msg": "duplicate"}], "index": i},
                     )
                 seen[spec.job_id] = i
+        known = await self._check_dependencies(prepared, batch)
         existing = await self._existing_jobs(prepared, batch)
         self._check_open()
         fresh = [row for i, (_, _, row) in enumerate(prepared) if i not in existing]
         if fresh:
-            await self._admit(fresh)
+            await self._admit(fresh, known)
         return [existing[i] if i in existing else prepared[i][2].record() for i in range(len(prepared))]
+
+    async def _check_dependencies(
+        self, prepared: list[tuple[JobSpec, TaskDef, JobRow]], batch: bool
+    ) -> dict[str, str]:
+        """Refuse unknown ids and cycles; the statuses of the existing dependencies."""
+        if not any(spec.depends_on for spec, _, _ in prepared):
+            return {}
+        problem = dependencies.batch_order_problem(
+            [spec.job_id for spec, _, _ in prepared], [spec.depends_on for spec, _, _ in prepared]
+        )
+        if problem is not None:
+            i, dep = problem
+            raise InvalidRequest(
+                f"spec {i} depends on {dep!r}, which is not an earlier spec of the batch (a cycle)",
+                {"errors": [{"loc": ["depends_on"], "msg": "a dependency cycle"}], **({"index": i} if batch else {})},
+            )
+        in_batch = {spec.job_id for spec, _, _ in prepared if spec.job_id is not None}
+        external = sorted({d for spec, _, _ in prepared for d in spec.depends_on if d not in in_batch})
+        found = await self.store.get_jobs_by_id(external) if external else {}
+        for i, (spec, _, _) in enumerate(prepared):
+            for dep in spec.depends_on:
+                if dep not in in_batch and dep not in found:
+                    raise InvalidRequest(
+                        f"unknown dependency {dep!r}",
+                        {"errors": [{"loc": ["depends_on"], "msg": f"no job {dep!r}"}], **({"index": i} if batch else {})},
+                    )
+        return {job_id: row.status for job_id, row in found.items()}
 
     async def _existing_jobs(
         self, prepared: list[tuple[JobSpec, TaskDef, JobRow]], batch: bool
@@ -444,7 +480,8 @@ class Engine:
                 raise Conflict(f"job_id {spec.job_id!r} is being submitted concurrently", {"job_id": spec.job_id})
         return out
 
-    async def _admit(self, rows: list[JobRow]) -> None:
+    async def _admit(self, rows: list[JobRow], known: dict[str, str] | None = None) -> None:
+        known = known or {}
         now = self.clock()
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         starting: list[JobRow] = []
@@ -454,7 +491,10 @@ class Engine:
             if not row.job_id:
                 row.job_id = secrets.token_hex(8)
             self._claimed_ids[row.job_id] = claim
-            if row.run_at is not None and row.run_at > now:
+            # Completed is final: a job whose dependencies all completed need not block.
+            if row.depends_on and not all(known.get(d) == "completed" for d in row.depends_on):
+                row.status = "blocked"
+            elif row.run_at is not None and row.run_at > now:
                 row.status = "scheduled"
             elif self.scheduler.try_start_now(row.queue, row.mode):
                 row.status = "running"
@@ -484,7 +524,15 @@ class Engine:
         self._kick()
 
     def _enqueue(self, row: JobRow) -> None:
-        """A committed waiting job joins the scheduler (its row cached while room allows)."""
+        """A committed waiting job joins the scheduler (its row cached while room allows),
+        the blocked set (to be evaluated) or the held set."""
+        if row.status == "blocked":
+            self._blocked[row.seq] = row
+            self._evaluate_soon([row.seq])
+            return
+        if row.status == "held":
+            self._held[row.seq] = row
+            return
         if row.status == "pending":
             self.scheduler.add(row.seq, row.queue, row.mode, row.priority, row.enqueued_at)
         elif row.status in ("scheduled", "retrying"):
@@ -493,6 +541,116 @@ class Engine:
             return
         if len(self._rows) < ROW_CACHE_LIMIT:
             self._rows[row.seq] = row
+
+    def _withdraw(self, row: JobRow) -> None:
+        """A waiting job leaves wherever it waits (scheduler, blocked or held set)."""
+        self.scheduler.discard(row.seq)
+        self._rows.pop(row.seq, None)
+        self._blocked.pop(row.seq, None)
+        self._held.pop(row.seq, None)
+
+    def _waiting_status(self, row: JobRow) -> str:
+        """The waiting status that applies to a job leaving ``held``, ``failed`` or ``cancelled``."""
+        if row.depends_on:
+            return "blocked"  # evaluated right after its commit
+        if row.run_at is not None and row.run_at > self.clock():
+            return "scheduled"
+        return "pending"
+
+    # == dependencies ====================================================================
+    def _evaluate_soon(self, seqs: Iterable[int]) -> None:
+        """Evaluate these blocked jobs once per loop iteration, in one batch."""
+        first = not self._to_evaluate
+        self._to_evaluate.update(seqs)
+        if first and self._to_evaluate and self._loop is not None:
+            self._loop.call_soon(self._evaluate_now)
+
+    def _evaluate_now(self) -> None:
+        seqs, self._to_evaluate = self._to_evaluate, set()
+        if seqs and not self.stopping:
+            self._spawn(self._evaluate(seqs))
+
+    async def _evaluate(self, seqs: Iterable[int]) -> None:
+        """Blocked jobs whose dependencies settled become pending, or are cancelled."""
+        rows: list[JobRow] = []
+        for seq in seqs:
+            row = self._blocked.get(seq)
+            if row is None:
+                continue
+            lock = self._locks.get(seq)
+            if lock is not None:  # being changed: look again once that change is done
+                lock.add_done_callback(lambda _f, seq=seq: self._evaluate_soon([seq]))
+                continue
+            rows.append(row)
+        if not rows:
+            return
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for row in rows:
+            self._locks[row.seq] = gate
+        changed: list[JobRow] = []
+        snapshots: list[JobRow] = []
+        try:
+            wanted = sorted({d for r in rows for d in r.depends_on})
+            statuses = {j: r.status for j, r in (await self.store.get_jobs_by_id(wanted)).items()}
+            now = self.clock()
+            for row in rows:
+                verdict, culprit, unsettled = dependencies.verdict(row.depends_on, row.dependency_policy, statuses)
+                if verdict == dependencies.FAILED:
+                    snapshots.append(replace(row))
+                    row.move("cancelled")
+                    row.finished_at = now
+                    row.error = {
+                        "type": "dependency_failed",
+                        "message": f"dependency {culprit} {statuses.get(culprit or '', 'is gone')}",
+                        "retryable": False,
+                    }
+                    changed.append(row)
+                elif verdict == dependencies.READY:
+                    if row.run_at is not None and row.run_at > now:
+                        if not self.scheduler.is_waiting(row.seq):
+                            self.scheduler.defer(row.seq, row.run_at)  # run_at is the earliest start
+                        continue
+                    snapshots.append(replace(row))
+                    row.move("pending")
+                    row.enqueued_at = now
+                    changed.append(row)
+                else:
+                    for dep in unsettled:
+                        self._dependents.setdefault(dep, set()).add(row.seq)
+            if changed:
+                await self.store.write(jobs=changed)
+        except StorageError as exc:
+            log.error("could not update %d blocked jobs, retrying: %s", len(changed), exc)
+            for row, snap in zip(changed, snapshots):
+                self._restore(row, snap)
+            if self._loop is not None:
+                self._loop.call_later(STORAGE_RETRY[1], self._evaluate_soon, [r.seq for r in rows])
+            return
+        finally:
+            for row in rows:
+                if self._locks.get(row.seq) is gate:
+                    del self._locks[row.seq]
+            gate.set_result(None)
+        for row in changed:
+            self._blocked.pop(row.seq, None)
+            self.scheduler.discard(row.seq)
+            self._moved(row, "blocked")
+            if row.terminal:
+                self._notify(row)
+            else:
+                self._enqueue(row)
+        self._arm_timer()
+        self._kick()
+
+    async def _inputs(self, row: JobRow) -> dict[str, Any]:
+        """The results of a job's dependencies (nil for those that did not complete)."""
+        if not row.depends_on:
+            return {}
+        found = await self.store.get_jobs_by_id(row.depends_on)
+        return {
+            dep: (found[dep].result if dep in found and found[dep].status == "completed" else None)
+            for dep in row.depends_on
+        }
 
     # == dispatch ========================================================================
     def _kick(self) -> None:
@@ -620,6 +778,8 @@ class Engine:
 
     async def _run(self, active: Active, executor: Executor) -> None:
         try:
+            if active.row.depends_on:
+                active.call.inputs = await self._inputs(active.row)
             outcome = await executor.run(active.call)
         except asyncio.CancelledError:
             raise
@@ -717,13 +877,16 @@ class Engine:
         self._committed_end(row)
         self._kick()
 
-    def _moved(self, row: JobRow, old: str | None) -> None:
+    def _moved(self, row: JobRow, old: str | None, old_queue: str | None = None) -> None:
         """A status change of ``row`` has committed: count it and tell the watchers."""
-        self.metrics.moved(row.queue, row.mode, old, row.status)
+        self.metrics.moved(row.queue, row.mode, old, row.status, old_queue)
         if self.hub.wants(row.job_id):
             self.hub.publish(state_event(row, self.clock()), row.task, row.queue)
         if row.terminal:
             self._signal_log(row.seq)
+            dependents = self._dependents.pop(row.job_id, None)
+            if dependents:
+                self._evaluate_soon(dependents)
 
     def _signal_log(self, seq: int) -> None:
         """Wake the ``logs --follow`` readers of job ``seq``: lines or an end committed."""
@@ -796,6 +959,10 @@ class Engine:
         self._timer = None
         self._timer_at = None
         due = self.scheduler.due(self.clock())
+        blocked = [seq for seq in due if seq in self._blocked]
+        if blocked:
+            self._evaluate_soon(blocked)
+            due = [seq for seq in due if seq not in self._blocked]
         if due:
             self._spawn(self._promote(due))
         self._arm_timer()
@@ -890,11 +1057,13 @@ class Engine:
             active = self._active.get(seq)
             if active is not None:
                 return active.row
-            cached = self._rows.get(seq)
+            cached = self._rows.get(seq) or self._blocked.get(seq) or self._held.get(seq)
             if cached is not None:
                 return cached
             waiting_here = self.scheduler.is_waiting(seq)
-            if stored.status in WAITING_IN_SCHEDULER:
+            if stored.status in ("blocked", "held"):
+                pass  # always in memory: it moved after the read
+            elif stored.status in WAITING_IN_SCHEDULER:
                 if waiting_here:
                     return stored
             elif stored.status != "running" and not waiting_here:
@@ -929,10 +1098,11 @@ class Engine:
         row.error = {"type": "cancelled", "message": "cancelled by a client", "retryable": False}
 
     async def _change_waiting(self, row: JobRow, change: Callable[[JobRow], None]) -> JobRow:
-        """Apply ``change`` to a waiting job durably; it leaves the scheduler meanwhile."""
+        """Apply ``change`` to a waiting (or terminal) job durably; it leaves the
+        scheduler meanwhile and rejoins wherever its new status says."""
         old = row.status
-        self.scheduler.discard(row.seq)
-        self._rows.pop(row.seq, None)
+        old_queue = row.queue
+        self._withdraw(row)
         snapshot = replace(row)
         change(row)
         fut = self.store.write(jobs=[row])
@@ -946,7 +1116,7 @@ class Engine:
         finally:
             if self._locks.get(row.seq) is fut:
                 del self._locks[row.seq]
-        self._moved(row, old)
+        self._moved(row, old, old_queue)
         if row.terminal:
             self._notify(row)
         else:
@@ -967,17 +1137,53 @@ class Engine:
 
         def again(r: JobRow) -> None:
             now = self.clock()
-            r.move("pending")
+            r.run_at = None
+            r.move(self._waiting_status(r))
             r.round_base = r.attempts
             r.error = None
             r.result = None
             r.finished_at = None
             r.started_at = None
             r.progress = None
-            r.run_at = None
             r.enqueued_at = now
 
         return (await self._change_waiting(row, again)).record()
+
+    async def hold(self, job_id: str) -> dict[str, Any]:
+        """A waiting job stays waiting until released."""
+        self._check_open()
+        row = await self._current(job_id)
+        if row.status not in WAITING or row.status == "held":
+            raise InvalidState(f"only a waiting job can be held; {job_id!r} is {row.status}", {"status": row.status})
+        return (await self._change_waiting(row, lambda r: r.move("held"))).record()
+
+    async def release(self, job_id: str) -> dict[str, Any]:
+        """A held job goes back to the waiting status that now applies."""
+        self._check_open()
+        row = await self._current(job_id)
+        if row.status != "held":
+            raise InvalidState(f"only a held job can be released; {job_id!r} is {row.status}", {"status": row.status})
+
+        def unhold(r: JobRow) -> None:
+            r.move(self._waiting_status(r))
+            r.enqueued_at = self.clock()
+
+        return (await self._change_waiting(row, unhold)).record()
+
+    async def update(self, job_id: str, priority: int | None, queue: str | None) -> dict[str, Any]:
+        """Change a waiting job's priority or queue (it keeps its time waited, for aging)."""
+        self._check_open()
+        row = await self._current(job_id)
+        if row.status not in WAITING:
+            raise InvalidState(f"only a waiting job can be updated; {job_id!r} is {row.status}", {"status": row.status})
+
+        def change(r: JobRow) -> None:
+            if priority is not None:
+                r.priority = priority
+            if queue is not None:
+                r.queue = queue
+
+        return (await self._change_waiting(row, change)).record()
 
     async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         """The job's record once it is terminal; ``timeout`` error if that takes too long."""

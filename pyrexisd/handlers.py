@@ -80,6 +80,11 @@ class QueueArgs(_Args):
     queue: Optional[str] = Field(default=None, min_length=1, max_length=200)
 
 
+class UpdateArgs(JobIdArgs):
+    priority: Optional[int] = Field(default=None, ge=-1000, le=1000)
+    queue: Optional[str] = Field(default=None, min_length=1, max_length=200)
+
+
 class ConfigureQueueArgs(_Args):
     queue: str = Field(min_length=1, max_length=200)
     weight: Optional[float] = Field(default=None, gt=0)
@@ -208,6 +213,21 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
         await asyncio.wait([task])
         return {"closed": True}
 
+    async def hold(args: dict[str, Any], stream: Stream) -> Any:
+        return await engine.hold(parse(JobIdArgs, args).job_id)
+
+    async def release(args: dict[str, Any], stream: Stream) -> Any:
+        return await engine.release(parse(JobIdArgs, args).job_id)
+
+    async def update(args: dict[str, Any], stream: Stream) -> Any:
+        a = parse(UpdateArgs, args)
+        if a.priority is None and a.queue is None:
+            raise InvalidRequest(
+                "update needs priority or queue",
+                {"errors": [{"loc": ["priority"], "msg": "give priority and/or queue"}]},
+            )
+        return await engine.update(a.job_id, a.priority, a.queue)
+
     async def stats(args: dict[str, Any], stream: Stream) -> Any:
         return engine.stats()
 
@@ -240,6 +260,9 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
         "list": list_,
         "cancel": cancel,
         "retry": retry,
+        "hold": hold,
+        "release": release,
+        "update": update,
         "wait": wait,
         "logs": logs,
         "watch": watch,

@@ -18,10 +18,10 @@ class Metrics:
         self._completions: deque[float] = deque()
         self._latencies: deque[float] = deque(maxlen=1000)
 
-    def moved(self, queue: str, mode: str, old: str | None, new: str) -> None:
-        """A job's status change has committed."""
+    def moved(self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None) -> None:
+        """A job's status change (and maybe queue change) has committed."""
         if old is not None:
-            self.by_queue_status[(queue, old)] -= 1
+            self.by_queue_status[(old_queue or queue, old)] -= 1
             if old == "running":
                 self.running_by_mode[mode] -= 1
         self.by_queue_status[(queue, new)] += 1

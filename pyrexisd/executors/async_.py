@@ -28,7 +28,7 @@ class AsyncExecutor(Executor):
     async def run(self, call: JobCall) -> Outcome:
         task = call.task
         try:
-            kwargs = task.kwargs(call.args)
+            kwargs = task.kwargs(call.args, call.inputs)
             if task.ctx_param:
                 kwargs[task.ctx_param] = context_for(call, None)
             produced = task.func(**kwargs)

@@ -38,6 +38,7 @@ class JobCall:
     args: dict[str, Any]
     events: JobEvents
     env: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # dependency job_id -> result
     cancel_event: threading.Event = field(default_factory=threading.Event)
     _on_cancel: Callable[[], Any] | None = None
 

@@ -117,7 +117,8 @@ class ProcessExecutor(Executor):
         try:
             try:
                 future = self._pool.schedule(
-                    worker.run_task, args=(call.task.name, call.args, call.job_id, call.attempt, token)
+                    worker.run_task,
+                    args=(call.task.name, call.args, call.job_id, call.attempt, token, call.inputs),
                 )
             except (RuntimeError, BrokenProcessPool) as exc:
                 self._rebuild(f"could not schedule: {exc}")

@@ -36,13 +36,18 @@ class ShellExecutor(Executor):
 
     async def run(self, call: JobCall) -> Outcome:
         try:
-            command = call.task.func(**call.task.kwargs(call.args))
+            command = call.task.func(**call.task.kwargs(call.args, call.inputs))
             if not isinstance(command, ShellCommand):
                 raise TypeError(f"a shell-mode task must return a ShellCommand, not {type(command).__name__}")
         except Exception as exc:
             return Outcome.from_exception(exc)
         fd, output_path = tempfile.mkstemp(prefix="pyrexis-output-", suffix=".json", dir=self.workdir)
         os.close(fd)
+        inputs_path: str | None = None
+        if call.inputs:
+            fd, inputs_path = tempfile.mkstemp(prefix="pyrexis-inputs-", suffix=".json", dir=self.workdir)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(call.inputs, fh, default=repr)
         env = dict(os.environ)
         if command.env:
             env.update(command.env)
@@ -50,13 +55,17 @@ class ShellExecutor(Executor):
         env["PYREXIS_JOB_ID"] = call.job_id
         env["PYREXIS_ATTEMPT"] = str(call.attempt)
         env["PYREXIS_OUTPUT"] = output_path
+        if inputs_path is not None:
+            env["PYREXIS_INPUTS"] = inputs_path
         try:
             return await self._run_process(call, command, env, output_path)
         finally:
-            try:
-                os.unlink(output_path)
-            except OSError:
-                pass
+            for path in (output_path, inputs_path):
+                if path is not None:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
 
     async def _run_process(
         self, call: JobCall, command: ShellCommand, env: dict[str, str], output_path: str

@@ -25,7 +25,7 @@ def context_for(call: JobCall, loop: asyncio.AbstractEventLoop | None) -> TaskCo
             lambda f, m: loop.call_soon_threadsafe(events.progress, f, m),
             lambda line: loop.call_soon_threadsafe(events.log, "log", line),
         )
-    return TaskContext(call.job_id, call.attempt, sink, call.cancel_event)
+    return TaskContext(call.job_id, call.attempt, sink, call.cancel_event, call.inputs)
 
 
 def _invoke(
@@ -57,7 +57,7 @@ class ThreadExecutor(Executor):
     async def run(self, call: JobCall) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
-            kwargs = call.task.kwargs(call.args)
+            kwargs = call.task.kwargs(call.args, call.inputs)
             if call.task.ctx_param:
                 # run_in_executor does not carry context variables: pass the context.
                 kwargs[call.task.ctx_param] = context_for(call, loop)

@@ -55,7 +55,9 @@ def init_worker(task_modules: tuple[str, ...], channel: Any) -> None:
         importlib.import_module(module)
 
 
-def run_task(name: str, args: dict[str, Any], job_id: str, attempt: int, token: int) -> tuple[Any, ...]:
+def run_task(
+    name: str, args: dict[str, Any], job_id: str, attempt: int, token: int, inputs: dict[str, Any]
+) -> tuple[Any, ...]:
     """Run one attempt.
 
     ``("ok", result, sent)`` or ``("err", message, retryable, delay, tb, sent)``, where
@@ -67,9 +69,9 @@ def run_task(name: str, args: dict[str, Any], job_id: str, attempt: int, token: 
     if definition is None:
         return ("err", f"task {name!r} is not loaded in the process worker", False, None, None, 0)
     try:
-        kwargs = definition.kwargs(args)
+        kwargs = definition.kwargs(args, inputs)
         if definition.ctx_param:
-            kwargs[definition.ctx_param] = TaskContext(job_id, attempt, sink)
+            kwargs[definition.ctx_param] = TaskContext(job_id, attempt, sink, inputs=inputs)
         result = definition.func(**kwargs)
         if inspect.isgenerator(result):
             items = []

@@ -33,17 +33,24 @@ class TaskContext:
     """Handed to a task that declares a ``ctx: TaskContext`` parameter.
 
     ``progress`` and ``log`` work the same in thread, process and async mode.
+    ``inputs`` maps each dependency's job id to its result.
     ``cancelled`` becomes true when the job is cancelled or times out: a thread task
     should check it and return early, since a thread cannot be stopped from outside.
     """
 
-    __slots__ = ("job_id", "attempt", "_sink", "_cancel")
+    __slots__ = ("job_id", "attempt", "inputs", "_sink", "_cancel")
 
     def __init__(
-        self, job_id: str, attempt: int, sink: EventSink, cancel: threading.Event | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        sink: EventSink,
+        cancel: threading.Event | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        self.inputs: dict[str, Any] = inputs or {}  # dependency job_id -> its result
         self._sink = sink
         self._cancel = cancel if cancel is not None else threading.Event()
 

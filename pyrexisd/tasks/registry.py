@@ -41,6 +41,7 @@ class TaskDef:
     description: str
     args_model: type[BaseModel]
     ctx_param: str | None
+    inputs_param: str | None
     is_async: bool
     module: str
     schema: dict[str, Any] = field(default_factory=dict)
@@ -55,10 +56,13 @@ class TaskDef:
                 {"errors": validation_errors(exc, ("args",))},
             ) from None
 
-    def kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+    def kwargs(self, args: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Keyword arguments for the function (without the context)."""
         model = self.validate_args(args)
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        out = {name: getattr(model, name) for name in type(model).model_fields}
+        if self.inputs_param is not None:
+            out[self.inputs_param] = dict(inputs or {})
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -101,7 +105,10 @@ class Registry:
 REGISTRY = Registry()
 
 
-def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], str | None]:
+INPUTS_PARAM = "inputs"  # a parameter of this name receives the dependencies' results
+
+
+def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], str | None, str | None]:
     sig = inspect.signature(func)
     try:
         hints = get_type_hints(func, include_extras=True)
@@ -109,12 +116,16 @@ def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], s
         hints = {}
     fields: dict[str, Any] = {}
     ctx_param: str | None = None
+    inputs_param: str | None = None
     for pname, param in sig.parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TaskDefinitionError(f"task {name!r}: *args/**kwargs are not supported")
         annotation = hints.get(pname, Any)
         if annotation is TaskContext or pname == "ctx":
             ctx_param = pname
+            continue
+        if pname == INPUTS_PARAM:
+            inputs_param = pname
             continue
         default = ... if param.default is param.empty else param.default
         fields[pname] = (annotation, default)
@@ -124,7 +135,7 @@ def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], s
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
         **fields,
     )
-    return model, ctx_param
+    return model, ctx_param, inputs_param
 
 
 def make_task(
@@ -152,7 +163,7 @@ def make_task(
         raise TaskDefinitionError(f"task {task_name!r}: a coroutine function runs in async mode only")
     if on_interrupt not in (None, "retry", "fail"):
         raise TaskDefinitionError(f"task {task_name!r}: on_interrupt must be 'retry' or 'fail'")
-    model, ctx_param = _args_model(task_name, func)
+    model, ctx_param, inputs_param = _args_model(task_name, func)
     doc = description if description is not None else inspect.getdoc(func) or ""
     return TaskDef(
         name=task_name,
@@ -165,6 +176,7 @@ def make_task(
         description=doc.strip().splitlines()[0] if doc.strip() else "",
         args_model=model,
         ctx_param=ctx_param,
+        inputs_param=inputs_param,
         is_async=is_async,
         module=getattr(func, "__module__", "?"),
         schema=model.model_json_schema(),
