@@ -29,6 +29,7 @@ from pyrexisd.executors.process import ProcessExecutor
 from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import make_handlers
+from pyrexisd.recurring import Recurring
 from pyrexisd.server import Server
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
@@ -162,7 +163,9 @@ class Daemon:
         engine = Engine(config, store, REGISTRY, make_executors(config, modules))
         self.engine = engine
         await engine.start()
-        server = Server(make_handlers(engine, config.max_frame), config.max_frame, config.max_inflight)
+        recurring = Recurring(store, engine.submit, engine.check_spec, engine.clock)
+        await recurring.start()
+        server = Server(make_handlers(engine, config.max_frame, recurring), config.max_frame, config.max_inflight)
         self.server = server
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -174,6 +177,7 @@ class Daemon:
             )
             await self.should_exit.wait()
             server.stop_accepting()
+            recurring.stop()
             await engine.stop(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -400,6 +400,10 @@ class Engine:
         )
         return spec, definition, row
 
+    def check_spec(self, raw: Any) -> None:
+        """Validate a spec as ``submit`` would (task, mode, args), without storing it."""
+        self._prepare(raw)
+
     async def submit(self, raw: Any) -> dict[str, Any]:
         """Validate, store and schedule one job; the record once it is durable."""
         return (await self.submit_many([raw], batch=False))[0]

@@ -22,6 +22,7 @@ from pyrexisd import __version__
 from pyrexisd.engine import LOG_PAGE, Engine, encode_cursor, log_event, progress_event, state_event, statuses_arg
 from pyrexisd.events import EventFilter, Subscription
 from pyrexisd.jobs import JobRow
+from pyrexisd.recurring import Recurring
 from pyrexisd.server import Handler, Stream
 
 M = TypeVar("M", bound=BaseModel)
@@ -99,7 +100,18 @@ def parse(model: type[M], args: dict[str, Any]) -> M:
         raise InvalidRequest("invalid arguments", {"errors": validation_errors(exc)}) from None
 
 
-def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
+class ScheduleAddArgs(_Args):
+    name: str = Field(min_length=1, max_length=200)
+    cron: Optional[str] = None
+    every: Optional[float] = Field(default=None, gt=0)
+    job: dict[str, Any]
+
+
+class ScheduleNameArgs(_Args):
+    name: str = Field(min_length=1)
+
+
+def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[str, Handler]:
     """The op table: op name → handler. ``hello`` lists exactly these ops."""
 
     async def hello(args: dict[str, Any], stream: Stream) -> Any:
@@ -228,6 +240,18 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
             )
         return await engine.update(a.job_id, a.priority, a.queue)
 
+    async def schedule_add(args: dict[str, Any], stream: Stream) -> Any:
+        a = parse(ScheduleAddArgs, args)
+        engine._check_open()
+        return await recurring.add(a.name, a.cron, a.every, a.job)
+
+    async def schedule_list(args: dict[str, Any], stream: Stream) -> Any:
+        return {"schedules": recurring.list()}
+
+    async def schedule_remove(args: dict[str, Any], stream: Stream) -> Any:
+        await recurring.remove(parse(ScheduleNameArgs, args).name)
+        return {}
+
     async def stats(args: dict[str, Any], stream: Stream) -> Any:
         return engine.stats()
 
@@ -273,6 +297,9 @@ def make_handlers(engine: Engine, max_frame: int) -> dict[str, Handler]:
         "pause": pause,
         "resume": resume,
         "configure_queue": configure_queue,
+        "schedule_add": schedule_add,
+        "schedule_list": schedule_list,
+        "schedule_remove": schedule_remove,
     }
     return handlers
 

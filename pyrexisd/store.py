@@ -58,6 +58,10 @@ _UPSERT_QUEUE = (
     "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused, weight = excluded.weight, "
     "max_concurrency = excluded.max_concurrency, aging = excluded.aging"
 )
+_UPSERT_SCHEDULE = (
+    "INSERT OR REPLACE INTO schedules (name, cron, every, job, next_run, created_at, last_run, last_job_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _UPSERT_SETTING = (
     "INSERT INTO settings (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
@@ -124,6 +128,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_seq, seq)
     ) WITHOUT ROWID;
     """,
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        cron TEXT,
+        every REAL,
+        job BLOB NOT NULL,
+        next_run REAL NOT NULL,
+        created_at REAL NOT NULL,
+        last_run REAL,
+        last_job_id TEXT
+    );
+    """,
 )
 
 
@@ -151,6 +167,34 @@ class QueueSettings:
     weight: float
     max_concurrency: int | None
     aging: float
+
+
+@dataclass(slots=True)
+class Schedule:
+    """A recurring job: its definition and where it stands."""
+
+    name: str
+    cron: str | None
+    every: float | None
+    job: dict[str, Any]
+    next_run: float
+    created_at: float
+    last_run: float | None = None
+    last_job_id: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cron": self.cron,
+            "every": self.every,
+            "job": self.job,
+            "next_run": self.next_run,
+            "last_run": self.last_run,
+            "last_job_id": self.last_job_id,
+        }
+
+    def job_id_for(self, slot: float) -> str:
+        return f"{self.name}@{self.created_at:.0f}:{slot:.0f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +237,7 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 
 class _Batch:
-    __slots__ = ("jobs", "logs", "outputs", "queues", "settings", "waiters")
+    __slots__ = ("jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "waiters")
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Any, ...]] = []
@@ -201,6 +245,8 @@ class _Batch:
         self.outputs: list[tuple[Any, ...]] = []
         self.queues: list[tuple[Any, ...]] = []
         self.settings: list[tuple[Any, ...]] = []
+        self.schedules: list[tuple[Any, ...]] = []
+        self.removed: list[tuple[str]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
 
@@ -271,6 +317,8 @@ class Store:
         outputs: Iterable[OutputItem] = (),
         queues: Iterable[QueueSettings] = (),
         settings: Iterable[tuple[str, Any]] = (),
+        schedules: Iterable[Any] = (),
+        removed_schedules: Iterable[str] = (),
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
 
@@ -284,6 +332,11 @@ class Store:
             (q.name, int(q.paused), q.weight, q.max_concurrency, q.aging) for q in queues
         )
         batch.settings.extend((k, _pack(v)) for k, v in settings)
+        batch.schedules.extend(
+            (s.name, s.cron, s.every, _pack(s.job), s.next_run, s.created_at, s.last_run, s.last_job_id)
+            for s in schedules
+        )
+        batch.removed.extend((name,) for name in removed_schedules)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.waiters.append(fut)
         self._wake.set()
@@ -328,6 +381,10 @@ class Store:
                 conn.executemany(_UPSERT_QUEUE, batch.queues)
             if batch.settings:
                 conn.executemany(_UPSERT_SETTING, batch.settings)
+            if batch.schedules:
+                conn.executemany(_UPSERT_SCHEDULE, batch.schedules)
+            if batch.removed:
+                conn.executemany("DELETE FROM schedules WHERE name = ?", batch.removed)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -492,6 +549,15 @@ class Store:
         def q(conn: sqlite3.Connection) -> list[QueueSettings]:
             rows = conn.execute("SELECT name, paused, weight, max_concurrency, aging FROM queues")
             return [QueueSettings(n, bool(p), w, m, a) for n, p, w, m, a in rows]
+
+        return await self._read(q)
+
+    async def load_schedules(self) -> list[Any]:
+        def q(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                "SELECT name, cron, every, job, next_run, created_at, last_run, last_job_id FROM schedules"
+            )
+            return [Schedule(n, c, e, _unpack(j), nr, ca, lr, lj) for n, c, e, j, nr, ca, lr, lj in rows]
 
         return await self._read(q)
 
