@@ -50,6 +50,7 @@ def _run(config: Config) -> int:
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds between SIGTERM and SIGKILL for process and shell jobs.")
 @click.option("--max-frame", type=click.IntRange(min=1024), default=16 * 1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--max-result", type=click.IntRange(min=1), default=1024 * 1024, show_default=True, help="Largest job result in bytes.")
+@click.option("--max-log-bytes", type=click.IntRange(min=1024), default=16 * 1024 * 1024, show_default=True, help="Log bytes kept per attempt; later lines are dropped with a note.")
 @click.option("--aging", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Default aging: priority points gained per second of waiting.")
 @click.option("--max-retries", "default_max_retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries of a job whose task and spec set none.")
 @click.option("--tasks", "task_modules", multiple=True, metavar="MODULE", help="Import this task module (repeatable).")

@@ -51,6 +51,7 @@ class Config:
     task_modules: tuple[str, ...] = ()
     enable_shell: bool = True
     max_inflight: int = 1024
+    max_log_bytes: int = 16 * 1024 * 1024  # per attempt; later lines are dropped, with a note
 
     def __post_init__(self) -> None:
         for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight"):
@@ -68,6 +69,8 @@ class Config:
             raise ValueError("max_result must be positive and below max_frame")
         if self.aging < 0:
             raise ValueError("aging must be >= 0")
+        if self.max_log_bytes < 1024:
+            raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
 

@@ -169,6 +169,8 @@ class Daemon:
         self.server = server
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
             await server.listen(config.socket)
             log.info(

@@ -40,7 +40,7 @@ from protocol.errors import (
 )
 from protocol.models import JobSpec, validation_errors
 from protocol.status import WAITING
-from pyrexisd import dependencies
+from pyrexisd import dependencies, procs
 from pyrexisd.config import Config
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome
@@ -113,7 +113,10 @@ class _ActiveEvents:
     per job, and the latest value always arrives.
     """
 
-    __slots__ = ("engine", "active", "_lines", "_outputs", "_flush", "_last_write", "_progress_at", "_progress_handle")
+    __slots__ = (
+        "engine", "active", "_lines", "_outputs", "_flush", "_last_write", "_progress_at",
+        "_progress_handle", "_log_bytes", "dropped_lines",
+    )  # fmt: skip
 
     def __init__(self, engine: "Engine", active: Active) -> None:
         self.engine = engine
@@ -124,10 +127,24 @@ class _ActiveEvents:
         self._last_write: asyncio.Future[None] | None = None
         self._progress_at = 0.0
         self._progress_handle: asyncio.TimerHandle | None = None
+        self._log_bytes = 0
+        self.dropped_lines = 0
 
     def log(self, stream: str, line: str) -> None:
         if self.active.ended:
             return  # a thread still printing after its cancel or timeout: discarded
+        limit = self.engine.config.max_log_bytes
+        self._log_bytes += len(line) + 1
+        if self._log_bytes > limit:
+            # A job printing without end must not fill the disk: keep the first part only.
+            if not self.dropped_lines:
+                self._append("log", f"[pyrexis] log limit of {limit} bytes per attempt reached; "
+                             "further lines of this attempt are dropped")
+            self.dropped_lines += 1
+            return
+        self._append(stream, line)
+
+    def _append(self, stream: str, line: str) -> None:
         row = self.active.row
         row.log_seq += 1
         self._lines.append(LogLine(row.seq, row.log_seq, stream, line, self.engine.clock()))
@@ -138,6 +155,11 @@ class _ActiveEvents:
         row.output_seq += 1
         self._outputs.append(OutputItem(row.seq, row.output_seq, value, self.engine.clock()))
         self._schedule_flush()
+
+    def spawned(self, pid: int, started: int | None) -> None:
+        row = self.active.row
+        row.pid, row.pid_start = pid, started
+        self.engine.store.write(pids=[(row.seq, pid, started)]).add_done_callback(_log_write_failure)
 
     def _schedule_flush(self) -> None:
         if self._flush is None:
@@ -191,7 +213,7 @@ class _ActiveEvents:
 
 def _log_write_failure(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        log.warning("progress not stored: %s", fut.exception())
+        log.warning("a progress or pid update was not stored: %s", fut.exception())
 
 
 class Engine:
@@ -272,6 +294,10 @@ class Engine:
         logs: list[LogLine] = []
         now = self.clock()
         for row in rows:
+            if row.pid is not None and row.pid_start is not None:
+                # Work that outlived the daemon must not run on beside its next attempt.
+                if procs.kill_if_same(row.pid, row.pid_start, group=row.mode == "shell"):
+                    log.warning("killed orphan process %d of job %s", row.pid, row.job_id)
             self._interrupt(row, now, "the daemon stopped while the job was running")
             row.log_seq = max(row.log_seq, await self.store.max_log_seq(row.seq)) + 1
             logs.append(LogLine(row.seq, row.log_seq, "log", f"interrupted: {row.error or 'back to pending'}", now))
@@ -842,13 +868,17 @@ class Engine:
         now = self.clock()
         self._apply_outcome(row, outcome, now)
         lines: list[LogLine] = []
+        events = active.call.events
+        notes: list[tuple[str, str]] = []
+        if isinstance(events, _ActiveEvents):
+            events.flush()
+            if events.dropped_lines:
+                notes.append(("log", f"[pyrexis] {events.dropped_lines} lines dropped (log limit)"))
         if outcome.traceback:
-            events = active.call.events
-            if isinstance(events, _ActiveEvents):
-                events.flush()
-            for text in outcome.traceback.rstrip("\n").split("\n"):
-                row.log_seq += 1
-                lines.append(LogLine(row.seq, row.log_seq, "stderr", text, now))
+            notes.extend(("stderr", text) for text in outcome.traceback.rstrip("\n").split("\n"))
+        for stream, text in notes:
+            row.log_seq += 1
+            lines.append(LogLine(row.seq, row.log_seq, stream, text, now))
         self.scheduler.release(row.queue, row.mode)
         starts, missing = self._take_starts()
         if missing:
@@ -1329,6 +1359,9 @@ class Engine:
 
 class _NullEvents:
     def log(self, stream: str, line: str) -> None:
+        pass
+
+    def spawned(self, pid: int, started: int | None) -> None:
         pass
 
     def output(self, value: Any) -> None:

@@ -46,6 +46,8 @@ class JobRow:
     log_seq: int = 0
     spec_digest: bytes = b""
     output_seq: int = 0
+    pid: int | None = None  # the process running the attempt (shell and process modes)
+    pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
 
     def move(self, new: str) -> None:
         """Change status, refusing anything the contract's table does not allow."""

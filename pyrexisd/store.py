@@ -39,7 +39,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "seq", "job_id", "task", "args", "queue", "priority", "mode", "status", "created_at",
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
-    "result", "error", "progress", "log_seq", "spec_digest", "output_seq",
+    "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
 )  # fmt: skip
 _BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
 _BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS)
@@ -140,6 +140,10 @@ MIGRATIONS: tuple[str, ...] = (
         last_job_id TEXT
     );
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN pid INTEGER;
+    ALTER TABLE jobs ADD COLUMN pid_start INTEGER;
+    """,
 )
 
 
@@ -237,7 +241,7 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 
 class _Batch:
-    __slots__ = ("jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "waiters")
+    __slots__ = ("jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "waiters")
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Any, ...]] = []
@@ -247,6 +251,7 @@ class _Batch:
         self.settings: list[tuple[Any, ...]] = []
         self.schedules: list[tuple[Any, ...]] = []
         self.removed: list[tuple[str]] = []
+        self.pids: list[tuple[int | None, int | None, int]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
 
@@ -319,6 +324,7 @@ class Store:
         settings: Iterable[tuple[str, Any]] = (),
         schedules: Iterable[Any] = (),
         removed_schedules: Iterable[str] = (),
+        pids: Iterable[tuple[int, int | None, int | None]] = (),
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
 
@@ -337,6 +343,7 @@ class Store:
             for s in schedules
         )
         batch.removed.extend((name,) for name in removed_schedules)
+        batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.waiters.append(fut)
         self._wake.set()
@@ -385,6 +392,9 @@ class Store:
                 conn.executemany(_UPSERT_SCHEDULE, batch.schedules)
             if batch.removed:
                 conn.executemany("DELETE FROM schedules WHERE name = ?", batch.removed)
+            if batch.pids:
+                # Only these two columns: the rest of the row may be mid-change in memory.
+                conn.executemany("UPDATE jobs SET pid = ?, pid_start = ? WHERE seq = ?", batch.pids)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -23,6 +23,11 @@ class JobEvents(Protocol):
         """A partial result: one item a generator task yielded."""
         ...
 
+    def spawned(self, pid: int, started: int | None) -> None:
+        """The attempt runs in process ``pid`` (start time ``started``): recorded so that
+        a daemon restarting after a crash can kill it if it outlived the daemon."""
+        ...
+
     async def drain(self) -> None:
         """Wait until buffered log lines are stored (backpressure for chatty jobs)."""
         ...

@@ -95,6 +95,8 @@ class ProcessExecutor(Executor):
             call.events.log("log", payload)
         elif kind == "output":
             call.events.output(payload)
+        elif kind == "pid":
+            call.events.spawned(*payload)
 
     async def _catch_up(self, token: int, sent: int) -> None:
         """Wait until the channel has delivered the ``sent`` events of this attempt."""

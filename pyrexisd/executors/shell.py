@@ -15,6 +15,7 @@ import signal
 import tempfile
 from typing import Any
 
+from pyrexisd import procs
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.tasks.builtin import ShellCommand
 
@@ -82,6 +83,7 @@ class ShellExecutor(Executor):
             )
         except OSError as exc:
             return Outcome.failure("exception", f"cannot start {command.argv[0]!r}: {exc}", retryable=False)
+        call.events.spawned(proc.pid, procs.start_time(proc.pid))
         killer: list[asyncio.Task[None]] = []
         call.on_cancel(lambda: killer.append(asyncio.ensure_future(self._kill_group(proc))))
         assert proc.stdout is not None and proc.stderr is not None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import traceback
 from typing import Any
 
 import msgpack
 
+from pyrexisd import procs
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.context import Fatal, Retry, TaskContext
 from pyrexisd.tasks.registry import REGISTRY
@@ -65,6 +67,8 @@ def run_task(
     it settles the job (the channel and the result travel separately).
     """
     sink = _ChannelSink(token)
+    pid = os.getpid()
+    sink._put("pid", (pid, procs.start_time(pid)))
     definition = REGISTRY.get(name)
     if definition is None:
         return ("err", f"task {name!r} is not loaded in the process worker", False, None, None, 0)
@@ -82,7 +86,10 @@ def run_task(
                     items.append(item)
             except StopIteration as stop:
                 result = items if stop.value is None else stop.value
-        msgpack.packb(result, use_bin_type=True)  # refuse here what the store could not keep
+        try:
+            msgpack.packb(result, use_bin_type=True)  # refuse here what the store could not keep
+        except (TypeError, ValueError, OverflowError) as exc:
+            return ("err", f"the result cannot be stored: {exc}", False, None, None, sink.sent)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the daemon as text
         tb = "".join(traceback.format_exception(exc))
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,48 @@
+"""Identifying processes across daemon restarts, so a recycled pid is never killed.
+
+A pid alone is not an identity: after a crash the kernel may have given it to another
+process. A pid together with its start time (field 22 of ``/proc/PID/stat``, in clock
+ticks since boot) is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def kill_if_same(pid: int, started: int, group: bool) -> bool:
+    """SIGKILL ``pid`` (its whole process group if ``group``) if it is still the process
+    that started at ``started``. True if something was killed."""
+    if pid <= 1 or start_time(pid) != started:
+        if not group:
+            return False
+        # The group leader is gone, but its group may live on (a background child).
+        # A process group id cannot be reused while any member lives, so the group is
+        # still ours if any process in it remains and the leader's pid is not a new
+        # leader's: a new process with that pid would have that start time.
+        if start_time(pid) is not None:
+            return False
+    try:
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

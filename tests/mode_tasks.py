@@ -1,0 +1,17 @@
+"""Extra test tasks for test_modes.py, loaded with ``--tasks sample_tasks --tasks mode_tasks``."""
+
+from __future__ import annotations
+
+from pyrexisd import task
+
+
+@task(name="modes.unencodable", modes=["thread", "process"], mode="thread")
+def unencodable() -> object:
+    """Return a value msgpack cannot encode, in thread or process mode."""
+    return {"fine": 1, "bad": object()}
+
+
+@task(name="modes.big", modes=["thread", "process"], mode="process")
+def big(size: int) -> str:
+    """A string result of ``size`` bytes (process mode by default)."""
+    return "y" * size
