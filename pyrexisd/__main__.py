@@ -11,7 +11,7 @@ import click
 
 from protocol.paths import resolve_socket_path
 from pyrexisd import __version__
-from pyrexisd.config import Config, default_db_path
+from pyrexisd.config import Config, default_db_path, default_max_result
 
 EXIT_OK = 0
 EXIT_STARTUP = 1
@@ -49,7 +49,7 @@ def _run(config: Config) -> int:
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds running jobs get to finish on shutdown.")
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds between SIGTERM and SIGKILL for process and shell jobs.")
 @click.option("--max-frame", type=click.IntRange(min=1024), default=16 * 1024 * 1024, show_default=True, help="Largest frame in bytes.")
-@click.option("--max-result", type=click.IntRange(min=1), default=1024 * 1024, show_default=True, help="Largest job result in bytes.")
+@click.option("--max-result", type=click.IntRange(min=1), help="Largest job result in bytes (default: 1 MiB, less if --max-frame is small).")
 @click.option("--max-log-bytes", type=click.IntRange(min=1024), default=16 * 1024 * 1024, show_default=True, help="Log bytes kept per attempt; later lines are dropped with a note.")
 @click.option("--aging", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Default aging: priority points gained per second of waiting.")
 @click.option("--max-retries", "default_max_retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries of a job whose task and spec set none.")
@@ -66,6 +66,8 @@ def main(socket_path: str | None, db: str | None, log_level: str, no_shell: bool
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     given = {k: v for k, v in options.items() if v is not None}
+    if "max_result" not in given:
+        given["max_result"] = default_max_result(options["max_frame"])
     try:
         config = Config(
             socket=resolve_socket_path(socket_path),

@@ -10,6 +10,18 @@ from protocol.paths import resolve_socket_path
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
+# Room a job record needs besides its args, labels, depends_on and result (or error): its
+# other keys, ids and names (200 characters at most each) and a progress message (cut at
+# MAX_PROGRESS_MESSAGE). An error message is cut at MAX_MESSAGE.
+RECORD_RESERVE = 1536
+FRAME_ENVELOPE = 256  # a reply's keys around its result, and a list page's cursor
+MAX_MESSAGE = 1024
+MAX_PROGRESS_MESSAGE = 256
+
+
+def default_max_result(max_frame: int) -> int:
+    """1 MiB, or less when frames are small, so that a finished job's record still fits."""
+    return min(DEFAULT_MAX_RESULT, max(1, (max_frame - RECORD_RESERVE - FRAME_ENVELOPE) // 2))
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -65,14 +77,23 @@ class Config:
             raise ValueError("grace periods must be >= 0")
         if self.max_frame < 1024:
             raise ValueError("max_frame must be at least 1024 bytes")
-        if not 0 < self.max_result < self.max_frame:
-            raise ValueError("max_result must be positive and below max_frame")
+        if not 0 < self.max_result <= self.max_frame - RECORD_RESERVE - FRAME_ENVELOPE - 64:
+            raise ValueError(
+                f"max_result must leave room in max_frame for the rest of a job record "
+                f"(at most {self.max_frame - RECORD_RESERVE - FRAME_ENVELOPE - 64} with this max_frame)"
+            )
         if self.aging < 0:
             raise ValueError("aging must be >= 0")
         if self.max_log_bytes < 1024:
             raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
+
+    @property
+    def max_spec(self) -> int:
+        """Largest args + labels + depends_on of a job, so its record always fits a frame."""
+        outcome = max(self.max_result, MAX_MESSAGE + 128)  # a result, or an error
+        return self.max_frame - outcome - RECORD_RESERVE - FRAME_ENVELOPE
 
     @property
     def slots(self) -> dict[str, int]:

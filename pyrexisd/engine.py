@@ -41,7 +41,7 @@ from protocol.errors import (
 from protocol.models import JobSpec, validation_errors
 from protocol.status import WAITING
 from pyrexisd import dependencies, procs
-from pyrexisd.config import Config
+from pyrexisd.config import FRAME_ENVELOPE, MAX_MESSAGE, MAX_PROGRESS_MESSAGE, Config
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome
 from pyrexisd.jobs import JobRow
@@ -188,6 +188,8 @@ class _ActiveEvents:
         active = self.active
         if active.ended:
             return
+        if message is not None and len(message) > MAX_PROGRESS_MESSAGE:
+            message = message[: MAX_PROGRESS_MESSAGE - 1] + "…"
         active.row.progress = {"fraction": fraction, "message": message}
         active.progress_dirty = True
         self.engine._progress_changed(active)
@@ -393,12 +395,18 @@ class Engine:
             )
         try:
             definition.validate_args(spec.args)
-            msgpack.packb(spec.args, use_bin_type=True)
+            spec_size = len(msgpack.packb([spec.args, spec.labels, spec.depends_on], use_bin_type=True))
         except InvalidRequest as exc:
             exc.details = {**(exc.details or {}), **where}
             raise
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidRequest(f"args cannot be stored: {exc}", {"errors": [{"loc": ["args"], "msg": str(exc)}], **where}) from None
+        if spec_size > self.config.max_spec:
+            raise InvalidRequest(
+                f"the job's args and labels take {spec_size} bytes; at most {self.config.max_spec} "
+                "fit, so that its record fits in a frame with its result",
+                {"errors": [{"loc": ["args"], "msg": "too large"}], **where},
+            )
         now = self.clock()
         max_retries = spec.max_retries
         if max_retries is None:
@@ -438,6 +446,14 @@ class Engine:
         """All-or-nothing: every spec is valid and stored, or none is."""
         self._check_open()
         prepared = [self._prepare(raw, i if batch else None) for i, raw in enumerate(raws)]
+        if batch:
+            size = sum(len(msgpack.packb(row.record(), use_bin_type=True)) + 64 for _, _, row in prepared)
+            if size > self.config.max_frame - FRAME_ENVELOPE:
+                raise InvalidRequest(
+                    f"the batch's records would take {size} bytes, more than a frame holds; "
+                    "submit fewer jobs at once",
+                    {"errors": [{"loc": ["jobs"], "msg": "too large for one reply"}]},
+                )
         seen: dict[str, int] = {}
         for i, (spec, _, _) in enumerate(prepared):
             if spec.job_id is not None:
@@ -845,7 +861,10 @@ class Engine:
                 row.finished_at = now
                 return
             outcome = problem
-        error = {"type": outcome.error_type, "message": outcome.message, "retryable": outcome.retryable}
+        message = outcome.message
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"  # the full text is in the log's traceback
+        error = {"type": outcome.error_type, "message": message, "retryable": outcome.retryable}
         row.error = error
         if outcome.retryable and retries_left(row.attempts, row.round_base, row.max_retries) > 0:
             retry_number = row.attempts - row.round_base

@@ -19,6 +19,7 @@ from protocol.errors import InvalidRequest, Overloaded, ShuttingDown, Timeout
 from protocol.status import TERMINAL
 from protocol.models import validation_errors
 from pyrexisd import __version__
+from pyrexisd.config import FRAME_ENVELOPE
 from pyrexisd.engine import LOG_PAGE, Engine, encode_cursor, log_event, progress_event, state_event, statuses_arg
 from pyrexisd.events import EventFilter, Subscription
 from pyrexisd.jobs import JobRow
@@ -28,7 +29,6 @@ from pyrexisd.server import Handler, Stream
 M = TypeVar("M", bound=BaseModel)
 
 MAX_LIST = 10_000
-LIST_FRAME_MARGIN = 64 * 1024  # room for the frame's envelope around a page of records
 
 
 class _Args(BaseModel):
@@ -143,7 +143,8 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
         statuses = statuses_arg(a.status)
         records, cursor, rows = await engine.list(statuses, a.task, a.queue, a.limit, a.after)
         # No frame may exceed max_frame: return a shorter page when the records are big.
-        budget = max_frame - LIST_FRAME_MARGIN
+        # One record always fits (submit refuses specs whose record could not).
+        budget = max_frame - FRAME_ENVELOPE
         size = 0
         for i, record in enumerate(records):
             size += _packed_size(record)

@@ -158,7 +158,10 @@ class Connection(asyncio.Protocol):
             self._fail(rid, InvalidRequest("args must be a map", {"errors": [{"loc": ["args"], "msg": "a map is required"}]}))
             return
         if rid in self.inflight:
-            err = InvalidRequest(f"id {rid} is already in flight on this connection", {"id": rid})
+            err = InvalidRequest(
+                f"id {rid} is already in flight on this connection",
+                {"errors": [{"loc": ["id"], "msg": "already in flight"}], "id": rid},
+            )
             self.send({"id": None, "ok": False, "error": err.to_wire()})
             return
         handler = self.server.handlers.get(op)
