@@ -243,6 +243,7 @@ class Engine:
         self.stopping_event = asyncio.Event()  # streams end with shutting_down once set
         self._seq = 0
         self._active: dict[int, Active] = {}
+        self._active_by_id: dict[str, Active] = {}
         self._winding_down: set[Active] = set()
         self._rows: dict[int, JobRow] = {}
         self._locks: dict[int, asyncio.Future[Any]] = {}
@@ -430,7 +431,8 @@ class Engine:
             timeout=spec.timeout if spec.timeout is not None else definition.timeout,
             run_at=run_at,
             enqueued_at=now,
-            spec_digest=spec_digest(spec),
+            # Only a client's own id can be resubmitted, so only then is the digest needed.
+            spec_digest=spec_digest(spec) if spec.job_id is not None else b"",
         )
         return spec, definition, row
 
@@ -805,18 +807,27 @@ class Engine:
         for name in JobRow.__dataclass_fields__:
             setattr(row, name, getattr(snapshot, name))
 
+    def _activate(self, active: Active) -> None:
+        self._active[active.row.seq] = active
+        self._active_by_id[active.row.job_id] = active
+
+    def _deactivate(self, row: JobRow) -> None:
+        active = self._active.pop(row.seq, None)
+        if active is not None and self._active_by_id.get(row.job_id) is active:
+            del self._active_by_id[row.job_id]
+
     def _launch(self, row: JobRow) -> None:
         """Start the attempt of a job whose ``running`` row is committed."""
         definition = self.registry.get(row.task)
         executor = self.executors[row.mode]
         if definition is None:  # the task module was removed between restarts
             active = Active(row, JobCall(row.job_id, row.attempts, _missing_task(row.task), row.args, _NullEvents()))
-            self._active[row.seq] = active
+            self._activate(active)
             active.task = self._spawn(self._settle(active, Outcome.failure("exception", f"task {row.task!r} is not loaded", retryable=False)))
             return
         active = Active(row, None)  # type: ignore[arg-type]
         active.call = JobCall(row.job_id, row.attempts, definition, row.args, _ActiveEvents(self, active))
-        self._active[row.seq] = active
+        self._activate(active)
         self.metrics.started_after(max(0.0, (row.started_at or 0.0) - row.enqueued_at))
         if row.timeout is not None and self._loop is not None:
             active.timer = self._loop.call_later(row.timeout, self._on_timeout, active)
@@ -926,7 +937,7 @@ class Engine:
                 if self._locks.get(row.seq) is lock:
                     del self._locks[row.seq]
                 lock.set_result(None)
-        self._active.pop(row.seq, None)
+        self._deactivate(row)
         self._committed_end(row)
         self._kick()
 
@@ -987,7 +998,7 @@ class Engine:
         finally:
             if self._locks.get(row.seq) is fut:
                 del self._locks[row.seq]
-        self._active.pop(row.seq, None)
+        self._deactivate(row)
         self._winding_down.add(active)
         active.call.cancel()
         self._committed_end(row)
@@ -1244,16 +1255,21 @@ class Engine:
         waiters = self._waiters.setdefault(job_id, [])
         waiters.append(fut)  # before the read, so a commit after the read still wakes us
         try:
-            row = await self.store.get_job(job_id)
-            if row is None:
-                raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
-            if row.terminal:
-                return row.record()
+            active = self._active_by_id.get(job_id)
+            if active is not None and not active.ended and active.row.seq not in self._locks:
+                status = "running"  # committed, and its end will wake us: no read needed
+            else:
+                row = await self.store.get_job(job_id)
+                if row is None:
+                    raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+                if row.terminal:
+                    return row.record()
+                status = row.status
             self._check_open()
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout)
             except asyncio.TimeoutError:
-                raise Timeout(f"job {job_id!r} is not finished after {timeout} s", {"status": row.status}) from None
+                raise Timeout(f"job {job_id!r} is not finished after {timeout} s", {"status": status}) from None
         finally:
             waiters = self._waiters.get(job_id, [])
             if fut in waiters:

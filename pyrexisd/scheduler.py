@@ -159,8 +159,7 @@ class Scheduler:
         if mode not in self.slots:
             raise ValueError(f"no slots for mode {mode!r}")
         q = self.queue(queue)
-        if q.waiting == 0 and q.running == 0:
-            q.vpass = max(q.vpass, self._vtime)
+        self._wake(q)
         if seq in self._ready or seq in self._timer_at:
             raise ValueError(f"job {seq} is already waiting")
         item = (q.key(priority, enqueued_at), seq, priority, enqueued_at, q)
@@ -224,6 +223,7 @@ class Scheduler:
         for other in self.queues.values():
             if other.waiting and not other.paused and other.has_room() and self._head(other, mode):
                 return False
+        self._wake(q)
         self._take(q, mode)
         return True
 
@@ -267,6 +267,12 @@ class Scheduler:
         self._take(self.queue(queue), mode, advance=False)
 
     # -- internals --------------------------------------------------------------------
+    def _wake(self, q: QueueState) -> None:
+        # A queue with nothing waiting joins at the current virtual time: it cannot bank
+        # credit for the time it had nothing to run (even with a long job still running).
+        if q.waiting == 0:
+            q.vpass = max(q.vpass, self._vtime)
+
     def _take(self, q: QueueState, mode: str, advance: bool = True) -> None:
         self.busy[mode] = self.busy.get(mode, 0) + 1
         q.running += 1
