@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 from pydantic import ValidationError
@@ -1285,7 +1285,7 @@ class Engine:
                 if not fut.done():
                     fut.set_result(record)
 
-    async def list(
+    async def list_jobs(
         self,
         statuses: Sequence[str] | None,
         task: str | None,

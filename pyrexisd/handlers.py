@@ -141,7 +141,7 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
     async def list_(args: dict[str, Any], stream: Stream) -> Any:
         a = parse(ListArgs, args)
         statuses = statuses_arg(a.status)
-        records, cursor, rows = await engine.list(statuses, a.task, a.queue, a.limit, a.after)
+        records, cursor, rows = await engine.list_jobs(statuses, a.task, a.queue, a.limit, a.after)
         # No frame may exceed max_frame: return a shorter page when the records are big.
         # One record always fits (submit refuses specs whose record could not).
         budget = max_frame - FRAME_ENVELOPE
