@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import stat
-from typing import IO
+from typing import IO, Callable
 
 from protocol.errors import PyrexisError
 from pyrexisd.config import Config
@@ -32,6 +32,7 @@ from pyrexisd.handlers import make_handlers
 from pyrexisd.recurring import Recurring
 from pyrexisd.server import Server
 from pyrexisd.store import Store
+from pyrexisd.workers import WorkerRegistry
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
 
@@ -103,11 +104,13 @@ def load_tasks(registry: Registry, config: Config, modules: tuple[str, ...]) -> 
             raise StartupError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def make_executors(config: Config, modules: tuple[str, ...]) -> dict[str, Executor]:
+def make_executors(
+    config: Config, modules: tuple[str, ...], on_worker: Callable[[int, int | None], None]
+) -> dict[str, Executor]:
     executors: dict[str, Executor] = {
         "thread": ThreadExecutor(config.threads),
         # Workers import the same task modules as the daemon.
-        "process": ProcessExecutor(config.processes, modules, config.kill_grace),
+        "process": ProcessExecutor(config.processes, modules, config.kill_grace, on_worker),
         "async": AsyncExecutor(config.async_slots),
     }
     if config.enable_shell:
@@ -160,7 +163,9 @@ class Daemon:
     async def _serve(self, store: Store, modules: tuple[str, ...]) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
-        engine = Engine(config, store, REGISTRY, make_executors(config, modules))
+        workers = WorkerRegistry(store)
+        engine = Engine(config, store, REGISTRY, make_executors(config, modules, workers.started))
+        await workers.kill_survivors()
         self.engine = engine
         await engine.start()
         recurring = Recurring(store, engine.submit, engine.check_spec, engine.clock)

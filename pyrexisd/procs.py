@@ -7,8 +7,12 @@ ticks since boot) is.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
 
 
 def start_time(pid: int) -> int | None:
@@ -24,6 +28,17 @@ def start_time(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def kill_if_same(pid: int, started: int, group: bool) -> bool:

@@ -16,7 +16,7 @@ import multiprocessing
 import threading
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, Callable
 
 import pebble
 from pebble.common import CONSTS
@@ -33,8 +33,15 @@ CHANNEL_CATCH_UP = 5.0  # seconds to wait for a finished job's last events
 class ProcessExecutor(Executor):
     mode = "process"
 
-    def __init__(self, slots: int, task_modules: tuple[str, ...] = (), kill_grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        slots: int,
+        task_modules: tuple[str, ...] = (),
+        kill_grace: float = 5.0,
+        on_worker: Callable[[int, int | None], None] | None = None,
+    ) -> None:
         super().__init__(slots)
+        self.on_worker = on_worker  # told of each new worker (pid, start time)
         self.task_modules = task_modules
         self.kill_grace = kill_grace
         self._context = multiprocessing.get_context(START_METHOD)
@@ -80,6 +87,10 @@ class ProcessExecutor(Executor):
 
     def _deliver(self, item: tuple[int, str, Any]) -> None:
         token, kind, payload = item
+        if kind == "worker":
+            if self.on_worker is not None:
+                self.on_worker(*payload)
+            return
         call = self._calls.get(token)
         if call is None:
             return
@@ -95,8 +106,6 @@ class ProcessExecutor(Executor):
             call.events.log("log", payload)
         elif kind == "output":
             call.events.output(payload)
-        elif kind == "pid":
-            call.events.spawned(*payload)
 
     async def _catch_up(self, token: int, sent: int) -> None:
         """Wait until the channel has delivered the ``sent`` events of this attempt."""

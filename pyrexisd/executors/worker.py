@@ -49,9 +49,14 @@ class _ChannelSink:
 
 
 def init_worker(task_modules: tuple[str, ...], channel: Any) -> None:
-    """Pool initializer: load the tasks, keep the channel."""
+    """Pool initializer: die with the pool's parent, announce itself, load the tasks."""
     global _channel
     _channel = channel
+    procs.die_with_parent()
+    pid = os.getpid()
+    # Token 0: not a job's event. The daemon records live workers so that one that
+    # outlives a crashed daemon is killed when it restarts.
+    channel.put((0, "worker", (pid, procs.start_time(pid))))
     register_builtins(REGISTRY, enable_shell=False)
     for module in task_modules:
         importlib.import_module(module)
@@ -67,8 +72,6 @@ def run_task(
     it settles the job (the channel and the result travel separately).
     """
     sink = _ChannelSink(token)
-    pid = os.getpid()
-    sink._put("pid", (pid, procs.start_time(pid)))
     definition = REGISTRY.get(name)
     if definition is None:
         return ("err", f"task {name!r} is not loaded in the process worker", False, None, None, 0)
