@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 # Waiting statuses the scheduler tracks (held and blocked jobs wait outside it).
 WAITING_IN_SCHEDULER = frozenset({"pending", "scheduled", "retrying"})
-ROW_CACHE_LIMIT = 20_000  # waiting rows kept in memory; beyond, they are read back on start
+ROW_CACHE_LIMIT = 10_000  # waiting rows kept in memory; beyond, they are read back on start
 PROGRESS_FLUSH = 0.5  # seconds between progress writes of one job
 PROGRESS_EVERY = 0.1  # seconds between progress events of one job
 LOG_PAGE = 1000
@@ -592,7 +592,7 @@ class Engine:
 
     def _withdraw(self, row: JobRow) -> None:
         """A waiting job leaves wherever it waits (scheduler, blocked or held set)."""
-        self.scheduler.discard(row.seq)
+        self.scheduler.discard(row.seq, row.queue)
         self._rows.pop(row.seq, None)
         self._blocked.pop(row.seq, None)
         self._held.pop(row.seq, None)
@@ -681,7 +681,7 @@ class Engine:
             gate.set_result(None)
         for row in changed:
             self._blocked.pop(row.seq, None)
-            self.scheduler.discard(row.seq)
+            self.scheduler.discard(row.seq, row.queue)
             self._moved(row, "blocked")
             if row.terminal:
                 self._notify(row)

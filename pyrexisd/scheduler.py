@@ -19,8 +19,8 @@ Order
 * A slot is per execution mode: jobs of one mode never wait for slots of another.
   A paused queue, or one at its ``max_concurrency``, is skipped and never blocks the rest.
 
-Memory per waiting job is one small tuple plus one dict entry (about 200 bytes); the job's
-record lives in the store.
+Memory per waiting job is one 4-tuple, two floats and one dict entry (about 190 bytes: a
+million waiting jobs take about 190 MB); the job's record lives in the store.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Callable, Iterable, Mapping
 DEFAULT_AGING = 1.0
 PRIORITY_SPAN = 2000  # max priority - min priority
 
-# (static key, seq, priority, enqueued_at, queue): ordered by the first two, which are
-# unique together, so the queue object is never compared.
-HeapItem = tuple[float, int, int, float, "QueueState"]
+# (static key, seq, priority, enqueued_at): ordered by the first two, which are unique
+# together; the last two re-key the heap when the queue's aging rate changes.
+HeapItem = tuple[float, int, int, float]
 
 
 def aging_bound(aging: float) -> float:
@@ -94,9 +94,10 @@ class Scheduler:
         self.default_aging = default_aging
         self.paused_by_default = paused_by_default
         self.queues: dict[str, QueueState] = {}
-        # seq -> the live heap item of a ready (pending) job; items not found here are
-        # stale (discarded or re-added) and are dropped when they reach a heap's top.
-        self._ready: dict[int, HeapItem] = {}
+        # seq -> the key object of a ready (pending) job. A heap item whose key is not the
+        # very object recorded here is stale (discarded, or re-added with a new key) and
+        # is dropped when it reaches its heap's top.
+        self._ready: dict[int, float] = {}
         self._timers: list[tuple[float, int]] = []
         self._timer_at: dict[int, float] = {}  # seq -> when, for deferred jobs
         self._vtime = 0.0
@@ -137,12 +138,12 @@ class Scheduler:
             q.aging = aging
             for mode, heap in q.heaps.items():
                 fresh: list[HeapItem] = []
-                for item in heap:
-                    if self._ready.get(item[1]) is item:
-                        _, seq, p, t, _q = item
-                        new = (q.key(p, t), seq, p, t, q)
-                        self._ready[seq] = new
-                        fresh.append(new)
+                for key, seq, p, enqueued in heap:
+                    if self._ready.get(seq) is not key:
+                        continue  # stale
+                    new_key = q.key(p, enqueued)
+                    self._ready[seq] = new_key
+                    fresh.append((new_key, seq, p, enqueued))
                 heapq.heapify(fresh)
                 q.heaps[mode] = fresh
         return q
@@ -162,9 +163,9 @@ class Scheduler:
         self._wake(q)
         if seq in self._ready or seq in self._timer_at:
             raise ValueError(f"job {seq} is already waiting")
-        item = (q.key(priority, enqueued_at), seq, priority, enqueued_at, q)
-        heapq.heappush(q.heaps.setdefault(mode, []), item)
-        self._ready[seq] = item
+        key = q.key(priority, enqueued_at)
+        heapq.heappush(q.heaps.setdefault(mode, []), (key, seq, priority, enqueued_at))
+        self._ready[seq] = key
         q.waiting += 1
 
     def defer(self, seq: int, at: float) -> None:
@@ -174,11 +175,16 @@ class Scheduler:
         self._timer_at[seq] = at
         heapq.heappush(self._timers, (at, seq))
 
-    def discard(self, seq: int) -> bool:
-        """Forget a waiting or deferred job (cancelled, held, moved). False if unknown."""
-        item = self._ready.pop(seq, None)
-        if item is not None:
-            item[4].waiting -= 1  # the heap item is dropped lazily when it reaches the top
+    def discard(self, seq: int, queue: str | None = None) -> bool:
+        """Forget a waiting or deferred job (cancelled, held, moved). False if not here.
+
+        Pass the job's ``queue`` when known: the scheduler keeps no seq → queue map (that
+        would cost memory per job), so without it the queues are searched.
+        """
+        key = self._ready.pop(seq, None)
+        if key is not None:
+            q = self.queues[queue] if queue is not None else self._queue_holding(seq, key)
+            q.waiting -= 1  # its heap item is dropped when it reaches the top
             return True
         return self._timer_at.pop(seq, None) is not None
 
@@ -267,6 +273,13 @@ class Scheduler:
         self._take(self.queue(queue), mode, advance=False)
 
     # -- internals --------------------------------------------------------------------
+    def _queue_holding(self, seq: int, key: float) -> QueueState:
+        for q in self.queues.values():
+            for heap in q.heaps.values():
+                if any(item[1] == seq and item[0] is key for item in heap):
+                    return q
+        raise AssertionError(f"ready job {seq} is in no heap")
+
     def _wake(self, q: QueueState) -> None:
         # A queue with nothing waiting joins at the current virtual time: it cannot bank
         # credit for the time it had nothing to run (even with a long job still running).
@@ -287,7 +300,7 @@ class Scheduler:
         ready = self._ready
         while heap:
             item = heap[0]
-            if ready.get(item[1]) is item:
+            if ready.get(item[1]) is item[0]:
                 return item
             heapq.heappop(heap)  # discarded or re-added earlier
         return None
