@@ -30,7 +30,8 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise BadFrame("trailing bytes after the msgpack value") from None
     except msgpack.StackError:
         raise BadFrame(f"nested deeper than {MAX_DEPTH} levels") from None
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # TypeError: a map key that cannot be hashed (a list or a map).
         raise BadFrame(f"not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(value, dict):
         raise BadFrame(f"a frame must hold a map, not {type(value).__name__}")
@@ -48,13 +49,19 @@ class FrameDecoder:
     caller must drop the connection.
     """
 
-    __slots__ = ("_buffer", "max_frame")
+    __slots__ = ("_buffer", "max_frame", "_error")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buffer = bytearray()
+        self._error: FrameTooLarge | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Complete frame bodies so far. Frames that arrived before an oversized length
+        are returned first; the :class:`FrameTooLarge` is raised by the next call (feed
+        ``b""`` to see it)."""
+        if self._error is not None:
+            raise self._error
         buf = self._buffer
         buf += data
         bodies: list[bytes] = []
@@ -63,10 +70,14 @@ class FrameDecoder:
         while end - pos >= HEADER_SIZE:
             (length,) = HEADER.unpack_from(buf, pos)
             if length > self.max_frame:
-                raise FrameTooLarge(
+                self._error = FrameTooLarge(
                     f"frame of {length} bytes exceeds max_frame {self.max_frame}",
                     {"max_frame": self.max_frame},
                 )
+                del buf[:]
+                if bodies:
+                    return bodies
+                raise self._error
             if end - pos - HEADER_SIZE < length:
                 break
             start = pos + HEADER_SIZE

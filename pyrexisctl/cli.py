@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok; 1 the daemon answered with an error (``error: <code>: <message>`` on
 stderr); 2 usage error; 3 the job a command waited for ended ``failed`` or ``cancelled``;
-69 the daemon cannot be reached. Every command takes ``--json``: records as JSON, lists
-and log lines as NDJSON (one JSON value a line).
+69 the daemon cannot be reached; 130 interrupted (Ctrl-C) while waiting for a job. Every
+command takes ``--json``: records as JSON, lists, events and log lines as NDJSON (one
+JSON value a line). ``watch`` and ``logs -f`` end with exit 0 on Ctrl-C.
 
 Start-up is kept light (no pydantic, no asyncio): the commands only need the blocking
 :class:`~pyrexisctl.client.Client`; ``bench`` imports its machinery when it runs.
@@ -13,28 +14,30 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from protocol.errors import InvalidRequest, PyrexisError, UnknownOp
-from protocol.status import MODES
+from protocol.errors import PyrexisError
+from protocol.status import MODES, TERMINAL
 from pyrexisctl import render
-from pyrexisctl.client import Client, DaemonUnreachable, Record
+from pyrexisctl.client import UNSET, Client, DaemonUnreachable, Event, Record
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_JOB_FAILED = 3
 EXIT_UNREACHABLE = 69  # EX_UNAVAILABLE of sysexits.h: "a service is unavailable"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 FAILED_STATUSES = frozenset({"failed", "cancelled"})
-# A daemon that lacks an optional feature (``wait`` events, ``logs`` follow) answers one of
-# these; the command then falls back to the plain form.
-_NOT_SUPPORTED = (InvalidRequest, UnknownOp)
+DEPENDENCY_POLICIES = ("all_completed", "all_terminal")
+PROGRESS_LINE_INTERVAL = 1.0
+"""Seconds between two plain progress lines of one job (a changed message shows at once)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,7 +70,7 @@ def json_option(func: F) -> F:
         is_flag=True,
         expose_value=False,
         callback=_set_json,
-        help="Print JSON (NDJSON for lists and log lines).",
+        help="Print JSON (NDJSON for lists, events and log lines).",
     )(func)
 
 
@@ -136,7 +139,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     help="Daemon socket (default: $PYREXIS_SOCKET, then the per-user default path).",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON (NDJSON for lists and log lines)."
+    "--json", "as_json", is_flag=True, help="Print JSON (NDJSON for lists, events and log lines)."
 )
 @click.option(
     "--version",
@@ -152,7 +155,8 @@ def main(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
 
     \b
     Exit codes: 0 ok, 1 error answered by the daemon, 2 usage error,
-    3 the waited job failed or was cancelled, 69 daemon unreachable.
+    3 the waited job failed or was cancelled, 69 daemon unreachable,
+    130 interrupted while waiting for a job.
     """
     ctx.obj = Settings(socket=socket_path, json=as_json)
 
@@ -212,14 +216,52 @@ def _split_commas_str(ctx: click.Context, param: click.Parameter, value: str) ->
     return _split_commas(ctx, param, (value,))
 
 
+def _cap(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A positive integer, or ``none`` for no cap (``None``); :data:`UNSET` when not given."""
+    if value is None:
+        return UNSET
+    text = value.strip().lower()
+    if text in ("none", "unlimited"):
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a positive integer nor 'none'") from None
+    if number < 1:
+        raise click.BadParameter(f"{number} is not a positive integer (use 'none' for no cap)")
+    return number
+
+
 def _apply(func: F, decorators: list[Callable[[F], F]]) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
 
 
-def spec_options(with_mode: bool) -> Callable[[F], F]:
-    """The JobSpec options shared by ``submit`` and ``run``, and ``--wait``."""
+def arg_options(func: F) -> F:
+    """``--arg K=V`` and ``--args-json``: the task's arguments."""
+    options: list[Callable[[F], F]] = [
+        click.option(
+            "--arg",
+            "-a",
+            "arg_pairs",
+            multiple=True,
+            metavar="K=V",
+            callback=_arg_pairs,
+            help="A task argument; V is parsed as JSON when it is valid JSON (repeatable).",
+        ),
+        click.option(
+            "--args-json",
+            metavar="JSON",
+            callback=_json_object,
+            help="All task arguments as one JSON object (--arg values override).",
+        ),
+    ]
+    return _apply(func, options)
+
+
+def job_options(with_mode: bool) -> Callable[[F], F]:
+    """The JobSpec options a job of ``submit``, ``run`` and ``schedule add`` may set."""
 
     def decorate(func: F) -> F:
         options: list[Callable[[F], F]] = [
@@ -248,19 +290,10 @@ def spec_options(with_mode: bool) -> Callable[[F], F]:
                 help="Retries after a failed attempt (default: the task's).",
             ),
             click.option(
-                "--delay",
-                type=click.FloatRange(min=0),
-                metavar="S",
-                help="Start no sooner than S seconds from now.",
-            ),
-            click.option(
                 "--timeout",
                 type=click.FloatRange(min=0, min_open=True),
                 metavar="S",
                 help="Time limit of one attempt.",
-            ),
-            click.option(
-                "--job-id", metavar="ID", help="Your own job id (resubmitting it is idempotent)."
             ),
             click.option(
                 "--label",
@@ -270,33 +303,72 @@ def spec_options(with_mode: bool) -> Callable[[F], F]:
                 callback=_str_pairs,
                 help="A label (repeatable).",
             ),
-            click.option(
-                "--depends-on", multiple=True, metavar="ID", help="Run after this job (repeatable)."
-            ),
-            click.option(
-                "--wait",
-                "-w",
-                is_flag=True,
-                help="Wait for the job to end; exit 3 if it failed or was cancelled.",
-            ),
-            click.option(
-                "--wait-timeout",
-                type=click.FloatRange(min=0),
-                metavar="S",
-                help="With --wait: give up after S seconds.",
-            ),
-            json_option,
         ]
         return _apply(func, options)
 
     return decorate
 
 
+def submit_options(func: F) -> F:
+    """The options of one submitted job beyond :func:`job_options`, and ``--wait``."""
+    options: list[Callable[[F], F]] = [
+        click.option(
+            "--delay",
+            type=click.FloatRange(min=0),
+            metavar="S",
+            help="Start no sooner than S seconds from now.",
+        ),
+        click.option(
+            "--job-id", metavar="ID", help="Your own job id (resubmitting it is idempotent)."
+        ),
+        click.option(
+            "--after",
+            "--depends-on",
+            "depends_on",
+            multiple=True,
+            metavar="JOB",
+            help="Run after job JOB (repeatable): sets depends_on.",
+        ),
+        click.option(
+            "--policy",
+            "dependency_policy",
+            type=click.Choice(DEPENDENCY_POLICIES),
+            help="With --after: all_completed (default; cancelled if a dependency fails) "
+            "or all_terminal (run once every dependency has ended).",
+        ),
+        click.option(
+            "--wait",
+            "-w",
+            is_flag=True,
+            help="Wait for the job to end, showing its progress; exit 3 if it failed or "
+            "was cancelled.",
+        ),
+        click.option(
+            "--wait-timeout",
+            type=click.FloatRange(min=0),
+            metavar="S",
+            help="With --wait: give up after S seconds.",
+        ),
+        json_option,
+    ]
+    return _apply(func, options)
+
+
+_SPEC_KEYS = (
+    "priority",
+    "queue",
+    "mode",
+    "max_retries",
+    "delay",
+    "timeout",
+    "job_id",
+    "dependency_policy",
+)
+
+
 def _spec_fields(options: Mapping[str, Any]) -> dict[str, Any]:
-    fields = {
-        key: options.get(key)
-        for key in ("priority", "queue", "mode", "max_retries", "delay", "timeout", "job_id")
-    }
+    """JobSpec fields from the options (``None``: not given, so the daemon's default)."""
+    fields = {key: options.get(key) for key in _SPEC_KEYS}
     fields["labels"] = options.get("labels") or None
     fields["depends_on"] = list(options.get("depends_on") or ()) or None
     return fields
@@ -309,41 +381,151 @@ def _exit(code: int) -> NoReturn:
     click.get_current_context().exit(code)
 
 
+def _interruptible() -> None:
+    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt even if our parent ignored it.
+
+    A process started in the background by a non-interactive shell inherits SIGINT
+    ignored; the commands that run until the user stops them (``watch``, ``logs -f``,
+    waiting for a job) restore it.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _print_log_line(event: Mapping[str, Any]) -> None:
     # The job's stdout goes to our stdout; its stderr and log records to our stderr, so
     # they stay apart as they were in the job.
     click.echo(str(event.get("line", "")), err=event.get("stream") != "stdout")
 
 
-def _wait_for(client: Client, job_id: str, timeout: float | None, settings: Settings) -> Record:
-    """Wait for a job, drawing a progress line on a terminal when the daemon streams events."""
-    progress = render.ProgressLine()
-    if progress.enabled and not settings.json:
-        args: dict[str, Any] = {"job_id": job_id, "events": True}
-        if timeout is not None:
-            args["timeout"] = timeout
-        seen = False
-        status, fraction, message = "waiting", None, None
-        try:
-            with client.stream("wait", args) as stream:
-                progress.update(job_id, status)
-                for event in stream:
-                    seen = True
-                    kind = event.get("kind")
-                    if kind == "state":
-                        status = str(event.get("status", status))
-                    elif kind == "progress":
-                        fraction = event.get("fraction", fraction)
-                        message = event.get("message", message)
-                    progress.update(job_id, status, fraction, message)
-                if isinstance(stream.result, dict):
-                    return stream.result
-        except _NOT_SUPPORTED:
-            if seen:
-                raise
-        finally:
-            progress.clear()
-    return client.wait(job_id, timeout)
+def _print_prefixed_log_line(event: Mapping[str, Any]) -> None:
+    click.echo(f"{event.get('stream', 'log')}: {event.get('line', '')}")
+
+
+class _WaitView:
+    """Shows the events of a job that a command waits for.
+
+    With ``--json`` every event is a JSON line on stdout. Otherwise, on a terminal, one
+    progress line on stderr (status, fraction, elapsed, message), redrawn in place; not on
+    a terminal, a plain line on stderr for each change of status and for progress (at
+    most one a second unless its message changes). With ``logs`` (``run --wait``) the
+    job's log lines are shown too, from its first line: lines written before the wait
+    began are fetched, so none is lost or repeated.
+    """
+
+    def __init__(self, client: Client, job_id: str, as_json: bool, logs: bool) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.as_json = as_json
+        self.logs = logs
+        self.status = "waiting"
+        self.next_seq = 1  # the first log line not shown yet
+        self._fraction: float | None = None
+        self._message: str | None = None
+        self._bar = render.ProgressLine()
+        self._live = self._bar.enabled and not as_json
+        self._last_plain = -PROGRESS_LINE_INTERVAL
+        self._last_message: str | None = None
+
+    def start(self) -> None:
+        self._redraw()
+
+    def show(self, event: Event) -> None:
+        """Show one event of the ``wait`` stream."""
+        kind = event.get("kind")
+        if kind == "state":
+            self.status = str(event.get("status", self.status))
+        if kind == "log" and self.logs:
+            self._log(event)
+        elif self.as_json:
+            render.echo_json(event)
+        elif kind == "state":
+            if not self._live and self.status not in TERMINAL:
+                # The end is told by the outcome line that follows.
+                self._plain(render.event_text(event))
+        elif kind == "progress":
+            fraction = event.get("fraction")
+            self._fraction = float(fraction) if isinstance(fraction, (int, float)) else None
+            message = event.get("message")
+            self._message = None if message is None else str(message)
+            if not self._live:
+                now = time.monotonic()
+                if (
+                    now - self._last_plain >= PROGRESS_LINE_INTERVAL
+                    or self._message != self._last_message
+                ):
+                    self._last_plain, self._last_message = now, self._message
+                    self._plain(f"progress {render.event_text(event)}")
+        elif kind == "output":
+            self._above(lambda: self._plain(f"output {render.event_text(event)}"))
+        self._redraw()
+
+    def finish(self) -> None:
+        """After the job ended: show the log lines the stream did not carry."""
+        if self.logs:
+            for event in self.client.logs(self.job_id, since=self.next_seq)["lines"]:
+                self._log(event)
+
+    def close(self) -> None:
+        self._bar.clear()
+
+    def _log(self, event: Event) -> None:
+        seq = event.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            if seq < self.next_seq:
+                return  # shown already
+            if seq > self.next_seq:
+                # Written before this stream began: fetch them, in order, first.
+                missed = self.client.logs(self.job_id, since=self.next_seq)["lines"]
+                for line in missed:
+                    if isinstance(line.get("seq"), int) and line["seq"] < seq:
+                        self._emit_log(line)
+            self.next_seq = seq + 1
+        self._emit_log(event)
+
+    def _emit_log(self, event: Event) -> None:
+        if self.as_json:
+            render.echo_json(event)
+        else:
+            self._above(lambda: _print_log_line(event))
+
+    def _plain(self, text: str) -> None:
+        click.echo(f"{self.job_id} {text}", err=True)
+
+    def _above(self, write: Callable[[], None]) -> None:
+        """Print a line above the progress line (which is redrawn afterwards)."""
+        self._bar.clear()
+        write()
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if self._live:
+            self._bar.update(self.job_id, self.status, self._fraction, self._message)
+
+
+def _wait_for(
+    client: Client, job_id: str, timeout: float | None, settings: Settings, *, logs: bool = False
+) -> Record:
+    """Wait for a job with ``wait`` events, showing them (:class:`_WaitView`); its final record.
+
+    Ctrl-C detaches (the job goes on) and exits 130.
+    """
+    _interruptible()
+    view = _WaitView(client, job_id, settings.json, logs)
+    stream = client.wait_events(job_id, timeout)
+    try:
+        view.start()
+        for event in stream:
+            view.show(event)
+        view.finish()
+    except KeyboardInterrupt:
+        view.close()
+        click.echo(f"{job_id}: detached while {view.status}; the job goes on", err=True)
+        _exit(EXIT_INTERRUPTED)
+    finally:
+        view.close()
+    if isinstance(stream.result, dict):
+        return stream.result
+    return client.get(job_id)
 
 
 def _report_outcome(record: Record, settings: Settings, *, result_to_stdout: bool = True) -> None:
@@ -364,7 +546,7 @@ def _report_outcome(record: Record, settings: Settings, *, result_to_stdout: boo
 
 
 def _submit_and_maybe_wait(
-    task: str, args: Mapping[str, Any], options: Mapping[str, Any], *, follow_logs: bool
+    task: str, args: Mapping[str, Any], options: Mapping[str, Any], *, shell: bool
 ) -> None:
     settings = _settings()
     with settings.client() as client:
@@ -376,95 +558,99 @@ def _submit_and_maybe_wait(
             else:
                 click.echo(job_id)
             return
-        wait_timeout = options.get("wait_timeout")
-        if follow_logs and not settings.json:
-            final = _follow_run(client, job_id, wait_timeout, settings)
-            _report_outcome(final, settings, result_to_stdout=False)
-        else:
-            _report_outcome(_wait_for(client, job_id, wait_timeout, settings), settings)
+        final = _wait_for(client, job_id, options.get("wait_timeout"), settings, logs=shell)
+    # A shell job's output is what it printed; other jobs' result goes to stdout.
+    _report_outcome(final, settings, result_to_stdout=not shell)
 
 
-def _print_logs(
-    client: Client, job_id: str, since: int, emit: Callable[[Mapping[str, Any]], None]
-) -> int:
-    """Print the stored lines from ``since`` on; returns the seq to continue from."""
-    stream = client.stream("logs", {"job_id": job_id, "since": since})
-    for event in stream:
-        if event.get("kind") == "log":
-            emit(event)
-    final = stream.result if isinstance(stream.result, dict) else {}
-    next_seq = final.get("next")
-    return next_seq if isinstance(next_seq, int) else since
-
-
-def _follow_logs(
-    client: Client,
-    job_id: str,
-    since: int,
-    settings: Settings,
-    emit: Callable[[Mapping[str, Any]], None],
-) -> None:
-    """Print lines from ``since`` on as they come, until the job has ended and its log drained.
-
-    On a daemon without ``follow``: the stored lines now, then the rest once the job ended.
-    """
-    first = since
+def _read_graph(ctx: click.Context, param: click.Parameter, file: IO[str] | None) -> Any:
+    if file is None:
+        return None
     try:
-        stream = client.stream("logs", {"job_id": job_id, "since": since, "follow": True})
-        for event in stream:
-            if event.get("kind") == "log":
-                emit(event)
-                since = int(event.get("seq", since)) + 1
-        return
-    except _NOT_SUPPORTED:
-        if since > first:
-            raise
-    since = _print_logs(client, job_id, since, emit)
-    _wait_for(client, job_id, None, settings)
-    _print_logs(client, job_id, since, emit)
-
-
-def _follow_run(
-    client: Client, job_id: str, wait_timeout: float | None, settings: Settings
-) -> Record:
-    """Show a shell job's output as it runs, then return its final record."""
-    if wait_timeout is None:
-        _follow_logs(client, job_id, 1, settings, _print_log_line)
-        return client.wait(job_id)
-    # A deadline: wait for the job with it, then show its whole output.
-    final = _wait_for(client, job_id, wait_timeout, settings)
-    _print_logs(client, job_id, 1, _print_log_line)
-    return final
+        value = json.load(file)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param=param) from None
+    if isinstance(value, dict) and "jobs" in value:
+        value = value["jobs"]
+    if not isinstance(value, list) or not value:
+        raise click.BadParameter(
+            'expected a non-empty list of job specs, or {"jobs": [...]}', param=param
+        )
+    for index, spec in enumerate(value):
+        if not isinstance(spec, dict) or not isinstance(spec.get("task"), str):
+            raise click.BadParameter(
+                f'job {index} is not a job spec (a JSON object with a "task")', param=param
+            )
+    return value
 
 
 # --------------------------------------------------------------------------- commands
 
 
-@main.command()
-@click.argument("task")
-@click.option(
-    "--arg",
-    "-a",
-    "arg_pairs",
-    multiple=True,
-    metavar="K=V",
-    callback=_arg_pairs,
-    help="A task argument; V is parsed as JSON when it is valid JSON (repeatable).",
-)
-@click.option(
-    "--args-json",
-    metavar="JSON",
-    callback=_json_object,
-    help="All task arguments as one JSON object (--arg values override).",
-)
-@spec_options(with_mode=True)
-def submit(task: str, arg_pairs: dict[str, Any], args_json: dict[str, Any], **options: Any) -> None:
-    """Submit a job of TASK; print its id.
+_GRAPH_HELP = """\b
+--graph FILE.json submits several jobs at once, all or none: FILE (or -
+for stdin) holds a JSON list of job specs, or {"jobs": [...]}. A spec
+has the fields of the protocol's JobSpec: "task" (required), "args",
+"job_id", "priority", "queue", "mode", "timeout", "max_retries",
+"depends_on" (ids of existing jobs or of specs earlier in the file),
+"dependency_policy", "run_at", "delay", "labels", "on_interrupt".
+Example:
+  [{"task": "echo", "job_id": "fetch", "args": {"value": 1}},
+   {"task": "echo", "job_id": "build", "depends_on": ["fetch"]},
+   {"task": "echo", "depends_on": ["build"],
+    "dependency_policy": "all_terminal"}]
+It prints the created jobs (a table; NDJSON records with --json)."""
 
-    With --wait, print how it ended (and its result) instead; exit 3 if it failed or was
-    cancelled.
+
+@main.command(epilog=_GRAPH_HELP)
+@click.argument("task", required=False)
+@arg_options
+@job_options(with_mode=True)
+@submit_options
+@click.option(
+    "--graph",
+    "graph",
+    type=click.File("r"),
+    callback=_read_graph,
+    metavar="FILE.json",
+    help="Submit the job specs of FILE atomically instead of one TASK (see below).",
+)
+def submit(
+    task: str | None,
+    arg_pairs: dict[str, Any],
+    args_json: dict[str, Any],
+    graph: list[dict[str, Any]] | None,
+    **options: Any,
+) -> None:
+    """Submit a job of TASK; print its id. Or, with --graph, several jobs at once.
+
+    With --wait, show its progress, then print how it ended and its result; exit 3 if
+    it failed or was cancelled.
     """
-    _submit_and_maybe_wait(task, {**args_json, **arg_pairs}, options, follow_logs=False)
+    if graph is None:
+        if task is None:
+            raise click.UsageError("give a TASK, or --graph FILE.json")
+        _submit_and_maybe_wait(task, {**args_json, **arg_pairs}, options, shell=False)
+        return
+    given = [
+        name
+        for name, value in (
+            ("TASK", task),
+            ("--arg", arg_pairs),
+            ("--args-json", args_json),
+            *((f"--{key.replace('_', '-')}", value) for key, value in options.items()),
+        )
+        if value is not None and value is not False and value not in ((), {}, [])
+    ]
+    if given:
+        raise click.UsageError(f"--graph takes the whole job specs from the file, not {given[0]}")
+    settings = _settings()
+    with settings.client() as client:
+        records = client.submit_many(graph)
+    if settings.json:
+        render.echo_ndjson(records)
+    else:
+        click.echo(render.jobs_table(records))
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
@@ -478,14 +664,16 @@ def submit(task: str, arg_pairs: dict[str, Any], args_json: dict[str, Any], **op
     callback=_str_pairs,
     help="An environment variable laid over the daemon's (repeatable).",
 )
-@spec_options(with_mode=False)
+@job_options(with_mode=False)
+@submit_options
 def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **options: Any) -> None:
     """Run a command as a shell job.
 
     `pyrexisctl run [OPTIONS] -- CMD ARGS...`
 
     Several words run the program directly; one word containing spaces runs through
-    /bin/sh -c. With --wait, the command's output is shown as it runs.
+    /bin/sh -c. With --wait, the command's output is shown as it runs (its stdout on
+    stdout, its stderr on stderr) and how it ended on stderr.
     """
     cmd: str | list[str]
     if len(command) == 1 and any(char.isspace() for char in command[0]):
@@ -497,7 +685,7 @@ def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **option
         args["cwd"] = cwd
     if env:
         args["env"] = env
-    _submit_and_maybe_wait("shell", args, options, follow_logs=True)
+    _submit_and_maybe_wait("shell", args, options, shell=True)
 
 
 @main.command(name="list")
@@ -571,18 +759,15 @@ def status(job_id: str) -> None:
 )
 @json_option
 def wait(job_id: str, timeout: float | None) -> None:
-    """Wait until JOB ends; exit 3 if it failed or was cancelled."""
+    """Wait until JOB ends, showing its progress; exit 3 if it failed or was cancelled.
+
+    On a terminal, a progress line on stderr; otherwise a line per change (--json: the
+    job's events as NDJSON, then its record). Ctrl-C stops waiting (exit 130), not the job.
+    """
     settings = _settings()
     with settings.client() as client:
         record = _wait_for(client, job_id, timeout, settings)
     _report_outcome(record, settings)
-
-
-def _show_record(record: Record) -> None:
-    if _settings().json:
-        render.echo_json(record)
-    else:
-        click.echo(f"{record.get('job_id')} {record.get('status')}")
 
 
 @main.command()
@@ -613,20 +798,120 @@ def retry(job_id: str) -> None:
     metavar="N",
     help="First line (seq) to show.",
 )
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new lines until the job ends (Ctrl-C detaches).",
+)
+@click.option(
+    "--prefix",
+    is_flag=True,
+    help="Print every line on stdout, prefixed with its stream (stdout:, stderr:, log:).",
+)
 @json_option
-def logs(job_id: str, since: int, follow: bool) -> None:
+def logs(job_id: str, since: int, follow: bool, prefix: bool) -> None:
     """Print JOB's log lines.
 
-    Lines the job wrote to stdout go to stdout; its stderr and log records go to stderr.
+    Lines the job wrote to stdout go to stdout; its stderr and log records go to stderr
+    (or all to stdout with --prefix; --json: one log event a line, with its "stream" and
+    "seq"). With -f, lines are printed as they are written until the job has ended;
+    Ctrl-C stops following (exit 0) and the job goes on.
     """
     settings = _settings()
-    emit = render.echo_json if settings.json else _print_log_line
+    if settings.json:
+        emit: Callable[[Mapping[str, Any]], None] = render.echo_json
+    else:
+        emit = _print_prefixed_log_line if prefix else _print_log_line
+    _interruptible()
     with settings.client() as client:
-        if follow:
-            _follow_logs(client, job_id, since, settings, emit)
-        else:
-            _print_logs(client, job_id, since, emit)
+        try:
+            if follow:
+                stream = client.follow_logs(job_id, since)
+            else:
+                stream = client.stream("logs", {"job_id": job_id, "since": since})
+            for event in stream:
+                if event.get("kind") == "log":
+                    emit(event)
+        except KeyboardInterrupt:
+            # Leaving the block closes the connection, which ends the stream.
+            return
+
+
+def _show_record(record: Record, *extra: str) -> None:
+    if _settings().json:
+        render.echo_json(record)
+    else:
+        click.echo(" ".join([str(record.get("job_id")), str(record.get("status")), *extra]))
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@json_option
+def hold(job_id: str) -> None:
+    """Keep waiting JOB from starting until `release`."""
+    with _settings().client() as client:
+        _show_record(client.hold(job_id))
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@json_option
+def release(job_id: str) -> None:
+    """Let held JOB wait to run again."""
+    with _settings().client() as client:
+        _show_record(client.release(job_id))
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--priority", "-p", type=click.IntRange(-1000, 1000), help="New priority.")
+@click.option("--queue", "-q", metavar="Q", help="New queue.")
+@json_option
+def update(job_id: str, priority: int | None, queue: str | None) -> None:
+    """Change the priority and/or queue of JOB while it waits (or is held)."""
+    if priority is None and queue is None:
+        raise click.UsageError("give --priority and/or --queue")
+    with _settings().client() as client:
+        record = client.update(job_id, priority, queue)
+    _show_record(record, f"priority {record.get('priority')}", f"queue {record.get('queue')}")
+
+
+@main.command()
+@click.option("--job", "-j", "job_id", metavar="JOB", help="Only the events of this job.")
+@click.option("--task", "-t", metavar="T", help="Only jobs of this task.")
+@click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue.")
+@click.option(
+    "--kind",
+    "-k",
+    "kinds",
+    multiple=True,
+    metavar="K",
+    callback=_split_commas,
+    help="Only events of this kind: state, progress, log, output (repeatable, or comma-separated).",
+)
+@json_option
+def watch(job_id: str | None, task: str | None, queue: str | None, kinds: list[str]) -> None:
+    """Print the daemon's job events as they happen, until Ctrl-C.
+
+    One line per event: time, job, kind, what happened (--json: one event a line).
+    Filters combine. "watching" on stderr tells that events are being followed.
+    """
+    settings = _settings()
+    _interruptible()
+    with settings.client() as client:
+        try:
+            stream = client.watch(job_id, task, queue, kinds or None)
+            # Answered after the watch is in effect: from here on no event is missed.
+            client.hello()
+            click.echo("watching; Ctrl-C to stop", err=True)
+            for event in stream:
+                if settings.json:
+                    render.echo_json(event)
+                else:
+                    click.echo(render.event_line(event))
+        except KeyboardInterrupt:
+            return
 
 
 def _show_queues(queues: list[Record]) -> None:
@@ -665,6 +950,128 @@ def queues() -> None:
     """List the queues with their settings and job counts."""
     with _settings().client() as client:
         _show_queues(client.queues())
+
+
+@main.group()
+def queue() -> None:
+    """Configure queues (list them with `queues`; pause with `pause`)."""
+
+
+@queue.command(name="set")
+@click.argument("name", metavar="QUEUE")
+@click.option(
+    "--weight",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="W",
+    help="Fair share of the slots against other queues (default 1).",
+)
+@click.option(
+    "--max-concurrency",
+    metavar="N|none",
+    callback=_cap,
+    help="At most N of its jobs run at once; 'none' removes the cap.",
+)
+@click.option(
+    "--aging",
+    type=click.FloatRange(min=0),
+    metavar="RATE",
+    help="Priority points a waiting job gains per second.",
+)
+@json_option
+def queue_set(name: str, weight: float | None, max_concurrency: Any, aging: float | None) -> None:
+    """Set QUEUE's weight, concurrency cap and aging (durable); print its row.
+
+    Settings not given keep their value; a queue that does not exist yet is created.
+    """
+    with _settings().client() as client:
+        row = client.configure_queue(
+            name, weight=weight, max_concurrency=max_concurrency, aging=aging
+        )
+    if _settings().json:
+        render.echo_json(row)
+    else:
+        click.echo(render.queues_table([row]))
+
+
+@main.group()
+def schedule() -> None:
+    """Recurring jobs: submit a job by cron expression or every N seconds."""
+
+
+@schedule.command(name="add")
+@click.argument("name")
+@click.argument("task")
+@click.argument("task_args", nargs=-1, metavar="[K=V]...", callback=_arg_pairs)
+@click.option(
+    "--cron", metavar="EXPR", help='5-field cron, the daemon\'s local time: "*/5 * * * *".'
+)
+@click.option(
+    "--every", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Every S seconds."
+)
+@arg_options
+@job_options(with_mode=True)
+@json_option
+def schedule_add(
+    name: str,
+    task: str,
+    task_args: dict[str, Any],
+    cron: str | None,
+    every: float | None,
+    arg_pairs: dict[str, Any],
+    args_json: dict[str, Any],
+    **options: Any,
+) -> None:
+    """Add schedule NAME: a job of TASK by --cron or --every.
+
+    \b
+    pyrexisctl schedule add NAME (--cron EXPR | --every S) [OPTIONS] -- TASK [K=V]...
+
+    The task's arguments are K=V words after TASK (V parsed as JSON when it is valid
+    JSON), or --arg/--args-json. Every run submits a new job with the job options given.
+    """
+    if (cron is None) == (every is None):
+        raise click.UsageError("give exactly one of --cron and --every")
+    spec = {
+        key: options.get(key) for key in ("priority", "queue", "mode", "max_retries", "timeout")
+    }
+    spec["labels"] = options.get("labels") or None
+    args = {**args_json, **arg_pairs, **task_args}
+    settings = _settings()
+    with settings.client() as client:
+        record = client.schedule_add(name, task, args, cron=cron, every=every, **spec)
+    if settings.json:
+        render.echo_json(record)
+    else:
+        click.echo(render.schedule_detail(record))
+
+
+@schedule.command(name="list")
+@json_option
+def schedule_list() -> None:
+    """List the schedules with their next and last runs."""
+    settings = _settings()
+    with settings.client() as client:
+        rows = client.schedule_list()
+    if settings.json:
+        render.echo_ndjson(rows)
+    elif rows:
+        click.echo(render.schedules_table(rows))
+    else:
+        click.echo("no schedules", err=True)
+
+
+@schedule.command(name="remove")
+@click.argument("name")
+@json_option
+def schedule_remove(name: str) -> None:
+    """Remove schedule NAME (the jobs it submitted stay)."""
+    settings = _settings()
+    with settings.client() as client:
+        client.schedule_remove(name)
+    if settings.json:
+        render.echo_json({"removed": name})
+    else:
+        click.echo(f"removed schedule {name}")
 
 
 @main.command()

@@ -12,6 +12,12 @@ Errors the daemon answers with are raised as the classes of :mod:`protocol.error
 :class:`DaemonUnreachable`; a connection that breaks afterwards raises
 :class:`ConnectionLost` (a subclass, so one ``except DaemonUnreachable`` covers both).
 
+Streaming ops return a :class:`Stream` (an iterator of event maps; :class:`AsyncStream` for
+``async for``) whose ``result`` holds the final frame's result once iteration stops:
+:meth:`Client.wait_events` (the job's events, then its terminal record),
+:meth:`Client.follow_logs` (log lines as they are written, then ``{"next": seq}``) and
+:meth:`Client.watch` (matching events until closed). ``stream.close()`` ends one early.
+
 Neither client is thread-safe: use one per thread (or per event loop).
 """
 
@@ -21,7 +27,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import FrameTooLarge, PyrexisError, error_from_wire
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "UNSET",
     "AsyncClient",
     "AsyncStream",
     "Client",
@@ -51,6 +58,20 @@ Event = dict[str, Any]
 """One stream event (``{"kind": "state" | "progress" | "log" | "output", ...}``)."""
 
 RecordList = list[Record]
+
+
+class _Unset:
+    """The type of :data:`UNSET`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+""""Leave as it is" for an argument where ``None`` has a meaning of its own
+(``configure_queue(max_concurrency=None)`` removes the cap)."""
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 _RECV_SIZE = 256 * 1024
@@ -204,6 +225,42 @@ def _list_args(
     )
 
 
+def _update_args(job_id: str, priority: int | None, queue: str | None) -> dict[str, Any]:
+    return _drop_none({"job_id": job_id, "priority": priority, "queue": queue})
+
+
+def _queue_config(
+    queue: str, weight: float | None, max_concurrency: int | None | _Unset, aging: float | None
+) -> dict[str, Any]:
+    args = _drop_none({"queue": queue, "weight": weight, "aging": aging})
+    if not isinstance(max_concurrency, _Unset):
+        args["max_concurrency"] = max_concurrency  # None (nil): no cap
+    return args
+
+
+def _schedule_args(
+    name: str,
+    task: str,
+    args: Mapping[str, Any] | None,
+    cron: str | None,
+    every: float | None,
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    return _drop_none({"name": name, "cron": cron, "every": every, "job": _spec(task, args, spec)})
+
+
+def _next_seq(final: Any, since: int) -> int:
+    next_seq = final.get("next") if isinstance(final, dict) else None
+    return next_seq if isinstance(next_seq, int) else since
+
+
+def _watch_args(
+    job_id: str | None, task: str | None, queue: str | None, kinds: Sequence[str] | None
+) -> dict[str, Any]:
+    kind_list = None if kinds is None else [str(kind) for kind in kinds]
+    return _drop_none({"job_id": job_id, "task": task, "queue": queue, "kinds": kind_list})
+
+
 def _stream_id(stream: Stream | AsyncStream | int) -> int:
     return stream if isinstance(stream, int) else stream.id
 
@@ -281,8 +338,8 @@ class Stream(Iterator[Event]):
             try:
                 self._client.close_stream(self)
             except PyrexisError:
-                # A daemon without ``close`` (or a dead connection): forget the stream
-                # locally; the daemon ends it when the connection closes.
+                # The connection is gone: forget the stream locally (the daemon ended it
+                # when the connection closed).
                 pass
             if not self._ended:
                 self._client._forget_stream(self.id)
@@ -527,19 +584,43 @@ class Client:
         record: Record = self.request("wait", _drop_none({"job_id": job_id, "timeout": timeout}))
         return record
 
+    def wait_events(self, job_id: str, timeout: float | None = None) -> Stream:
+        """Wait for the job while streaming its events.
+
+        The stream opens with a ``state`` event of the job's current status (and its
+        latest ``progress``), then yields its live ``state``, ``progress``, ``log`` and
+        ``output`` events. Iteration stops once the job is terminal; ``stream.result`` is
+        then its record. After ``timeout`` s iteration raises ``Timeout``. Closing the
+        stream early leaves ``result`` as the record at that moment.
+        """
+        return self.stream(
+            "wait", _drop_none({"job_id": job_id, "timeout": timeout, "events": True})
+        )
+
     def logs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
         """The job's log lines with ``seq >= since``: ``{"lines": [log events], "next": seq}``.
 
         With ``follow`` it returns once the job is terminal and its log drained; to
-        process lines as they come, iterate ``stream("logs", {...})`` instead.
+        process lines as they come, iterate :meth:`follow_logs` instead.
         """
+        stream = self._logs_stream(job_id, since, follow)
+        lines = [event for event in stream if event.get("kind") == "log"]
+        return {"lines": lines, "next": _next_seq(stream.result, since)}
+
+    def follow_logs(self, job_id: str, since: int = 1) -> Stream:
+        """The job's ``log`` events with ``seq >= since``: the stored ones, then live ones.
+
+        Iteration stops once the job is terminal and its log drained; ``stream.result``
+        is then ``{"next": seq}`` (the ``since`` to resume from). ``stream.close()``
+        detaches early; the job is not affected.
+        """
+        return self._logs_stream(job_id, since, True)
+
+    def _logs_stream(self, job_id: str, since: int, follow: bool) -> Stream:
         args: dict[str, Any] = {"job_id": job_id, "since": since}
         if follow:
             args["follow"] = True
-        stream = self.stream("logs", args)
-        lines = [event for event in stream if event.get("kind") == "log"]
-        final = stream.result if isinstance(stream.result, dict) else {}
-        return {"lines": lines, "next": final.get("next", since)}
+        return self.stream("logs", args)
 
     def watch(
         self,
@@ -548,12 +629,28 @@ class Client:
         queue: str | None = None,
         kinds: Sequence[str] | None = None,
     ) -> Stream:
-        """Stream matching events from now on, until closed."""
-        kind_list = None if kinds is None else [str(kind) for kind in kinds]
-        return self.stream(
-            "watch",
-            _drop_none({"job_id": job_id, "task": task, "queue": queue, "kinds": kind_list}),
-        )
+        """Stream the events matching every given filter, from now on, until closed.
+
+        ``kinds``: event kinds (``state``, ``progress``, ``log``, ``output``). With
+        ``job_id`` the stream opens with the job's current ``state`` (and ``progress``).
+        The subscription is in effect for any request sent after this returns.
+        """
+        return self.stream("watch", _watch_args(job_id, task, queue, kinds))
+
+    def hold(self, job_id: str) -> Record:
+        """Keep a waiting job from starting until :meth:`release`; returns its ``held`` record."""
+        record: Record = self.request("hold", {"job_id": job_id})
+        return record
+
+    def release(self, job_id: str) -> Record:
+        """Let a ``held`` job wait again (``pending``, ``blocked`` or ``scheduled``); its record."""
+        record: Record = self.request("release", {"job_id": job_id})
+        return record
+
+    def update(self, job_id: str, priority: int | None = None, queue: str | None = None) -> Record:
+        """Change a waiting (or held) job's priority and/or queue; returns its record."""
+        record: Record = self.request("update", _update_args(job_id, priority, queue))
+        return record
 
     def stats(self) -> Record:
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
@@ -583,6 +680,56 @@ class Client:
         result = self.request("resume", _drop_none({"queue": queue}))
         queues: RecordList = result["queues"]
         return queues
+
+    def configure_queue(
+        self,
+        queue: str,
+        *,
+        weight: float | None = None,
+        max_concurrency: int | None | _Unset = UNSET,
+        aging: float | None = None,
+    ) -> Record:
+        """Set a queue's fair-share ``weight``, ``max_concurrency`` and ``aging``; its queue row.
+
+        Arguments left out keep their value; ``max_concurrency=None`` removes the cap.
+        The queue is created if it does not exist yet. The setting is durable.
+        """
+        row: Record = self.request(
+            "configure_queue", _queue_config(queue, weight, max_concurrency, aging)
+        )
+        return row
+
+    def schedule_add(
+        self,
+        name: str,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        **spec: Any,
+    ) -> Record:
+        """Submit a job of ``task`` by ``cron`` (5 fields, the daemon's local time) or ``every`` s.
+
+        Give exactly one of ``cron`` and ``every``. ``spec``: JobSpec fields except
+        ``job_id``, ``run_at``, ``delay`` and ``depends_on``. Returns the schedule record
+        ``{name, cron, every, job, next_run, last_run, last_job_id}``; a name in use is
+        ``Conflict``.
+        """
+        record: Record = self.request(
+            "schedule_add", _schedule_args(name, task, args, cron, every, spec)
+        )
+        return record
+
+    def schedule_list(self) -> RecordList:
+        """Every schedule record, by name."""
+        result = self.request("schedule_list")
+        schedules: RecordList = result["schedules"]
+        return schedules
+
+    def schedule_remove(self, name: str) -> None:
+        """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
+        self.request("schedule_remove", {"name": name})
 
 
 # --------------------------------------------------------------------------- asyncio
@@ -650,8 +797,8 @@ class AsyncStream(AsyncIterator[Event]):
             try:
                 await self._client.close_stream(self)
             except PyrexisError:
-                # No ``close`` op on this daemon, or the connection is gone: forget the
-                # stream locally; the daemon ends it when the connection closes.
+                # The connection is gone: forget the stream locally (the daemon ended it
+                # when the connection closed).
                 pass
             if not self._ended:
                 self._client._forget_stream(self.id)
@@ -929,19 +1076,35 @@ class AsyncClient:
         )
         return record
 
+    async def wait_events(self, job_id: str, timeout: float | None = None) -> AsyncStream:
+        """Wait for the job while streaming its events (see :meth:`Client.wait_events`).
+
+        ``async for`` stops once the job is terminal; ``stream.result`` is its record.
+        """
+        return await self.stream(
+            "wait", _drop_none({"job_id": job_id, "timeout": timeout, "events": True})
+        )
+
     async def logs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
         """The job's log lines with ``seq >= since``: ``{"lines": [log events], "next": seq}``.
 
         With ``follow`` it returns once the job is terminal and its log drained; to
-        process lines as they come, iterate ``await stream("logs", {...})`` instead.
+        process lines as they come, iterate :meth:`follow_logs` instead.
         """
+        stream = await self._logs_stream(job_id, since, follow)
+        lines = [event async for event in stream if event.get("kind") == "log"]
+        return {"lines": lines, "next": _next_seq(stream.result, since)}
+
+    async def follow_logs(self, job_id: str, since: int = 1) -> AsyncStream:
+        """The job's ``log`` events with ``seq >= since``, stored then live (see
+        :meth:`Client.follow_logs`); ``stream.result`` ends as ``{"next": seq}``."""
+        return await self._logs_stream(job_id, since, True)
+
+    async def _logs_stream(self, job_id: str, since: int, follow: bool) -> AsyncStream:
         args: dict[str, Any] = {"job_id": job_id, "since": since}
         if follow:
             args["follow"] = True
-        stream = await self.stream("logs", args)
-        lines = [event async for event in stream if event.get("kind") == "log"]
-        final = stream.result if isinstance(stream.result, dict) else {}
-        return {"lines": lines, "next": final.get("next", since)}
+        return await self.stream("logs", args)
 
     async def watch(
         self,
@@ -950,12 +1113,29 @@ class AsyncClient:
         queue: str | None = None,
         kinds: Sequence[str] | None = None,
     ) -> AsyncStream:
-        """Stream matching events from now on, until closed."""
-        kind_list = None if kinds is None else [str(kind) for kind in kinds]
-        return await self.stream(
-            "watch",
-            _drop_none({"job_id": job_id, "task": task, "queue": queue, "kinds": kind_list}),
-        )
+        """Stream the events matching every given filter, from now on, until closed.
+
+        See :meth:`Client.watch`; the subscription is in effect for any request sent
+        after this returns.
+        """
+        return await self.stream("watch", _watch_args(job_id, task, queue, kinds))
+
+    async def hold(self, job_id: str) -> Record:
+        """Keep a waiting job from starting until :meth:`release`; returns its ``held`` record."""
+        record: Record = await self.request("hold", {"job_id": job_id})
+        return record
+
+    async def release(self, job_id: str) -> Record:
+        """Let a ``held`` job wait again (``pending``, ``blocked`` or ``scheduled``); its record."""
+        record: Record = await self.request("release", {"job_id": job_id})
+        return record
+
+    async def update(
+        self, job_id: str, priority: int | None = None, queue: str | None = None
+    ) -> Record:
+        """Change a waiting (or held) job's priority and/or queue; returns its record."""
+        record: Record = await self.request("update", _update_args(job_id, priority, queue))
+        return record
 
     async def stats(self) -> Record:
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
@@ -985,3 +1165,49 @@ class AsyncClient:
         result = await self.request("resume", _drop_none({"queue": queue}))
         queues: RecordList = result["queues"]
         return queues
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        weight: float | None = None,
+        max_concurrency: int | None | _Unset = UNSET,
+        aging: float | None = None,
+    ) -> Record:
+        """Set a queue's ``weight``, ``max_concurrency`` and ``aging``; its queue row.
+
+        See :meth:`Client.configure_queue`: ``max_concurrency=None`` removes the cap.
+        """
+        row: Record = await self.request(
+            "configure_queue", _queue_config(queue, weight, max_concurrency, aging)
+        )
+        return row
+
+    async def schedule_add(
+        self,
+        name: str,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        **spec: Any,
+    ) -> Record:
+        """Submit a job of ``task`` by ``cron`` or ``every`` s; the schedule record.
+
+        See :meth:`Client.schedule_add`.
+        """
+        record: Record = await self.request(
+            "schedule_add", _schedule_args(name, task, args, cron, every, spec)
+        )
+        return record
+
+    async def schedule_list(self) -> RecordList:
+        """Every schedule record, by name."""
+        result = await self.request("schedule_list")
+        schedules: RecordList = result["schedules"]
+        return schedules
+
+    async def schedule_remove(self, name: str) -> None:
+        """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
+        await self.request("schedule_remove", {"name": name})

@@ -339,6 +339,116 @@ def stats_text(stats: Mapping[str, Any]) -> str:
     return key_values(pairs)
 
 
+# --------------------------------------------------------------------------- events
+
+
+def event_text(event: Mapping[str, Any]) -> str:
+    """What an event says, without its kind and job id.
+
+    ``running (attempt 1)``, ``failed (attempt 2): exception: boom``, ``45% step 2``,
+    ``stdout: a line``, a partial result as JSON; unknown kinds as their JSON fields.
+    """
+    kind = event.get("kind")
+    if kind == "state":
+        text = str(event.get("status", "?"))
+        attempt = event.get("attempt")
+        if isinstance(attempt, int) and attempt > 0:
+            text += f" (attempt {attempt})"
+        if event.get("error"):
+            text += f": {format_error(event.get('error'))}"
+        return text
+    if kind == "progress":
+        return format_progress(event)
+    if kind == "log":
+        return f"{event.get('stream', 'log')}: {event.get('line', '')}"
+    if kind == "output":
+        return short_value(event.get("value"))
+    return short_value({k: v for k, v in event.items() if k not in ("kind", "job_id", "time")})
+
+
+def clock_time(timestamp: float | None) -> str:
+    """A local time of day with milliseconds: ``12:00:03.123``."""
+    if timestamp is None:
+        timestamp = time.time()
+    whole = int(timestamp)
+    millis = int((timestamp - whole) * 1000)
+    return f"{time.strftime('%H:%M:%S', time.localtime(whole))}.{millis:03d}"
+
+
+def event_line(event: Mapping[str, Any]) -> str:
+    """One event as a line of ``watch``: ``12:00:03.123  JOB  state     running (attempt 1)``."""
+    return "  ".join(
+        [
+            clock_time(_num(event.get("time"))),
+            str(event.get("job_id", "-")),
+            str(event.get("kind", "?")).ljust(8),
+            event_text(event),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def schedule_when(schedule: Mapping[str, Any]) -> str:
+    """``cron */5 * * * *`` or ``every 5m00s``."""
+    if schedule.get("cron"):
+        return f"cron {schedule['cron']}"
+    return f"every {format_duration(_num(schedule.get('every')))}"
+
+
+def _job_summary(job: Any) -> str:
+    if not isinstance(job, Mapping):
+        return short_value(job)
+    text = str(job.get("task", "?"))
+    if job.get("args"):
+        text += " " + short_value(job.get("args"), 80)
+    return text
+
+
+def schedules_table(schedules: Iterable[Mapping[str, Any]], now: float | None = None) -> str:
+    """Schedule records as a table."""
+    now = time.time() if now is None else now
+    rows = []
+    for schedule in schedules:
+        job = schedule.get("job")
+        queue = job.get("queue") if isinstance(job, Mapping) else None
+        rows.append(
+            [
+                str(schedule.get("name", "?")),
+                schedule_when(schedule),
+                _job_summary(job),
+                str(queue or "default"),
+                format_time(_num(schedule.get("next_run")), now),
+                format_time(_num(schedule.get("last_run")), now),
+                str(schedule.get("last_job_id") or "-"),
+            ]
+        )
+    headers = ("NAME", "WHEN", "JOB", "QUEUE", "NEXT RUN", "LAST RUN", "LAST JOB")
+    return table(headers, rows)
+
+
+def schedule_detail(schedule: Mapping[str, Any], now: float | None = None) -> str:
+    """One schedule record, one field per line."""
+    now = time.time() if now is None else now
+    job = schedule.get("job")
+    pairs = [
+        ("schedule", str(schedule.get("name", "?"))),
+        ("when", schedule_when(schedule)),
+        ("job", _job_summary(job)),
+    ]
+    if isinstance(job, Mapping):
+        extra = {k: v for k, v in job.items() if k not in ("task", "args")}
+        if extra:
+            pairs.append(("options", " ".join(f"{k}={to_json(v)}" for k, v in extra.items())))
+    pairs += [
+        ("next run", format_time(_num(schedule.get("next_run")), now)),
+        ("last run", format_time(_num(schedule.get("last_run")), now)),
+        ("last job", str(schedule.get("last_job_id") or "-")),
+    ]
+    return key_values(pairs)
+
+
 # --------------------------------------------------------------------------- progress
 
 

@@ -43,7 +43,7 @@ from protocol.status import WAITING
 from pyrexisd import dependencies, procs
 from pyrexisd.config import FRAME_ENVELOPE, MAX_MESSAGE, MAX_PROGRESS_MESSAGE, Config
 from pyrexisd.events import EventHub
-from pyrexisd.executors.base import Executor, JobCall, Outcome
+from pyrexisd.executors.base import MAX_LINE, Executor, JobCall, Outcome
 from pyrexisd.jobs import JobRow
 from pyrexisd.metrics import Metrics
 from pyrexisd.retry import Backoff, retries_left
@@ -115,7 +115,7 @@ class _ActiveEvents:
 
     __slots__ = (
         "engine", "active", "_lines", "_outputs", "_flush", "_last_write", "_progress_at",
-        "_progress_handle", "_log_bytes", "dropped_lines",
+        "_progress_handle", "_log_bytes", "dropped_lines", "output_problem",
     )  # fmt: skip
 
     def __init__(self, engine: "Engine", active: Active) -> None:
@@ -129,12 +129,18 @@ class _ActiveEvents:
         self._progress_handle: asyncio.TimerHandle | None = None
         self._log_bytes = 0
         self.dropped_lines = 0
+        self.output_problem: Outcome | None = None  # an item that could not be kept fails the attempt
 
-    def log(self, stream: str, line: str) -> None:
+    def log(self, stream: str, text: str) -> None:
+        """Store ``text`` as log lines: split at line ends, cut at MAX_LINE characters."""
         if self.active.ended:
             return  # a thread still printing after its cancel or timeout: discarded
+        for line in split_lines(text):
+            self._log_line(stream, line)
+
+    def _log_line(self, stream: str, line: str) -> None:
         limit = self.engine.config.max_log_bytes
-        self._log_bytes += len(line) + 1
+        self._log_bytes += (len(line) if line.isascii() else len(line.encode("utf-8", "replace"))) + 1
         if self._log_bytes > limit:
             # A job printing without end must not fill the disk: keep the first part only.
             if not self.dropped_lines:
@@ -151,6 +157,18 @@ class _ActiveEvents:
         self._schedule_flush()
 
     def output(self, value: Any) -> None:
+        if self.active.ended or self.output_problem is not None:
+            return
+        try:
+            size = len(msgpack.packb(value, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.output_problem = Outcome.failure("exception", f"an output cannot be stored: {exc}", retryable=False)
+            return
+        if size > self.engine.config.max_result:
+            self.output_problem = Outcome.failure(
+                "result_too_large", f"an output is {size} bytes, above max_result", retryable=False
+            )
+            return
         row = self.active.row
         row.output_seq += 1
         self._outputs.append(OutputItem(row.seq, row.output_seq, value, self.engine.clock()))
@@ -202,11 +220,17 @@ class _ActiveEvents:
         else:
             self._progress_handle = asyncio.get_running_loop().call_later(wait, self._publish_progress)
 
-    def _publish_progress(self) -> None:
+    def flush_progress(self) -> None:
+        """The attempt is ending: a progress event still held back goes out now."""
+        if self._progress_handle is not None:
+            self._progress_handle.cancel()
+            self._publish_progress(ending=True)
+
+    def _publish_progress(self, ending: bool = False) -> None:
         self._progress_handle = None
         self._progress_at = time.monotonic()
         row = self.active.row
-        if self.active.ended or not self.engine.hub.wants(row.job_id):
+        if (self.active.ended and not ending) or not self.engine.hub.wants(row.job_id):
             return
         event = progress_event(row, self.engine.clock())
         if event is not None:
@@ -740,6 +764,7 @@ class Engine:
             row.started_at = now
             row.finished_at = None
             row.progress = None
+            row.error = None  # kept while retrying (why it retries), gone once it runs again
         return snapshots
 
     async def _load_and_begin(self, starts: list[Start]) -> None:
@@ -896,12 +921,15 @@ class Engine:
             return
         active.ended = True
         now = self.clock()
+        events = active.call.events
+        if isinstance(events, _ActiveEvents) and events.output_problem is not None and outcome.ok:
+            outcome = events.output_problem
         self._apply_outcome(row, outcome, now)
         lines: list[LogLine] = []
-        events = active.call.events
         notes: list[tuple[str, str]] = []
         if isinstance(events, _ActiveEvents):
             events.flush()
+            events.flush_progress()
             if events.dropped_lines:
                 notes.append(("log", f"[pyrexis] {events.dropped_lines} lines dropped (log limit)"))
         if outcome.traceback:
@@ -938,6 +966,7 @@ class Engine:
                     del self._locks[row.seq]
                 lock.set_result(None)
         self._deactivate(row)
+        self._publish_stored(row, lines, ())
         self._committed_end(row)
         self._kick()
 
@@ -1072,17 +1101,17 @@ class Engine:
         if fut.cancelled() or fut.exception() is not None:
             log.warning("log lines and outputs of job %s not stored: %s", row.job_id, None if fut.cancelled() else fut.exception())
             return
+        self._publish_stored(row, lines, outputs)
+
+    def _publish_stored(self, row: JobRow, lines: Sequence[LogLine], outputs: Sequence[OutputItem]) -> None:
         if lines:
             self._signal_log(row.seq)
-        if self.hub.wants(row.job_id):
-            for line in lines:
-                self.hub.publish(log_event(row.job_id, line), row.task, row.queue)
-            for item in outputs:
-                self.hub.publish(
-                    {"kind": "output", "job_id": row.job_id, "seq": item.seq, "value": item.value, "time": item.time},
-                    row.task,
-                    row.queue,
-                )
+        if not self.hub.wants(row.job_id):
+            return
+        for kind, items in (("log", lines), ("output", outputs)):
+            if items:
+                marker = {"kind": kind, "job_id": row.job_id, "_seq": row.seq, "_from": items[0].seq, "_to": items[-1].seq}
+                self.hub.publish(marker, row.task, row.queue)
 
     # == progress ========================================================================
     def _progress_changed(self, active: Active) -> None:
@@ -1201,8 +1230,7 @@ class Engine:
 
         def again(r: JobRow) -> None:
             now = self.clock()
-            r.run_at = None
-            r.move(self._waiting_status(r))
+            r.move(self._waiting_status(r))  # a future run_at still holds: scheduled
             r.round_base = r.attempts
             r.error = None
             r.result = None
@@ -1312,6 +1340,9 @@ class Engine:
     async def more_logs(self, job_seq: int, since: int) -> list[LogLine]:
         return await self.store.read_logs(job_seq, since, LOG_PAGE)
 
+    async def more_outputs(self, job_seq: int, since: int) -> list[OutputItem]:
+        return await self.store.read_outputs(job_seq, since, LOG_PAGE)
+
     def stats(self) -> dict[str, Any]:
         return self.metrics.snapshot(self.clock(), self.scheduler.slots)
 
@@ -1418,6 +1449,20 @@ def _missing_task(name: str) -> TaskDef:
     return make_task(missing, name=name)
 
 
+def split_lines(text: str) -> list[str]:
+    """A task's log text as stored lines: no line endings, none longer than MAX_LINE."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
+        if len(line) <= MAX_LINE:
+            out.append(line)
+        else:
+            out.extend(line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE))
+    if len(out) > 1 and out[-1] == "" and text.endswith("\n"):
+        out.pop()
+    return out
+
+
 def state_event(row: JobRow, now: float) -> dict[str, Any]:
     event: dict[str, Any] = {
         "kind": "state",
@@ -1433,6 +1478,10 @@ def state_event(row: JobRow, now: float) -> dict[str, Any]:
 
 def log_event(job_id: str, line: LogLine) -> dict[str, Any]:
     return {"kind": "log", "job_id": job_id, "seq": line.seq, "stream": line.stream, "line": line.line, "time": line.time}
+
+
+def output_event(job_id: str, item: OutputItem) -> dict[str, Any]:
+    return {"kind": "output", "job_id": job_id, "seq": item.seq, "value": item.value, "time": item.time}
 
 
 def progress_event(row: JobRow, now: float) -> dict[str, Any] | None:

@@ -5,6 +5,12 @@ matching subscription and wakes its reader. A subscription whose reader falls be
 stops buffering once full; its stream then ends with ``overloaded`` and the number of
 events it did not deliver. Publishing never waits for a reader, so a slow client can
 never slow the daemon, its jobs or other clients.
+
+Log lines and outputs are stored before they are published, so they travel as *range
+markers* (``_seq``, ``_from``, ``_to``: "lines from..to of this job are committed") and
+the stream reads them from the store as it sends them. Consecutive markers of one job
+merge, so a job printing a million lines costs a subscription one buffer slot, not a
+million: a reader that keeps up is never ended by a burst.
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ class Subscription:
         return self.dropped > 0
 
     def push(self, event: dict[str, Any]) -> None:
+        if "_to" in event and self.buffer:
+            last = self.buffer[-1]
+            if "_to" in last and last["_seq"] == event["_seq"] and last["kind"] == event["kind"]:
+                last["_to"] = event["_to"]  # the range grows; nothing more to buffer
+                self._wake.set()
+                return
+            event = dict(event)  # it may grow later, and other subscriptions share it
         if self.dropped or len(self.buffer) >= self.limit:
             self.dropped += 1
             self.overflow.set()
@@ -69,6 +82,10 @@ class Subscription:
         events = list(self.buffer)
         self.buffer.clear()
         return events
+
+    def lost(self) -> int:
+        """Events this stream will not deliver: those dropped and those still buffered."""
+        return self.dropped + len(self.buffer)
 
     def drop_state_events(self) -> None:
         """Forget buffered ``state`` events: a snapshot taken now already reflects them."""

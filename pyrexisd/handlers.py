@@ -20,7 +20,16 @@ from protocol.status import TERMINAL
 from protocol.models import validation_errors
 from pyrexisd import __version__
 from pyrexisd.config import FRAME_ENVELOPE
-from pyrexisd.engine import LOG_PAGE, Engine, encode_cursor, log_event, progress_event, state_event, statuses_arg
+from pyrexisd.engine import (
+    LOG_PAGE,
+    Engine,
+    encode_cursor,
+    log_event,
+    output_event,
+    progress_event,
+    state_event,
+    statuses_arg,
+)
 from pyrexisd.events import EventFilter, Subscription
 from pyrexisd.jobs import JobRow
 from pyrexisd.recurring import Recurring
@@ -338,13 +347,17 @@ async def _pump(
     subscription buffers up to its bound, and past that the stream ends ``overloaded``.
     """
     loop = asyncio.get_running_loop()
+    cursors: dict[tuple[int, str], int] = {}
     while True:
         if sub.overflowed:
             raise Overloaded(
                 "the stream's reader fell behind",
-                {"limit": "stream_buffer", "dropped": sub.dropped},
+                {"limit": "stream_buffer", "dropped": sub.lost()},
             )
         for event in sub.take():
+            if "_to" in event:
+                await _send_stored(engine, stream, event, cursors)
+                continue
             stream.send_nowait(event)
             if stop_at_terminal and event["kind"] == "state" and event["status"] in TERMINAL:
                 return "terminal"
@@ -361,6 +374,28 @@ async def _pump(
                 return "deadline"
             waits.append(asyncio.sleep(remaining))
         await _first(*waits)
+
+
+async def _send_stored(
+    engine: Engine, stream: Stream, marker: dict[str, Any], cursors: dict[tuple[int, str], int]
+) -> None:
+    """Send the stored log lines or outputs a range marker stands for, read from the store."""
+    job_seq, kind, job_id = marker["_seq"], marker["kind"], marker["job_id"]
+    key = (job_seq, kind)
+    start = max(cursors.get(key, marker["_from"]), marker["_from"])
+    end = marker["_to"]
+    while start <= end:
+        page: list[Any] = await (engine.more_logs if kind == "log" else engine.more_outputs)(job_seq, start)
+        sent = False
+        for item in page:
+            if item.seq > end:
+                break
+            await stream.send(log_event(job_id, item) if kind == "log" else output_event(job_id, item))
+            start = item.seq + 1
+            sent = True
+        if not sent:
+            break
+    cursors[key] = start
 
 
 def _packed_size(value: Any) -> int:

@@ -21,8 +21,9 @@ class Backoff:
     def delay(self, retry: int, rand: random.Random | None = None) -> float:
         if retry < 1:
             raise ValueError("retries are numbered from 1")
-        # Cap the exponent before the power so a huge retry number cannot overflow.
-        nominal = min(self.cap, self.base * 2.0 ** min(retry - 1, 64))
+        # Beyond 2**1023 a float overflows; any base times that is past any sane cap.
+        exponent = retry - 1
+        nominal = self.cap if exponent > 1023 else min(self.cap, self.base * 2.0**exponent)
         if not self.jitter:
             return nominal
         r = (rand or random).uniform(-self.jitter, self.jitter)

@@ -57,8 +57,9 @@ class QueueState:
     heaps: dict[str, list[HeapItem]] = field(default_factory=dict)
 
     def key(self, priority: int, enqueued_at: float) -> float:
-        # Min-heap: the smallest key is the highest effective priority.
-        return self.aging * enqueued_at - priority
+        # Min-heap: the smallest key is the highest effective priority. Always a new float
+        # object: stale heap entries are told apart by the identity of their key.
+        return float(self.aging * enqueued_at - priority)
 
     def has_room(self) -> bool:
         return self.max_concurrency is None or self.running < self.max_concurrency
@@ -131,6 +132,8 @@ class Scheduler:
         if max_concurrency is not False:
             q.max_concurrency = max_concurrency  # type: ignore[assignment]
         if paused is not None:
+            if q.paused and not paused:
+                self._rejoin(q)
             q.paused = paused
         if aging is not None and aging != q.aging:
             if aging < 0:
@@ -152,6 +155,8 @@ class Scheduler:
         """Pause or resume every queue, including the ones created later."""
         self.paused_by_default = paused
         for q in self.queues.values():
+            if q.paused and not paused:
+                self._rejoin(q)
             q.paused = paused
 
     # -- waiting jobs -----------------------------------------------------------------
@@ -279,6 +284,10 @@ class Scheduler:
                 if any(item[1] == seq and item[0] is key for item in heap):
                     return q
         raise AssertionError(f"ready job {seq} is in no heap")
+
+    def _rejoin(self, q: QueueState) -> None:
+        # A resumed queue joins at the current virtual time: no burst for its pause.
+        q.vpass = max(q.vpass, self._vtime)
 
     def _wake(self, q: QueueState) -> None:
         # A queue with nothing waiting joins at the current virtual time: it cannot bank

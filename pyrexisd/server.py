@@ -124,13 +124,14 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             bodies = self.decoder.feed(data)
+            for body in bodies:
+                self._request(body)
+            if bodies:
+                self.decoder.feed(b"")  # an oversized length after these frames shows now
         except FrameTooLarge as exc:
             log.warning("closing a connection: %s", exc.message)
             self.send({"id": None, "ok": False, "error": exc.to_wire()})
             self.close()
-            return
-        for body in bodies:
-            self._request(body)
 
     # -- requests ---------------------------------------------------------------------
     def _request(self, body: bytes) -> None:
@@ -145,7 +146,9 @@ class Connection(asyncio.Protocol):
                 "a request needs an integer id >= 0",
                 {"errors": [{"loc": ["id"], "msg": "an integer >= 0 is required"}]},
             )
-            self.send({"id": None, "ok": False, "error": err.to_wire()})
+            # Echo an integer id even when it is out of range, so the client can match it.
+            echo = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+            self.send({"id": echo, "ok": False, "error": err.to_wire()})
             return
         op = message.get("op")
         args = message.get("args", {})

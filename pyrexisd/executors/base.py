@@ -102,6 +102,8 @@ class Outcome:
 
 CANCELLED = Outcome(False, None, "cancelled", "cancelled", False)
 
+MAX_LINE = 16 * 1024  # a log line longer than this is stored as several lines
+
 
 def generator_result(items: list[Any], returned: Any) -> Any:
     """A generator task's result: its return value when it has one, else its items."""

@@ -16,10 +16,9 @@ import tempfile
 from typing import Any
 
 from pyrexisd import procs
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
+from pyrexisd.executors.base import CANCELLED, MAX_LINE, Executor, JobCall, Outcome
 from pyrexisd.tasks.builtin import ShellCommand
 
-MAX_LINE = 16 * 1024
 READ_CHUNK = 64 * 1024
 # After the command exits, how long to keep reading output that a background child
 # may still hold open, before the attempt ends without it.

@@ -184,7 +184,7 @@ def make_task(
 
 
 def task(
-    name: str | None = None,
+    name: str | Callable[..., Any] | None = None,
     *,
     mode: str | None = None,
     modes: tuple[str, ...] | list[str] | None = None,
@@ -200,14 +200,16 @@ def task(
     ``thread``); ``modes`` lists every mode a job may ask for. ``max_retries``,
     ``timeout`` and ``on_interrupt`` are the defaults for jobs that do not set them.
     The function itself is returned unchanged, so it can still be called directly and
-    pickled by reference for process mode.
+    pickled by reference for process mode. ``@task`` without parentheses works too.
     """
+    if callable(name):
+        return task()(name)  # type: ignore[return-value]
 
     def decorate(func: F) -> F:
         (registry or REGISTRY).add(
             make_task(
                 func,
-                name=name,
+                name=name if isinstance(name, str) else None,
                 mode=mode,
                 modes=modes,
                 max_retries=max_retries,
