@@ -21,6 +21,7 @@ import stat
 from typing import IO, Callable
 
 from protocol.errors import PyrexisError
+from pyrexisd import systemd
 from pyrexisd.config import Config
 from pyrexisd.engine import Engine
 from pyrexisd.executors.async_ import AsyncExecutor
@@ -131,6 +132,7 @@ class Daemon:
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.engine: Engine | None = None
+        self.activated: list[socket.socket] = []
         self.server: Server | None = None
 
     def _on_signal(self, signum: int) -> None:
@@ -147,8 +149,10 @@ class Daemon:
         _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
         lock = lock_database(config.db)
         try:
-            _makedirs(os.path.dirname(os.path.abspath(config.socket)), 0o700)
-            claim_socket_path(config.socket)
+            self.activated = systemd.activated_sockets()
+            if not self.activated:
+                _makedirs(os.path.dirname(os.path.abspath(config.socket)), 0o700)
+                claim_socket_path(config.socket)
             modules = discover_task_modules(config)
             load_tasks(REGISTRY, config, modules)
             store = Store(config.db, config.sync)
@@ -176,17 +180,30 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        watchdog: asyncio.Task[None] | None = None
         try:
-            await server.listen(config.socket)
+            if self.activated:
+                # Socket activation: serve systemd's socket; it owns the path.
+                await server.listen(sock=self.activated[0])
+            else:
+                await server.listen(config.socket)
             log.info(
                 "pyrexisd ready on %s (db %s, sync %s, slots %s)",
-                config.socket, config.db, config.sync, config.slots,
+                "a socket from systemd" if self.activated else config.socket,
+                config.db, config.sync, config.slots,
             )
+            systemd.notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
+            interval = systemd.watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.ensure_future(systemd.watchdog(interval))
             await self.should_exit.wait()
+            systemd.notify("STOPPING=1\nSTATUS=draining running jobs")
             server.stop_accepting()
             recurring.stop()
             await engine.stop(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await server.close()

@@ -207,7 +207,8 @@ class Daemon:
 def workdir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="px", dir="/tmp")
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("PYREXIS_KEEP_TEST_DIRS"):  # set it to look at a failed test's files
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
