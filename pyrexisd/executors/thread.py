@@ -2,13 +2,20 @@
 
 Threads cannot be killed: cancel and timeout set the context's ``cancelled`` flag and
 the slot stays taken until the function returns. Hard timeouts need process mode.
+
+The pool's threads are daemon threads: the standard ``ThreadPoolExecutor`` joins its
+threads when the interpreter exits, so one task that never returns would keep a stopped
+daemon from exiting at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from concurrent.futures import ThreadPoolExecutor
+import concurrent.futures
+import functools
+import queue
+import threading
 from typing import Any, Callable
 
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, generator_result
@@ -47,12 +54,55 @@ def _invoke(
     return items
 
 
+class DaemonThreadPool(concurrent.futures.Executor):
+    """A fixed pool of daemon threads; ``run_in_executor`` accepts any Executor."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(max_workers)
+        ]
+        for t in self._threads:
+            t.start()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        if self._shutdown:
+            raise RuntimeError("the thread pool is shut down")
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._work.put((fut, functools.partial(fn, **kwargs) if kwargs else fn, args))
+        return fut
+
+    def _serve(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 class ThreadExecutor(Executor):
     mode = "thread"
 
     def __init__(self, slots: int) -> None:
         super().__init__(slots)
-        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="pyrexis-job")
+        self._pool = DaemonThreadPool(slots, "pyrexis-job")
 
     async def run(self, call: JobCall) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -68,4 +118,4 @@ class ThreadExecutor(Executor):
 
     async def shutdown(self) -> None:
         # Threads still running cannot be stopped; do not wait for them.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False)
