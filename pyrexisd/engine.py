@@ -20,7 +20,7 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
@@ -660,7 +660,7 @@ class Engine:
         for row in rows:
             self._locks[row.seq] = gate
         changed: list[JobRow] = []
-        snapshots: list[JobRow] = []
+        snapshots: list[tuple[Any, ...]] = []
         try:
             wanted = sorted({d for r in rows for d in r.depends_on})
             statuses = {j: r.status for j, r in (await self.store.get_jobs_by_id(wanted)).items()}
@@ -668,7 +668,7 @@ class Engine:
             for row in rows:
                 verdict, culprit, unsettled = dependencies.verdict(row.depends_on, row.dependency_policy, statuses)
                 if verdict == dependencies.FAILED:
-                    snapshots.append(replace(row))
+                    snapshots.append(row.snapshot())
                     row.move("cancelled")
                     row.finished_at = now
                     row.error = {
@@ -682,7 +682,7 @@ class Engine:
                         if not self.scheduler.is_waiting(row.seq):
                             self.scheduler.defer(row.seq, row.run_at)  # run_at is the earliest start
                         continue
-                    snapshots.append(replace(row))
+                    snapshots.append(row.snapshot())
                     row.move("pending")
                     row.enqueued_at = now
                     changed.append(row)
@@ -694,7 +694,7 @@ class Engine:
         except StorageError as exc:
             log.error("could not update %d blocked jobs, retrying: %s", len(changed), exc)
             for row, snap in zip(changed, snapshots):
-                self._restore(row, snap)
+                row.restore(snap)
             if self._loop is not None:
                 self._loop.call_later(STORAGE_RETRY[1], self._evaluate_soon, [r.seq for r in rows])
             return
@@ -754,11 +754,11 @@ class Engine:
                 rows.append(row)
         return rows, missing
 
-    def _mark_started(self, rows: list[JobRow]) -> list[JobRow]:
+    def _mark_started(self, rows: list[JobRow]) -> list[tuple[Any, ...]]:
         now = self.clock()
         snapshots = []
         for row in rows:
-            snapshots.append(replace(row))
+            snapshots.append(row.snapshot())
             row.move("running")
             row.attempts += 1
             row.started_at = now
@@ -811,7 +811,7 @@ class Engine:
             log.error("could not start %d jobs: %s", len(rows), exc)
             for row, snap in zip(rows, snapshots):
                 self.scheduler.release(row.queue, row.mode)
-                self._restore(row, snap)
+                row.restore(snap)
                 self._enqueue(row)
             self._retry_dispatch_later()
             raise
@@ -826,11 +826,6 @@ class Engine:
     def _retry_dispatch_later(self) -> None:
         if self._loop is not None:
             self._loop.call_later(STORAGE_RETRY[1], self._kick)
-
-    @staticmethod
-    def _restore(row: JobRow, snapshot: JobRow) -> None:
-        for name in JobRow.__dataclass_fields__:
-            setattr(row, name, getattr(snapshot, name))
 
     def _activate(self, active: Active) -> None:
         self._active[active.row.seq] = active
@@ -1013,7 +1008,7 @@ class Engine:
     async def _end_early(self, active: Active, outcome: Outcome) -> JobRow:
         """Decide a running attempt's outcome now (cancel, timeout); its work stops after."""
         row = active.row
-        snapshot = replace(row)
+        snapshot = row.snapshot()
         active.ended = True
         self._apply_outcome(row, outcome, self.clock())
         fut = self.store.write(jobs=[row])
@@ -1021,7 +1016,7 @@ class Engine:
         try:
             await fut
         except StorageError:
-            self._restore(row, snapshot)
+            row.restore(snapshot)
             active.ended = False
             raise
         finally:
@@ -1196,14 +1191,14 @@ class Engine:
         old = row.status
         old_queue = row.queue
         self._withdraw(row)
-        snapshot = replace(row)
+        snapshot = row.snapshot()
         change(row)
         fut = self.store.write(jobs=[row])
         self._locks[row.seq] = fut
         try:
             await fut
         except StorageError:
-            self._restore(row, snapshot)
+            row.restore(snapshot)
             self._enqueue(row)
             raise
         finally:

@@ -6,7 +6,8 @@ hot path of every job. The wire shape is produced by :meth:`JobRow.record`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from protocol.status import TERMINAL, is_legal
@@ -49,6 +50,14 @@ class JobRow:
     pid: int | None = None  # the process running the attempt (shell and process modes)
     pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """Every field's value, to :meth:`restore` if a change cannot be committed."""
+        return _ALL_FIELDS(self)  # type: ignore[no-any-return]
+
+    def restore(self, snapshot: tuple[Any, ...]) -> None:
+        for name, value in zip(_FIELD_NAMES, snapshot):
+            setattr(self, name, value)
+
     def move(self, new: str) -> None:
         """Change status, refusing anything the contract's table does not allow."""
         if not is_legal(self.status, new):
@@ -87,3 +96,7 @@ class JobRow:
             "on_interrupt": self.on_interrupt,
             "timeout": self.timeout,
         }
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(JobRow))
+_ALL_FIELDS = operator.attrgetter(*_FIELD_NAMES)

@@ -241,8 +241,11 @@ class Scheduler:
     def pick(self) -> list[Start]:
         """Every start the free slots allow right now, slots taken, in start order."""
         starts: list[Start] = []
-        for mode in self.slots:
-            while self.free_slots(mode) > 0:
+        if not self._ready:
+            return starts
+        busy = self.busy
+        for mode, slots in self.slots.items():
+            while busy.get(mode, 0) < slots:
                 best: QueueState | None = None
                 best_item: HeapItem | None = None
                 for q in self.queues.values():

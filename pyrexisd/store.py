@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -224,13 +225,24 @@ def _unpack(blob: bytes | None) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
+_COLUMN_VALUES = operator.attrgetter(*JOB_COLUMNS)
+
+
 def job_params(row: JobRow) -> tuple[Any, ...]:
-    """A row's column values in :data:`JOB_COLUMNS` order, blobs packed."""
-    values = [getattr(row, c) for c in JOB_COLUMNS]
+    """A row's column values in :data:`JOB_COLUMNS` order, blobs packed.
+
+    On the hot path of every status change: one C call gathers the values, and only
+    blobs that are set are packed.
+    """
+    values = list(_COLUMN_VALUES(row))
     for i in _BLOB_INDEXES:
-        if values[i] is not None:
-            values[i] = _pack(values[i])
+        value = values[i]
+        if value is not None:
+            values[i] = _pack(value) if value or not isinstance(value, (list, dict)) else _EMPTY[type(value)]
     return tuple(values)
+
+
+_EMPTY: dict[type, bytes] = {list: msgpack.packb([]), dict: msgpack.packb({})}
 
 
 def job_from_db(values: Sequence[Any]) -> JobRow:
