@@ -1339,7 +1339,15 @@ class Engine:
         return await self.store.read_outputs(job_seq, since, LOG_PAGE)
 
     def stats(self) -> dict[str, Any]:
-        return self.metrics.snapshot(self.clock(), self.scheduler.slots)
+        out = self.metrics.snapshot(self.clock(), self.scheduler.slots)
+        store = self.store
+        out["store"] = {
+            "commits": store.commits,
+            "writes_per_commit": store.committed_writes / store.commits if store.commits else 0.0,
+            "commit_ms": 1000.0 * store.commit_seconds / store.commits if store.commits else 0.0,
+            "sync": store.sync,
+        }
+        return out
 
     def task_list(self) -> list[dict[str, Any]]:
         return [t.describe() for t in self.registry.all()]
