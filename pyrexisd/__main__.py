@@ -31,7 +31,7 @@ def _run(config: Config) -> int:
             if config.loop == "uvloop":
                 raise click.UsageError("--loop uvloop: uvloop is not installed") from None
             return asyncio.run(coro)
-        return uvloop.run(coro)  # type: ignore[no-any-return]
+        return uvloop.run(coro)
     except StartupError as exc:
         logging.getLogger("pyrexisd").error("%s", exc.message)
         return EXIT_STARTUP

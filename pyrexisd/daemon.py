@@ -18,7 +18,8 @@ import os
 import signal
 import socket
 import stat
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 from protocol.errors import PyrexisError
 from pyrexisd import systemd
@@ -33,9 +34,9 @@ from pyrexisd.handlers import make_handlers
 from pyrexisd.recurring import Recurring
 from pyrexisd.server import Server
 from pyrexisd.store import Store
-from pyrexisd.workers import WorkerRegistry
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
+from pyrexisd.workers import WorkerRegistry
 
 log = logging.getLogger("pyrexisd")
 

@@ -20,13 +20,15 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Unpack
 
 import msgpack
 from pydantic import ValidationError
 
 from protocol.errors import (
+    Conflict,
     Internal,
     InvalidRequest,
     InvalidState,
@@ -36,7 +38,6 @@ from protocol.errors import (
     StorageError,
     Timeout,
     UnknownTask,
-    Conflict,
 )
 from protocol.models import JobSpec, validation_errors
 from protocol.status import WAITING
@@ -48,7 +49,7 @@ from pyrexisd.jobs import JobRow
 from pyrexisd.metrics import Metrics
 from pyrexisd.retry import Backoff, retries_left
 from pyrexisd.scheduler import Scheduler, Start
-from pyrexisd.store import LogLine, OutputItem, QueueSettings, Store
+from pyrexisd.store import LogLine, OutputItem, QueueChanges, QueueSettings, Store
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class _ActiveEvents:
         "_progress_handle", "_log_bytes", "dropped_lines", "output_problem",
     )  # fmt: skip
 
-    def __init__(self, engine: "Engine", active: Active) -> None:
+    def __init__(self, engine: Engine, active: Active) -> None:
         self.engine = engine
         self.active = active
         self._lines: list[LogLine] = []
@@ -290,10 +291,10 @@ class Engine:
     async def start(self) -> None:
         """Load state from the store and recover jobs the last daemon left running."""
         self._loop = asyncio.get_running_loop()
-        for mode, executor in self.executors.items():
+        for _mode, executor in self.executors.items():
             await executor.start()
         self._seq = await self.store.max_seq()
-        for queue, status, mode, n in await self.store.counts():
+        for queue, status, _mode, n in await self.store.counts():
             self.metrics.by_queue_status[(queue, status)] += n
         settings = await self.store.settings()
         if settings.get("paused_by_default"):
@@ -614,6 +615,23 @@ class Engine:
         if len(self._rows) < ROW_CACHE_LIMIT:
             self._rows[row.seq] = row
 
+    def _lock(self, seqs: Iterable[int], fut: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
+        """Mark a change of these jobs as in flight until ``fut`` (a new gate if None) is
+        done; ops on them wait for it (see the module docstring)."""
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+        for seq in seqs:
+            self._locks[seq] = fut
+        return fut
+
+    def _unlock(self, seqs: Iterable[int], fut: asyncio.Future[Any]) -> None:
+        """The change is committed (or given up): release its jobs, open a gate."""
+        for seq in seqs:
+            if self._locks.get(seq) is fut:
+                del self._locks[seq]
+        if not fut.done():
+            fut.set_result(None)
+
     def _withdraw(self, row: JobRow) -> None:
         """A waiting job leaves wherever it waits (scheduler, blocked or held set)."""
         self.scheduler.discard(row.seq, row.queue)
@@ -651,14 +669,15 @@ class Engine:
                 continue
             lock = self._locks.get(seq)
             if lock is not None:  # being changed: look again once that change is done
-                lock.add_done_callback(lambda _f, seq=seq: self._evaluate_soon([seq]))
+                def reevaluate(_f: asyncio.Future[Any], seq: int = seq) -> None:
+                    self._evaluate_soon([seq])
+
+                lock.add_done_callback(reevaluate)
                 continue
             rows.append(row)
         if not rows:
             return
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for row in rows:
-            self._locks[row.seq] = gate
+        gate = self._lock([row.seq for row in rows])
         changed: list[JobRow] = []
         snapshots: list[tuple[Any, ...]] = []
         try:
@@ -693,16 +712,13 @@ class Engine:
                 await self.store.write(jobs=changed)
         except StorageError as exc:
             log.error("could not update %d blocked jobs, retrying: %s", len(changed), exc)
-            for row, snap in zip(changed, snapshots):
+            for row, snap in zip(changed, snapshots, strict=False):
                 row.restore(snap)
             if self._loop is not None:
                 self._loop.call_later(STORAGE_RETRY[1], self._evaluate_soon, [r.seq for r in rows])
             return
         finally:
-            for row in rows:
-                if self._locks.get(row.seq) is gate:
-                    del self._locks[row.seq]
-            gate.set_result(None)
+            self._unlock([row.seq for row in rows], gate)
         for row in changed:
             self._blocked.pop(row.seq, None)
             self.scheduler.discard(row.seq, row.queue)
@@ -769,19 +785,14 @@ class Engine:
 
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for seq in seqs:
-            self._locks[seq] = gate
+        gate = self._lock(seqs)
         try:
             found = await self.store.get_jobs(seqs)
         except StorageError as exc:
             log.error("cannot read jobs to start: %s", exc)
             found = {}
         finally:
-            for seq in seqs:
-                if self._locks.get(seq) is gate:
-                    del self._locks[seq]
-            gate.set_result(None)
+            self._unlock(seqs, gate)
         rows = []
         for start in starts:
             row = found.get(start.seq)
@@ -802,23 +813,19 @@ class Engine:
         """Commit ``rows`` as running (``extra`` rows and ``logs`` in the same batch), then
         start them. If the commit fails they wait in the scheduler again."""
         snapshots = self._mark_started(rows)
-        fut = self.store.write(jobs=[*extra, *rows], logs=logs)
-        for row in (*extra, *rows):
-            self._locks[row.seq] = fut
+        fut = self._lock([row.seq for row in (*extra, *rows)], self.store.write(jobs=[*extra, *rows], logs=logs))
         try:
             await fut
         except StorageError as exc:
             log.error("could not start %d jobs: %s", len(rows), exc)
-            for row, snap in zip(rows, snapshots):
+            for row, snap in zip(rows, snapshots, strict=False):
                 self.scheduler.release(row.queue, row.mode)
                 row.restore(snap)
                 self._enqueue(row)
             self._retry_dispatch_later()
             raise
         finally:
-            for row in (*extra, *rows):
-                if self._locks.get(row.seq) is fut:
-                    del self._locks[row.seq]
+            self._unlock([row.seq for row in (*extra, *rows)], fut)
         for row in rows:
             self._moved(row, "pending")
             self._launch(row)
@@ -942,8 +949,7 @@ class Engine:
         row = active.row
         pause = STORAGE_RETRY[0]
         while True:
-            lock: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._locks[row.seq] = lock
+            lock = self._lock([row.seq])
             try:
                 if starts:
                     # One commit for "this one finished" and "these started".
@@ -957,9 +963,7 @@ class Engine:
                 await asyncio.sleep(pause)
                 pause = min(STORAGE_RETRY[1], pause * 2)
             finally:
-                if self._locks.get(row.seq) is lock:
-                    del self._locks[row.seq]
-                lock.set_result(None)
+                self._unlock([row.seq], lock)
         self._deactivate(row)
         self._publish_stored(row, lines, ())
         self._committed_end(row)
@@ -1011,8 +1015,7 @@ class Engine:
         snapshot = row.snapshot()
         active.ended = True
         self._apply_outcome(row, outcome, self.clock())
-        fut = self.store.write(jobs=[row])
-        self._locks[row.seq] = fut
+        fut = self._lock([row.seq], self.store.write(jobs=[row]))
         try:
             await fut
         except StorageError:
@@ -1020,8 +1023,7 @@ class Engine:
             active.ended = False
             raise
         finally:
-            if self._locks.get(row.seq) is fut:
-                del self._locks[row.seq]
+            self._unlock([row.seq], fut)
         self._deactivate(row)
         self._winding_down.add(active)
         active.call.cancel()
@@ -1057,9 +1059,7 @@ class Engine:
 
     async def _promote(self, seqs: list[int]) -> None:
         """Scheduled and retrying jobs whose time has come become pending."""
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for seq in seqs:
-            self._locks[seq] = gate
+        gate = self._lock(seqs)
         try:
             rows = {s: self._rows.pop(s) for s in seqs if s in self._rows}
             missing = [s for s in seqs if s not in rows]
@@ -1079,11 +1079,8 @@ class Engine:
             self._arm_timer()
             return
         finally:
-            for seq in seqs:
-                if self._locks.get(seq) is gate:
-                    del self._locks[seq]
-            gate.set_result(None)
-        for row, old in zip(ready, olds):
+            self._unlock(seqs, gate)
+        for row, old in zip(ready, olds, strict=False):
             self._moved(row, old)
             self._enqueue(row)
         self._kick()
@@ -1193,8 +1190,7 @@ class Engine:
         self._withdraw(row)
         snapshot = row.snapshot()
         change(row)
-        fut = self.store.write(jobs=[row])
-        self._locks[row.seq] = fut
+        fut = self._lock([row.seq], self.store.write(jobs=[row]))
         try:
             await fut
         except StorageError:
@@ -1202,8 +1198,7 @@ class Engine:
             self._enqueue(row)
             raise
         finally:
-            if self._locks.get(row.seq) is fut:
-                del self._locks[row.seq]
+            self._unlock([row.seq], fut)
         self._moved(row, old, old_queue)
         if row.terminal:
             self._notify(row)
@@ -1291,7 +1286,7 @@ class Engine:
             self._check_open()
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise Timeout(f"job {job_id!r} is not finished after {timeout} s", {"status": status}) from None
         finally:
             waiters = self._waiters.get(job_id, [])
@@ -1369,11 +1364,10 @@ class Engine:
         names = set(self.scheduler.queues) | self.metrics.queues()
         return [self.queue_row(n) for n in sorted(names)]
 
-    def _settings_of(self, name: str, **changes: Any) -> QueueSettings:
+    def _settings_of(self, name: str, **changes: Unpack[QueueChanges]) -> QueueSettings:
         q = self.scheduler.queue(name)
-        current = {"paused": q.paused, "weight": q.weight, "max_concurrency": q.max_concurrency, "aging": q.aging}
-        current.update(changes)
-        return QueueSettings(name, **current)
+        current = QueueSettings(name, q.paused, q.weight, q.max_concurrency, q.aging)
+        return replace(current, **changes)
 
     async def set_paused(self, queue: str | None, paused: bool) -> list[dict[str, Any]]:
         """Pause or resume one queue, or every queue (including later ones). Durable."""
@@ -1394,7 +1388,7 @@ class Engine:
         self._kick()
         return [self.queue_row(queue)]
 
-    async def configure_queue(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def configure_queue(self, queue: str, changes: QueueChanges) -> dict[str, Any]:
         self._check_open()
         await self.store.write(queues=[self._settings_of(queue, **changes)])
         self.scheduler.configure(
@@ -1407,7 +1401,7 @@ class Engine:
         return self.queue_row(queue)
 
     # == helpers =========================================================================
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background_done)

@@ -7,17 +7,16 @@ frames in the server.
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypeVar
+import asyncio
+from typing import Any, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol import PROTOCOL_VERSION
-import asyncio
-
 from protocol.errors import InvalidRequest, Overloaded, ShuttingDown, Timeout
-from protocol.status import TERMINAL
 from protocol.models import validation_errors
+from protocol.status import TERMINAL
 from pyrexisd import __version__
 from pyrexisd.config import FRAME_ENVELOPE
 from pyrexisd.engine import (
@@ -34,6 +33,7 @@ from pyrexisd.events import EventFilter, Subscription
 from pyrexisd.jobs import JobRow
 from pyrexisd.recurring import Recurring
 from pyrexisd.server import Handler, Stream
+from pyrexisd.store import QueueChanges
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,7 +46,7 @@ class _Args(BaseModel):
 
 class HelloArgs(_Args):
     protocol: int = PROTOCOL_VERSION
-    client: Optional[str] = None
+    client: str | None = None
 
 
 class JobIdArgs(_Args):
@@ -54,7 +54,7 @@ class JobIdArgs(_Args):
 
 
 class WaitArgs(JobIdArgs):
-    timeout: Optional[float] = Field(default=None, ge=0)
+    timeout: float | None = Field(default=None, ge=0)
     events: bool = False
 
 
@@ -65,17 +65,17 @@ class LogsArgs(JobIdArgs):
 
 class ListArgs(_Args):
     status: Any = None
-    task: Optional[str] = None
-    queue: Optional[str] = None
+    task: str | None = None
+    queue: str | None = None
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
-    after: Optional[str] = None
+    after: str | None = None
 
 
 class WatchArgs(_Args):
-    job_id: Optional[str] = Field(default=None, min_length=1)
-    task: Optional[str] = None
-    queue: Optional[str] = None
-    kinds: Optional[list[str]] = None
+    job_id: str | None = Field(default=None, min_length=1)
+    task: str | None = None
+    queue: str | None = None
+    kinds: list[str] | None = None
 
 
 class CloseArgs(_Args):
@@ -87,19 +87,19 @@ class SubmitManyArgs(_Args):
 
 
 class QueueArgs(_Args):
-    queue: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class UpdateArgs(JobIdArgs):
-    priority: Optional[int] = Field(default=None, ge=-1000, le=1000)
-    queue: Optional[str] = Field(default=None, min_length=1, max_length=200)
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class ConfigureQueueArgs(_Args):
     queue: str = Field(min_length=1, max_length=200)
-    weight: Optional[float] = Field(default=None, gt=0)
-    max_concurrency: Optional[int] = Field(default=None, ge=1)
-    aging: Optional[float] = Field(default=None, ge=0)
+    weight: float | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    aging: float | None = Field(default=None, ge=0)
 
 
 def parse(model: type[M], args: dict[str, Any]) -> M:
@@ -111,8 +111,8 @@ def parse(model: type[M], args: dict[str, Any]) -> M:
 
 class ScheduleAddArgs(_Args):
     name: str = Field(min_length=1, max_length=200)
-    cron: Optional[str] = None
-    every: Optional[float] = Field(default=None, gt=0)
+    cron: str | None = None
+    every: float | None = Field(default=None, gt=0)
     job: dict[str, Any]
 
 
@@ -279,11 +279,14 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
 
     async def configure_queue(args: dict[str, Any], stream: Stream) -> Any:
         a = parse(ConfigureQueueArgs, args)
-        changes = {k: getattr(a, k) for k in ("weight", "max_concurrency", "aging") if k in a.model_fields_set}
-        if "weight" in changes and changes["weight"] is None:
-            del changes["weight"]
-        if "aging" in changes and changes["aging"] is None:
-            del changes["aging"]
+        given = a.model_fields_set
+        changes: QueueChanges = {}
+        if "weight" in given and a.weight is not None:
+            changes["weight"] = a.weight
+        if "max_concurrency" in given:  # None removes the cap
+            changes["max_concurrency"] = a.max_concurrency
+        if "aging" in given and a.aging is not None:
+            changes["aging"] = a.aging
         return await engine.configure_queue(a.queue, changes)
 
     handlers: dict[str, Handler] = {

@@ -10,8 +10,8 @@ import operator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from protocol.status import TERMINAL, is_legal
 from protocol.errors import Internal
+from protocol.status import TERMINAL, is_legal
 
 
 class IllegalTransition(Internal):
@@ -52,10 +52,10 @@ class JobRow:
 
     def snapshot(self) -> tuple[Any, ...]:
         """Every field's value, to :meth:`restore` if a change cannot be committed."""
-        return _ALL_FIELDS(self)  # type: ignore[no-any-return]
+        return _ALL_FIELDS(self)
 
     def restore(self, snapshot: tuple[Any, ...]) -> None:
-        for name, value in zip(_FIELD_NAMES, snapshot):
+        for name, value in zip(_FIELD_NAMES, snapshot, strict=False):
             setattr(self, name, value)
 
     def move(self, new: str) -> None:

@@ -7,7 +7,6 @@ from collections import Counter, deque
 from typing import Any
 
 
-
 class Metrics:
     """Jobs per (queue, status) and per running mode, completions, submit→start latency."""
 

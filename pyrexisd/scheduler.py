@@ -26,8 +26,8 @@ million waiting jobs take about 190 MB); the job's record lives in the store.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 DEFAULT_AGING = 1.0
 PRIORITY_SPAN = 2000  # max priority - min priority
@@ -130,7 +130,7 @@ class Scheduler:
                 raise ValueError("weight must be > 0")
             q.weight = weight
         if max_concurrency is not False:
-            q.max_concurrency = max_concurrency  # type: ignore[assignment]
+            q.max_concurrency = max_concurrency
         if paused is not None:
             if q.paused and not paused:
                 self._rejoin(q)

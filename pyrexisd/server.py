@@ -9,13 +9,21 @@ buffer without bound.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
-from typing import Any, Awaitable, Callable, Protocol, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
-
-from protocol.errors import BadFrame, FrameTooLarge, Internal, InvalidRequest, PyrexisError, UnknownOp
+from protocol.errors import (
+    BadFrame,
+    FrameTooLarge,
+    Internal,
+    InvalidRequest,
+    PyrexisError,
+    UnknownOp,
+)
 from protocol.framing import FrameDecoder, decode_body, encode_frame
 
 log = logging.getLogger(__name__)
@@ -43,7 +51,7 @@ class Stream(Protocol):
 
     async def until_writable(self) -> None: ...
 
-    def close_stream(self, stream_id: int) -> "asyncio.Task[None] | None":
+    def close_stream(self, stream_id: int) -> asyncio.Task[None] | None:
         """Ask stream ``stream_id`` of this connection to end; its task, or None."""
         ...
 
@@ -54,7 +62,7 @@ Handler = Callable[[dict[str, Any], Stream], Awaitable[Any]]
 class _RequestStream:
     __slots__ = ("conn", "rid", "closing", "streaming")
 
-    def __init__(self, conn: "Connection", rid: int) -> None:
+    def __init__(self, conn: Connection, rid: int) -> None:
         self.conn = conn
         self.rid = rid
         self.closing = asyncio.Event()
@@ -73,7 +81,7 @@ class _RequestStream:
     async def until_writable(self) -> None:
         await self.conn.writable()
 
-    def close_stream(self, stream_id: int) -> "asyncio.Task[None] | None":
+    def close_stream(self, stream_id: int) -> asyncio.Task[None] | None:
         target = self.conn.streams.get(stream_id)
         task = self.conn.inflight.get(stream_id)
         if target is None or task is None or target is self or not target.streaming:
@@ -85,7 +93,7 @@ class _RequestStream:
 class Connection(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.decoder = FrameDecoder(server.max_frame)
         self.transport: asyncio.Transport | None = None
@@ -175,7 +183,7 @@ class Connection(asyncio.Protocol):
         task = asyncio.ensure_future(self._run(rid, handler, args, stream))
         self.inflight[rid] = task
         self.streams[rid] = stream
-        task.add_done_callback(lambda t, rid=rid: self._done(rid, t))
+        task.add_done_callback(functools.partial(self._done, rid))
         self._update_reading()
 
     async def _run(self, rid: int, handler: Handler, args: dict[str, Any], stream: _RequestStream) -> None:
@@ -281,7 +289,7 @@ class Server:
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self.path is not None:
             try:

@@ -23,8 +23,9 @@ import logging
 import operator
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 
 import aiosqlite
 import msgpack
@@ -175,6 +176,15 @@ class QueueSettings:
     aging: float
 
 
+class QueueChanges(TypedDict, total=False):
+    """Some of a queue's settings, to change (``max_concurrency=None`` removes the cap)."""
+
+    paused: bool
+    weight: float
+    max_concurrency: int | None
+    aging: float
+
+
 @dataclass(slots=True)
 class Schedule:
     """A recurring job: its definition and where it stands."""
@@ -250,7 +260,7 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
     out = list(values)
     for i in _BLOB_INDEXES:
         out[i] = _unpack(out[i])
-    return JobRow(**dict(zip(JOB_COLUMNS, out)))
+    return JobRow(**dict(zip(JOB_COLUMNS, out, strict=False)))
 
 
 class _Batch:
@@ -314,7 +324,7 @@ class Store:
                 await conn.close()
         self._reader = self._writer = None
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         await self.open()
         return self
 
@@ -435,7 +445,9 @@ class Store:
     ) -> T:
         """Run ``fn(sqlite3_connection, *args)`` on ``conn``'s thread in one hop."""
         raw = conn._conn  # noqa: SLF001 - aiosqlite's sqlite3 connection, used on its thread
-        return await conn._execute(fn, raw, *args)  # type: ignore[no-any-return]  # noqa: SLF001
+        # aiosqlite leaves its private ``_execute`` unannotated: it returns ``fn``'s result.
+        execute = cast("Callable[..., Awaitable[T]]", conn._execute)  # noqa: SLF001
+        return await execute(fn, raw, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -451,27 +463,22 @@ class Store:
         return await self._read(q)
 
     async def get_jobs(self, seqs: Sequence[int]) -> dict[int, JobRow]:
-        def q(conn: sqlite3.Connection) -> dict[int, JobRow]:
-            out: dict[int, JobRow] = {}
-            for i in range(0, len(seqs), 500):
-                chunk = seqs[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(f"{_SELECT_JOB} WHERE seq IN ({marks})", chunk):
-                    job = job_from_db(row)
-                    out[job.seq] = job
-            return out
-
-        return await self._read(q)
+        """The jobs with these seqs (those that exist), by seq."""
+        rows = await self._select_in("seq", seqs)
+        return {row.seq: row for row in rows}
 
     async def get_jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, JobRow]:
-        def q(conn: sqlite3.Connection) -> dict[str, JobRow]:
-            out: dict[str, JobRow] = {}
-            for i in range(0, len(job_ids), 500):
-                chunk = job_ids[i : i + 500]
+        """The jobs with these ids (those that exist), by job id."""
+        rows = await self._select_in("job_id", job_ids)
+        return {row.job_id: row for row in rows}
+
+    async def _select_in(self, column: str, values: Sequence[Any]) -> list[JobRow]:
+        def q(conn: sqlite3.Connection) -> list[JobRow]:
+            out: list[JobRow] = []
+            for i in range(0, len(values), 500):  # well below SQLite's bound-parameter limit
+                chunk = values[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                for row in conn.execute(f"{_SELECT_JOB} WHERE job_id IN ({marks})", chunk):
-                    job = job_from_db(row)
-                    out[job.job_id] = job
+                out.extend(job_from_db(r) for r in conn.execute(f"{_SELECT_JOB} WHERE {column} IN ({marks})", chunk))
             return out
 
         return await self._read(q)

@@ -296,9 +296,13 @@ def test_ops_absent_from_hello_answer_unknown_op_and_listed_ops_exist(c: RawClie
     ids=["missing", "negative", "true", "false", "str", "float", "nil"],
 )
 def test_bad_request_id_is_invalid_request_with_nil_id(c: RawClient, message: dict[str, Any]) -> None:
+    """An id that is not an integer >= 0 is refused; the answer carries the id only when it
+    was an integer (so the client can still match it), else nil."""
     c.send(message)
     reply = c.recv()
-    err = check_error(reply, "invalid_request", None)
+    sent = message.get("id")
+    echoed = sent if isinstance(sent, int) and not isinstance(sent, bool) else None
+    err = check_error(reply, "invalid_request", echoed)
     assert ["id"] in locs(err)
     assert c.request("hello", {"protocol": 1})["protocol"] == 1
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, AsyncGenerator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.executors.thread import context_for
 
 
-async def _drain_async_generator(gen: AsyncGenerator[Any, None], call: JobCall) -> list[Any]:
+async def _drain_async_generator(gen: AsyncIterator[Any], call: JobCall) -> list[Any]:
     items: list[Any] = []
     async for item in gen:
         items.append(item)

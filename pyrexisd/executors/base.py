@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pyrexisd.tasks.context import Fatal, Retry
 from pyrexisd.tasks.registry import TaskDef
@@ -79,17 +80,17 @@ class Outcome:
     traceback: str | None = None
 
     @classmethod
-    def success(cls, result: Any) -> "Outcome":
+    def success(cls, result: Any) -> Outcome:
         return cls(True, result)
 
     @classmethod
     def failure(
         cls, error_type: str, message: str, retryable: bool = True, tb: str | None = None
-    ) -> "Outcome":
+    ) -> Outcome:
         return cls(False, None, error_type, message, retryable, None, tb)
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> "Outcome":
+    def from_exception(cls, exc: BaseException) -> Outcome:
         """A task's exception: ``Fatal`` is final, ``Retry`` may set the delay."""
         tb = "".join(traceback.format_exception(exc))
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -118,10 +119,10 @@ class Executor(ABC):
     def __init__(self, slots: int) -> None:
         self.slots = slots
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Acquire resources (pools, workers) before the first job."""
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release resources; running attempts have been cancelled already."""
 
     @abstractmethod

@@ -14,15 +14,16 @@ import itertools
 import logging
 import multiprocessing
 import threading
+from collections.abc import Callable
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable
+from typing import Any
 
 import pebble
-from pebble.common import CONSTS
+from pebble.common import CONSTS  # type: ignore[attr-defined]  # pebble re-exports it implicitly
 
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.executors import worker
+from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ProcessExecutor(Executor):
         self._caught_up[token] = (sent, fut)
         try:
             await asyncio.wait_for(fut, CHANNEL_CATCH_UP)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("events of a process job were lost on the channel")
         finally:
             self._caught_up.pop(token, None)
@@ -140,7 +141,7 @@ class ProcessExecutor(Executor):
             except (asyncio.CancelledError, FutureCancelled):
                 if call.cancelled:
                     return CANCELLED
-                future.cancel()
+                future.cancel()  # type: ignore[no-untyped-call]  # pebble: ProcessFuture.cancel is unannotated
                 raise
             except pebble.ProcessExpired as exc:
                 return Outcome.failure(
@@ -166,12 +167,12 @@ class ProcessExecutor(Executor):
         log.warning("rebuilding the process pool: %s", why)
         old, self._pool = self._pool, self._new_pool()
         if old is not None:
-            old.stop()
+            old.stop()  # type: ignore[no-untyped-call]  # pebble: ProcessPool.stop is unannotated
 
     async def shutdown(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.stop()
+            pool.stop()  # type: ignore[no-untyped-call]  # pebble: ProcessPool.stop is unannotated
             await asyncio.to_thread(pool.join, self.kill_grace + 5)
         if self._channel is not None:
             try:

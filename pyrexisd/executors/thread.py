@@ -11,12 +11,13 @@ daemon from exiting at all.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import concurrent.futures
 import functools
+import inspect
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, generator_result
 from pyrexisd.tasks.context import CallbackSink, TaskContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -43,7 +43,7 @@ class ShellCommand:
 
 
 def shell(
-    cmd: Union[Annotated[str, Field(min_length=1)], Annotated[list[str], Field(min_length=1)]],
+    cmd: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)],
     cwd: str | None = None,
     env: dict[str, str] | None = None,
 ) -> ShellCommand:

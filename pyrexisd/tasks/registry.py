@@ -8,8 +8,9 @@ the ``tasks`` op shows.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -130,7 +131,7 @@ def _args_model(name: str, func: Callable[..., Any]) -> tuple[type[BaseModel], s
         default = ... if param.default is param.empty else param.default
         fields[pname] = (annotation, default)
     model_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Args"
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         model_name or "TaskArgs",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
         **fields,
@@ -203,7 +204,7 @@ def task(
     pickled by reference for process mode. ``@task`` without parentheses works too.
     """
     if callable(name):
-        return task()(name)  # type: ignore[return-value]
+        return task()(name)
 
     def decorate(func: F) -> F:
         (registry or REGISTRY).add(
