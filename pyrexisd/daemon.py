@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 from typing import IO
 
-from protocol.errors import PyrexisError
+from protocol.errors import PyrexisError, StorageError
 from pyrexisd import systemd
 from pyrexisd.config import Config
 from pyrexisd.engine import Engine
@@ -45,18 +45,34 @@ class StartupError(PyrexisError):
     """The daemon cannot start (another one runs, a path is unusable, a task module fails)."""
 
 
-def lock_database(db_path: str) -> IO[bytes]:
-    """Hold an exclusive lock next to the database for the daemon's lifetime."""
-    lock_path = db_path + ".lock"
-    handle = open(lock_path, "ab")
+def lock_database(db_path: str) -> list[IO[bytes]]:
+    """Hold exclusive locks for the daemon's lifetime: on a lock file next to the
+    database's real path (symlinks resolved), and on the database file itself, so that a
+    hard link to it cannot be opened by a second daemon either. ``flock`` locks do not
+    interact with the POSIX locks SQLite takes on the same file."""
+    real = os.path.realpath(db_path)
+    if os.path.isdir(real):
+        raise StartupError(f"cannot open database {db_path}: it is a directory")
+    handles: list[IO[bytes]] = []
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for path in (real + ".lock", real):
+            handle = open(path, "ab")
+            handles.append(handle)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise StartupError(f"another pyrexisd is using the database {db_path} ({path} is locked)") from None
+                raise
     except OSError as exc:
-        handle.close()
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StartupError(f"another pyrexisd is using the database {db_path} (lock {lock_path})") from None
+        for handle in handles:
+            handle.close()
+        raise StartupError(f"cannot use the database path {db_path}: {exc.strerror or exc}") from None
+    except StartupError:
+        for handle in handles:
+            handle.close()
         raise
-    return handle
+    return handles
 
 
 def claim_socket_path(path: str) -> None:
@@ -147,8 +163,11 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
-        _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
-        lock = lock_database(config.db)
+        try:
+            _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
+        except OSError as exc:
+            raise StartupError(f"cannot create the directory of {config.db}: {exc.strerror or exc}") from None
+        locks = lock_database(config.db)
         try:
             self.activated = systemd.activated_sockets()
             if not self.activated:
@@ -157,13 +176,17 @@ class Daemon:
             modules = discover_task_modules(config)
             load_tasks(REGISTRY, config, modules)
             store = Store(config.db, config.sync)
-            await store.open()
+            try:
+                await store.open()
+            except StorageError as exc:
+                raise StartupError(exc.message) from None
             try:
                 return await self._serve(store, modules)
             finally:
                 await store.close()
         finally:
-            lock.close()
+            for lock in locks:
+                lock.close()
 
     async def _serve(self, store: Store, modules: tuple[str, ...]) -> int:
         config = self.config

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
+from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, TaskExit, contained, generator_result
 from pyrexisd.executors.thread import context_for
 
 
@@ -32,17 +32,26 @@ class AsyncExecutor(Executor):
             kwargs = task.kwargs(call.args, call.inputs)
             if task.ctx_param:
                 kwargs[task.ctx_param] = context_for(call, None)
-            produced = task.func(**kwargs)
+            try:
+                produced = task.func(**kwargs)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                raise TaskExit(exc) from exc
             if inspect.isgenerator(produced):
-                items = []
-                for item in produced:
-                    items.append(item)
-                    call.events.output(item)
-                return Outcome.success(items)
+                # Inline on the loop, like any plain function declared for async mode.
+                items: list[Any] = []
+                try:
+                    while True:
+                        item = next(produced)
+                        items.append(item)
+                        call.events.output(item)
+                except StopIteration as stop:
+                    return Outcome.success(generator_result(items, stop.value))
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    raise TaskExit(exc) from exc
             if inspect.isasyncgen(produced):
-                inner = asyncio.ensure_future(_drain_async_generator(produced, call))
+                inner = asyncio.ensure_future(contained(_drain_async_generator(produced, call)))
             elif inspect.isawaitable(produced):
-                inner = asyncio.ensure_future(produced)
+                inner = asyncio.ensure_future(contained(produced))
             else:
                 return Outcome.success(produced)
         except Exception as exc:

@@ -34,6 +34,26 @@ class JobEvents(Protocol):
         ...
 
 
+class TaskExit(Exception):
+    """A task raised ``SystemExit`` or ``KeyboardInterrupt``.
+
+    Carried as an ordinary exception so it fails the job: raised inside the event loop,
+    either would stop the daemon itself.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}" if str(original) else type(original).__name__)
+        self.original = original
+
+
+async def contained(awaitable: Any) -> Any:
+    """Await a task's coroutine with ``SystemExit``/``KeyboardInterrupt`` made harmless."""
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise TaskExit(exc) from exc
+
+
 @dataclass(eq=False)
 class JobCall:
     """One attempt of one job, as an executor sees it."""
@@ -93,6 +113,8 @@ class Outcome:
     def from_exception(cls, exc: BaseException) -> Outcome:
         """A task's exception: ``Fatal`` is final, ``Retry`` may set the delay."""
         tb = "".join(traceback.format_exception(exc))
+        if isinstance(exc, TaskExit):
+            exc = exc.original
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, Fatal):
             return cls(False, None, "exception", message, False, None, tb)

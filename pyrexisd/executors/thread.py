@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, generator_result
+from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, TaskExit, generator_result
 from pyrexisd.tasks.context import CallbackSink, TaskContext
 
 
@@ -84,6 +84,8 @@ class DaemonThreadPool(concurrent.futures.Executor):
                 continue
             try:
                 result = fn(*args)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                fut.set_exception(TaskExit(exc))  # must not be raised in the event loop
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 fut.set_exception(exc)
             else:
