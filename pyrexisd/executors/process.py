@@ -5,6 +5,14 @@ and cannot stop a single job, so the pool is pebble's ``ProcessPool``: cancellin
 future terminates just the worker running it (SIGTERM, then SIGKILL after the kill grace
 period), a worker that dies fails only its own job, and the pool replaces it. The start
 method is ``forkserver``: forking a process that runs an event loop and threads is unsafe.
+The forkserver preloads the worker module, so a replacement worker starts in
+milliseconds instead of importing everything again.
+
+Progress, log lines and outputs come back over a *channel*: each worker connects once,
+when it starts, to a Unix socket of the executor and writes msgpack frames on its own
+connection. Nothing is shared between workers, so a worker killed in the middle of a
+write breaks only its own connection (a shared multiprocessing queue would stay locked
+by it for good).
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import threading
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +32,8 @@ from typing import Any
 import pebble
 from pebble.common import CONSTS  # type: ignore[attr-defined]  # pebble re-exports it implicitly
 
+from protocol.errors import BadFrame, FrameTooLarge
+from protocol.framing import FrameDecoder, decode_body
 from pyrexisd.executors import worker
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 
@@ -47,8 +59,9 @@ class ProcessExecutor(Executor):
         self.kill_grace = kill_grace
         self._context = multiprocessing.get_context(START_METHOD)
         self._pool: pebble.ProcessPool | None = None
-        self._channel: Any = None
-        self._reader: threading.Thread | None = None
+        self._channel_dir: str | None = None
+        self._channel_path = ""
+        self._channel_server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls: dict[int, JobCall] = {}
         self._received: dict[int, int] = {}  # token -> channel messages delivered
@@ -58,9 +71,12 @@ class ProcessExecutor(Executor):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         CONSTS.term_timeout = self.kill_grace
-        self._channel = self._context.Queue()
-        self._reader = threading.Thread(target=self._read_channel, name="pyrexis-channel", daemon=True)
-        self._reader.start()
+        self._channel_dir = tempfile.mkdtemp(prefix="pyrexis-ch-")
+        self._channel_path = os.path.join(self._channel_dir, "c.sock")
+        self._channel_server = await self._loop.create_unix_server(
+            lambda: _ChannelConnection(self), self._channel_path
+        )
+        self._context.set_forkserver_preload(["pyrexisd.executors.worker", *self.task_modules])
         self._pool = self._new_pool()
 
     def _new_pool(self) -> pebble.ProcessPool:
@@ -68,26 +84,10 @@ class ProcessExecutor(Executor):
             max_workers=self.slots,
             context=self._context,
             initializer=worker.init_worker,
-            initargs=(self.task_modules, self._channel),
+            initargs=(self.task_modules, self._channel_path),
         )
 
-    def _read_channel(self) -> None:
-        # A thread, because a multiprocessing queue only offers blocking reads.
-        assert self._loop is not None
-        while True:
-            try:
-                item = self._channel.get()
-            except (EOFError, OSError, ValueError):
-                return
-            if item is None:
-                return
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, item)
-            except RuntimeError:  # the loop is closed
-                return
-
-    def _deliver(self, item: tuple[int, str, Any]) -> None:
-        token, kind, payload = item
+    def _deliver(self, token: int, kind: str, payload: Any) -> None:
         if kind == "worker":
             if self.on_worker is not None:
                 self.on_worker(*payload)
@@ -127,14 +127,17 @@ class ProcessExecutor(Executor):
         token = next(self._tokens)
         self._calls[token] = call
         try:
+            args = (call.task.name, call.args, call.job_id, call.attempt, token, call.inputs)
             try:
-                future = self._pool.schedule(
-                    worker.run_task,
-                    args=(call.task.name, call.args, call.job_id, call.attempt, token, call.inputs),
-                )
+                future = self._pool.schedule(worker.run_task, args=args)
             except (RuntimeError, BrokenProcessPool) as exc:
+                # Pebble gives up on the whole pool when a worker dies while none is
+                # busy; this job never ran, so a fresh pool runs it.
                 self._rebuild(f"could not schedule: {exc}")
-                return Outcome.failure("worker_died", f"process pool unavailable: {exc}")
+                try:
+                    future = self._pool.schedule(worker.run_task, args=args)
+                except (RuntimeError, BrokenProcessPool) as again:
+                    return Outcome.failure("worker_died", f"process pool unavailable: {again}")
             call.on_cancel(future.cancel)
             try:
                 reply = await asyncio.wrap_future(future)
@@ -174,12 +177,31 @@ class ProcessExecutor(Executor):
         if pool is not None:
             pool.stop()  # type: ignore[no-untyped-call]  # pebble: ProcessPool.stop is unannotated
             await asyncio.to_thread(pool.join, self.kill_grace + 5)
-        if self._channel is not None:
-            try:
-                self._channel.put(None)
-            except (OSError, ValueError):
-                pass
-            if self._reader is not None:
-                await asyncio.to_thread(self._reader.join, 2)
-            self._channel.close()
-            self._channel = None
+        if self._channel_server is not None:
+            self._channel_server.close()
+            self._channel_server = None
+        if self._channel_dir is not None:
+            shutil.rmtree(self._channel_dir, ignore_errors=True)
+            self._channel_dir = None
+
+
+class _ChannelConnection(asyncio.Protocol):
+    """One worker's connection: frames ``{"t": token, "k": kind, "p": payload}``."""
+
+    def __init__(self, executor: ProcessExecutor) -> None:
+        self.executor = executor
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for body in self.decoder.feed(data):
+                message = decode_body(body)
+                self.executor._deliver(message["t"], message["k"], message["p"])
+        except (BadFrame, FrameTooLarge, KeyError) as exc:
+            log.error("dropping a broken worker channel: %s", exc)
+            if self.transport is not None:
+                self.transport.close()

@@ -1,8 +1,8 @@
 """Code that runs inside a process-mode worker.
 
-Each worker imports the same task modules as the daemon when it starts and gets one
-channel (a multiprocessing queue) for progress and log lines, set up once per worker
-rather than passed with every call. Results and errors come back as plain tuples so an
+Each worker imports the same task modules as the daemon when it starts and opens one
+channel (its own connection to the executor's Unix socket) for progress, log lines and
+outputs, set up once per worker rather than passed with every call. Results and errors come back as plain tuples so an
 exception that cannot be pickled still reaches the daemon as text.
 """
 
@@ -11,17 +11,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import socket
 import traceback
 from typing import Any
 
 import msgpack
 
+from protocol.framing import encode_frame
 from pyrexisd import procs
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.context import Fatal, Retry, TaskContext
 from pyrexisd.tasks.registry import REGISTRY
 
 _channel: Any = None
+CHANNEL_PIECE = 64 * 1024  # log text is sent in pieces of at most this many characters
 
 
 class _ChannelSink:
@@ -34,29 +37,40 @@ class _ChannelSink:
         self.sent = 0
 
     def _put(self, kind: str, payload: Any) -> None:
-        _channel.put((self.token, kind, payload))
+        _send(self.token, kind, payload)
         self.sent += 1
 
     def progress(self, fraction: float | None, message: str | None) -> None:
         self._put("progress", (fraction, message))
 
     def log(self, line: str) -> None:
-        self._put("log", line)
+        # The daemon splits and cuts lines; here only keep each frame small.
+        for i in range(0, max(len(line), 1), CHANNEL_PIECE):
+            self._put("log", line[i : i + CHANNEL_PIECE])
 
     def output(self, value: Any) -> None:
-        msgpack.packb(value, use_bin_type=True)  # an item the store cannot keep fails here
+        size = len(msgpack.packb(value, use_bin_type=True))  # an item the store cannot keep fails here
+        if size > CHANNEL_PIECE * 64:
+            raise ValueError(f"an output of {size} bytes is too large to send")
         self._put("output", value)
 
 
-def init_worker(task_modules: tuple[str, ...], channel: Any) -> None:
-    """Pool initializer: die with the pool's parent, announce itself, load the tasks."""
+def _send(token: int, kind: str, payload: Any) -> None:
+    # Blocking: when the daemon reads slowly, the task waits (backpressure).
+    _channel.sendall(encode_frame({"t": token, "k": kind, "p": payload}))
+
+
+def init_worker(task_modules: tuple[str, ...], channel_path: str) -> None:
+    """Pool initializer: die with the pool's parent, connect the channel, announce
+    itself, load the tasks."""
     global _channel
-    _channel = channel
     procs.die_with_parent()
+    _channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _channel.connect(channel_path)
     pid = os.getpid()
     # Token 0: not a job's event. The daemon records live workers so that one that
     # outlives a crashed daemon is killed when it restarts.
-    channel.put((0, "worker", (pid, procs.start_time(pid))))
+    _send(0, "worker", (pid, procs.start_time(pid)))
     register_builtins(REGISTRY, enable_shell=False)
     for module in task_modules:
         importlib.import_module(module)
