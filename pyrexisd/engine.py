@@ -139,6 +139,12 @@ class _ActiveEvents:
         for line in split_lines(text):
             self._log_line(stream, line)
 
+    def keeps_logs(self) -> bool:
+        return self._log_bytes <= self.engine.config.max_log_bytes
+
+    def skipped_lines(self, count: int) -> None:
+        self.dropped_lines += count
+
     def _log_line(self, stream: str, line: str) -> None:
         limit = self.engine.config.max_log_bytes
         self._log_bytes += (len(line) if line.isascii() else len(line.encode("utf-8", "replace"))) + 1
@@ -1422,6 +1428,12 @@ class Engine:
 
 class _NullEvents:
     def log(self, stream: str, line: str) -> None:
+        pass
+
+    def keeps_logs(self) -> bool:
+        return False
+
+    def skipped_lines(self, count: int) -> None:
         pass
 
     def spawned(self, pid: int, started: int | None) -> None:

@@ -24,6 +24,14 @@ class JobEvents(Protocol):
         """A partial result: one item a generator task yielded."""
         ...
 
+    def keeps_logs(self) -> bool:
+        """False once this attempt's log limit is reached: further lines are dropped."""
+        ...
+
+    def skipped_lines(self, count: int) -> None:
+        """``count`` lines were dropped without being passed to :meth:`log`."""
+        ...
+
     def spawned(self, pid: int, started: int | None) -> None:
         """The attempt runs in process ``pid`` (start time ``started``): recorded so that
         a daemon restarting after a crash can kill it if it outlived the daemon."""

@@ -145,6 +145,11 @@ class ShellExecutor(Executor):
             chunk = await stream.read(READ_CHUNK)
             if not chunk:
                 break
+            if not events.keeps_logs():
+                # Past the log limit: count what is thrown away, do not split it.
+                events.skipped_lines(chunk.count(b"\n"))
+                pending = b""
+                continue
             pending += chunk
             lines = pending.split(b"\n")
             pending = lines.pop()
