@@ -61,6 +61,7 @@ PROGRESS_FLUSH = 0.5  # seconds between progress writes of one job
 PROGRESS_EVERY = 0.1  # seconds between progress events of one job
 LOG_PAGE = 1000
 STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
+STOP_COMMIT_WAIT = 5.0  # seconds a stopping daemon waits for commits in flight
 
 
 def _canonical(value: Any) -> Any:
@@ -365,9 +366,11 @@ class Engine:
             done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for p in pending:
                 p.cancel()
-        # Let finished attempts' commits land before deciding who was interrupted.
-        while self._locks:
-            await asyncio.gather(*list(self._locks.values()), return_exceptions=True)
+        # Let finished attempts' commits land before deciding who was interrupted (not
+        # forever: a full disk would keep them retrying; recovery handles what is left).
+        deadline = asyncio.get_running_loop().time() + STOP_COMMIT_WAIT
+        while self._locks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.wait(list(set(self._locks.values())), timeout=STOP_COMMIT_WAIT)
         leftovers = [a for a in self._active.values() if not a.ended]
         now = self.clock()
         for active in leftovers:
