@@ -9,7 +9,9 @@ starts from an empty store. Scenarios, all with the built-in ``echo`` task:
   every job with pipelined ``wait`` requests (throughput bound); once per mode.
 
 For each: jobs/s over the whole scenario, submit-to-start latency p50/p99 from the records
-(``started_at - created_at``), and the daemon's resident memory afterwards.
+(``started_at - created_at``), the daemon's own p99 over its last 1,000 starts (from
+becoming ready to really starting, the commit of the running row included), the writes
+each group commit carried, and the daemon's resident memory afterwards.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class ScenarioResult:
     failed: int
     latencies_ms: list[float] = field(repr=False)
     rss_kib: int | None
+    daemon_p99_ms: float | None = None
+    writes_per_commit: float | None = None
 
     @property
     def jobs_per_s(self) -> float:
@@ -96,6 +100,8 @@ class ScenarioResult:
                 "p50": _round(self.percentile_ms(0.50)),
                 "p99": _round(self.percentile_ms(0.99)),
             },
+            "daemon_start_p99_ms": _round(self.daemon_p99_ms),
+            "writes_per_commit": _round(self.writes_per_commit),
             "failed": self.failed,
             "daemon_rss_kib": self.rss_kib,
         }
@@ -306,6 +312,9 @@ async def _run_scenarios(
                 latencies_ms=_latencies_ms(finals),
                 rss_kib=daemon.rss_kib(),
             )
+            stats = await client.stats()
+            result.daemon_p99_ms = stats.get("submit_to_start_ms", {}).get("p99")
+            result.writes_per_commit = stats.get("store", {}).get("writes_per_commit")
             log(f"  {result.jobs_per_s:.0f} jobs/s in {format_duration(seconds)}")
             results.append(result)
     return results
@@ -366,12 +375,14 @@ def results_table(results: Iterable[ScenarioResult]) -> str:
                 f"{result.jobs_per_s:.0f}",
                 "-" if p50 is None else f"{p50:.2f}",
                 "-" if p99 is None else f"{p99:.2f}",
+                "-" if result.daemon_p99_ms is None else f"{result.daemon_p99_ms:.2f}",
+                "-" if result.writes_per_commit is None else f"{result.writes_per_commit:.1f}",
                 "-" if result.rss_kib is None else f"{result.rss_kib / 1024:.1f}",
                 str(result.failed),
             ]
         )
     headers = (
         "SCENARIO", "MODE", "SYNC", "JOBS", "TIME", "JOBS/S",
-        "P50 MS", "P99 MS", "RSS MIB", "FAILED",
+        "P50 MS", "P99 MS", "DAEMON P99", "WRITES/COMMIT", "RSS MIB", "FAILED",
     )  # fmt: skip
-    return table(headers, rows, right=range(3, 10))
+    return table(headers, rows, right=range(3, 12))

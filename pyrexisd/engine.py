@@ -864,7 +864,8 @@ class Engine:
         active = Active(row, None)  # type: ignore[arg-type]
         active.call = JobCall(row.job_id, row.attempts, definition, row.args, _ActiveEvents(self, active))
         self._activate(active)
-        self.metrics.started_after(max(0.0, (row.started_at or 0.0) - row.enqueued_at))
+        # From becoming ready to really starting: includes the commit of its running row.
+        self.metrics.started_after(max(0.0, self.clock() - row.enqueued_at))
         if row.timeout is not None and self._loop is not None:
             active.timer = self._loop.call_later(row.timeout, self._on_timeout, active)
         active.task = self._spawn(self._run(active, executor))
