@@ -19,6 +19,7 @@ in-memory copy while the batch waits.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import operator
 import sqlite3
@@ -210,7 +211,12 @@ class Schedule:
         }
 
     def job_id_for(self, slot: float) -> str:
-        return f"{self.name}@{self.created_at:.0f}:{slot:.0f}"
+        """The job id of the run for ``slot``: the same for the same slot (so a run is never
+        submitted twice), distinct for distinct slots (microseconds: ``every`` may be < 1 s)."""
+        name = self.name
+        if len(name) > 120:  # job ids are limited to 200 characters
+            name = name[:80] + "~" + hashlib.sha1(name.encode()).hexdigest()[:12]
+        return f"{name}@{self.created_at:.0f}:{slot:.6f}"
 
 
 @dataclass(frozen=True, slots=True)
