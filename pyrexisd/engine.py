@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # Waiting statuses the scheduler tracks (held and blocked jobs wait outside it).
 WAITING_IN_SCHEDULER = frozenset({"pending", "scheduled", "retrying"})
-ROW_CACHE_LIMIT = 10_000  # waiting rows kept in memory; beyond, they are read back on start
+ROW_CACHE_LIMIT = 4_096  # waiting rows kept in memory; beyond, they are read back on start
 PROGRESS_FLUSH = 0.5  # seconds between progress writes of one job
 PROGRESS_EVERY = 0.1  # seconds between progress events of one job
 LOG_PAGE = 1000
