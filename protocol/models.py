@@ -6,7 +6,7 @@ records); ``protocol/__init__`` does not import it.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,21 +25,21 @@ class JobSpec(BaseModel):
 
     task: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     args: dict[str, Any] = Field(default_factory=dict)
-    job_id: Optional[str] = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+    job_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
     priority: int = Field(default=0, ge=-1000, le=1000)
     queue: str = Field(default="default", min_length=1, max_length=MAX_NAME_LENGTH)
-    mode: Optional[Mode] = None
-    timeout: Optional[float] = Field(default=None, gt=0)
-    max_retries: Optional[int] = Field(default=None, ge=0, le=10_000)
+    mode: Mode | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=10_000)
     depends_on: list[str] = Field(default_factory=list)
     dependency_policy: DependencyPolicy = "all_completed"
-    run_at: Optional[float] = None
-    delay: Optional[float] = Field(default=None, ge=0)
+    run_at: float | None = None
+    delay: float | None = Field(default=None, ge=0)
     labels: dict[str, str] = Field(default_factory=dict)
-    on_interrupt: Optional[OnInterrupt] = None
+    on_interrupt: OnInterrupt | None = None
 
     @model_validator(mode="after")
-    def _run_at_or_delay(self) -> "JobSpec":
+    def _run_at_or_delay(self) -> JobSpec:
         if self.run_at is not None and self.delay is not None:
             raise ValueError("give run_at or delay, not both")
         return self
@@ -52,8 +52,8 @@ class JobError(BaseModel):
 
 
 class Progress(BaseModel):
-    fraction: Optional[float] = None
-    message: Optional[str] = None
+    fraction: float | None = None
+    message: str | None = None
 
 
 class Job(BaseModel):
@@ -71,17 +71,17 @@ class Job(BaseModel):
     attempts: int
     max_retries: int
     created_at: float
-    started_at: Optional[float]
-    finished_at: Optional[float]
-    run_at: Optional[float]
+    started_at: float | None
+    finished_at: float | None
+    run_at: float | None
     result: Any = None
-    error: Optional[JobError]
-    progress: Optional[Progress]
+    error: JobError | None
+    progress: Progress | None
     depends_on: list[str]
     dependency_policy: str
     labels: dict[str, str]
     on_interrupt: str
-    timeout: Optional[float] = None
+    timeout: float | None = None
 
 
 def validation_errors(exc: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 ENV_SOCKET = "PYREXIS_SOCKET"
 SOCKET_NAME = "pyrexisd.sock"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 
-class Status(str, Enum):
+class Status(str, Enum):  # noqa: UP042 - kept as is: switching to StrEnum is not a typing change
     PENDING = "pending"
     BLOCKED = "blocked"
     SCHEDULED = "scheduled"

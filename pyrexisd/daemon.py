@@ -56,7 +56,7 @@ def lock_database(db_path: str) -> list[IO[bytes]]:
     handles: list[IO[bytes]] = []
     try:
         for path in (real + ".lock", real):
-            handle = open(path, "ab")
+            handle: IO[bytes] = open(path, "ab")
             handles.append(handle)
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

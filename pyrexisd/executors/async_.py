@@ -11,7 +11,15 @@ import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, TaskExit, contained, generator_result
+from pyrexisd.executors.base import (
+    CANCELLED,
+    Executor,
+    JobCall,
+    Outcome,
+    TaskExit,
+    contained,
+    generator_result,
+)
 from pyrexisd.executors.thread import context_for
 
 

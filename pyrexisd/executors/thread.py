@@ -19,7 +19,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, TaskExit, generator_result
+from pyrexisd.executors.base import (
+    CANCELLED,
+    Executor,
+    JobCall,
+    Outcome,
+    TaskExit,
+    generator_result,
+)
 from pyrexisd.tasks.context import CallbackSink, TaskContext
 
 
