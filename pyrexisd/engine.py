@@ -731,11 +731,7 @@ class Engine:
         for row in changed:
             self._blocked.pop(row.seq, None)
             self.scheduler.discard(row.seq, row.queue)
-            self._moved(row, "blocked")
-            if row.terminal:
-                self._notify(row)
-            else:
-                self._enqueue(row)
+            self._rejoined(row, "blocked")
         self._arm_timer()
         self._kick()
 
@@ -1209,14 +1205,20 @@ class Engine:
             raise
         finally:
             self._unlock([row.seq], fut)
+        self._rejoined(row, old, old_queue)
+        if not row.terminal:
+            self._arm_timer()
+            self._kick()
+        return row
+
+    def _rejoined(self, row: JobRow, old: str, old_queue: str | None = None) -> None:
+        """A waiting job's change committed: count it, then wake its waiters if it ended,
+        else put it where its new status waits."""
         self._moved(row, old, old_queue)
         if row.terminal:
             self._notify(row)
         else:
             self._enqueue(row)
-            self._arm_timer()
-            self._kick()
-        return row
 
     async def retry(self, job_id: str) -> dict[str, Any]:
         """A failed or cancelled job waits again, with a fresh round of retries."""
