@@ -27,7 +27,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Self, TypeVar
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import FrameTooLarge, PyrexisError, error_from_wire
@@ -197,6 +197,18 @@ class _Wire:
         return incoming
 
 
+def _record(result: Any) -> Record:
+    # Ops answer a map where the contract says so; this only tells the type checker.
+    record: Record = result
+    return record
+
+
+def _rows(result: Any, key: str) -> RecordList:
+    """The list under ``key`` of an answer (``{"jobs": [...]}``, ``{"queues": [...]}``, ...)."""
+    rows: RecordList = result[key]
+    return rows
+
+
 def _drop_none(fields: Mapping[str, Any]) -> dict[str, Any]:
     # None stands for "not given": the daemon then applies its default, and a resubmitted
     # client job_id compares equal to the first submission.
@@ -209,6 +221,33 @@ def _spec(task: str, args: Mapping[str, Any] | None, fields: Mapping[str, Any]) 
     if args is not None:
         spec["args"] = dict(args)
     return spec
+
+
+def _hello_args(client: str) -> dict[str, Any]:
+    return {"protocol": PROTOCOL_VERSION, "client": client}
+
+
+def _job_args(job_id: str) -> dict[str, Any]:
+    return {"job_id": job_id}
+
+
+def _submit_many_args(specs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    return {"jobs": [dict(spec) for spec in specs]}
+
+
+def _queue_arg(queue: str | None) -> dict[str, Any]:
+    return _drop_none({"queue": queue})
+
+
+def _wait_args(job_id: str, timeout: float | None, events: bool = False) -> dict[str, Any]:
+    return _drop_none({"job_id": job_id, "timeout": timeout, "events": True if events else None})
+
+
+def _logs_args(job_id: str, since: int, follow: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"job_id": job_id, "since": since}
+    if follow:
+        args["follow"] = True
+    return args
 
 
 def _list_args(
@@ -249,9 +288,10 @@ def _schedule_args(
     return _drop_none({"name": name, "cron": cron, "every": every, "job": _spec(task, args, spec)})
 
 
-def _next_seq(final: Any, since: int) -> int:
+def _logs_page(lines: RecordList, final: Any, since: int) -> Record:
+    """The answer of :meth:`Client.logs` from a ``logs`` stream's lines and final result."""
     next_seq = final.get("next") if isinstance(final, dict) else None
-    return next_seq if isinstance(next_seq, int) else since
+    return {"lines": lines, "next": next_seq if isinstance(next_seq, int) else since}
 
 
 def _watch_args(
@@ -261,8 +301,13 @@ def _watch_args(
     return _drop_none({"job_id": job_id, "task": task, "queue": queue, "kinds": kind_list})
 
 
-def _stream_id(stream: Stream | AsyncStream | int) -> int:
-    return stream if isinstance(stream, int) else stream.id
+def _close_args(stream: Stream | AsyncStream | int) -> dict[str, Any]:
+    return {"id": stream if isinstance(stream, int) else stream.id}
+
+
+def _closed(result: Any) -> bool:
+    """Whether a ``close`` answer says the stream was still open."""
+    return bool(isinstance(result, dict) and result.get("closed"))
 
 
 def _connect_error(socket_path: str, exc: OSError) -> DaemonUnreachable:
@@ -279,10 +324,129 @@ def _connect_error(socket_path: str, exc: OSError) -> DaemonUnreachable:
     return DaemonUnreachable(socket_path, reason)
 
 
+# --------------------------------------------------------------------------- shared
+
+_C = TypeVar("_C", bound="_ClientBase[Any]")
+_S = TypeVar("_S", bound="_StreamBase[Any]")
+
+
+class _StreamBase(Generic[_C]):
+    """What :class:`Stream` and :class:`AsyncStream` share: identity, result, and ending."""
+
+    def __init__(self, client: _C, stream_id: int, op: str) -> None:
+        self.id = stream_id
+        self.op = op
+        self.result: Any = None
+        self._client = client
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        """Whether the final frame has arrived (events may still be buffered)."""
+        return self._ended
+
+    def _push(self, event: Event) -> None:
+        raise NotImplementedError
+
+    def _finish(self, result: Any, error: PyrexisError | None) -> None:
+        raise NotImplementedError
+
+    def _end_locally(self) -> None:
+        """After a ``close`` that did not end the stream (the connection is gone): forget it
+        here, as the daemon did when the connection closed."""
+        if not self._ended:
+            self._client._forget_stream(self.id)
+            self._finish(None, None)
+
+
+class _ClosedOnExit:
+    """``with`` support for the blocking classes: leaving the block calls ``close()``."""
+
+    def close(self) -> Any:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _ClientBase(Generic[_S]):
+    """What :class:`Client` and :class:`AsyncClient` share: settings, the I/O-free wire,
+    and the routing of incoming frames to open streams. Subclasses do the I/O."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        client_name: str = "pyrexisctl",
+    ) -> None:
+        self.socket_path = resolve_socket_path(socket_path)
+        self.connect_timeout = connect_timeout
+        self.client_name = client_name
+        self.server: Record | None = None
+        """The daemon's ``hello`` answer, once :meth:`hello` was called."""
+        self._max_frame = max_frame
+        self._wire = _Wire(max_frame)
+        self._streams: dict[int, _S] = {}
+        self._init_connection()
+
+    def _init_connection(self) -> None:
+        """Set up the subclass's connection state (not connected)."""
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        """Close the transport, if open."""
+        raise NotImplementedError
+
+    def _end_requests(self, error: PyrexisError) -> None:
+        """End the requests waiting for an answer with ``error`` (the connection is gone)."""
+        raise NotImplementedError
+
+    def _answer(self, request_id: int, frame: _Incoming) -> None:
+        """Hand the final frame of a plain request to whoever waits for it."""
+        raise NotImplementedError
+
+    def _drop(self, error: PyrexisError) -> None:
+        self._disconnect()
+        self._end_requests(error)
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._finish(None, error)
+
+    def _route(self, frame: _Incoming) -> None:
+        assert frame.id is not None
+        stream = self._streams.get(frame.id)
+        if frame.event is not None:
+            if stream is not None:
+                stream._push(frame.event)
+        elif stream is not None:
+            del self._streams[frame.id]
+            stream._finish(frame.result, frame.error)
+        else:
+            self._answer(frame.id, frame)
+
+    def _forget_stream(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def _accept_hello(self, result: Record) -> Record:
+        self.server = result
+        self._wire.accept_server_limit(result.get("max_frame"))
+        return result
+
+
 # --------------------------------------------------------------------------- blocking
 
 
-class Stream(Iterator[Event]):
+class Stream(_StreamBase["Client"], _ClosedOnExit, Iterator[Event]):
     """The events of a streaming op (``logs``, ``wait`` with events, ``watch``).
 
     Iterating yields event maps until the daemon's final frame: then iteration stops and
@@ -291,18 +455,9 @@ class Stream(Iterator[Event]):
     """
 
     def __init__(self, client: Client, stream_id: int, op: str) -> None:
-        self.id = stream_id
-        self.op = op
-        self.result: Any = None
-        self._client = client
+        super().__init__(client, stream_id, op)
         self._events: deque[Event] = deque()
-        self._ended = False
         self._error: PyrexisError | None = None
-
-    @property
-    def ended(self) -> bool:
-        """Whether the final frame has arrived (events may still be buffered)."""
-        return self._ended
 
     def _push(self, event: Event) -> None:
         self._events.append(event)
@@ -341,26 +496,13 @@ class Stream(Iterator[Event]):
                 # The connection is gone: forget the stream locally (the daemon ended it
                 # when the connection closed).
                 pass
-            if not self._ended:
-                self._client._forget_stream(self.id)
-                self._finish(None, None)
+            self._end_locally()
         self._events.clear()
         self._error = None
         return self.result
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Client:
+class Client(_ClientBase[Stream], _ClosedOnExit):
     """A blocking client on one Unix socket connection.
 
     It connects on first use (or explicitly with :meth:`connect` / ``with Client() as c``).
@@ -368,25 +510,10 @@ class Client:
     per-user default. Not thread-safe.
     """
 
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        *,
-        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        client_name: str = "pyrexisctl",
-    ) -> None:
-        self.socket_path = resolve_socket_path(socket_path)
-        self.connect_timeout = connect_timeout
-        self.client_name = client_name
-        self.server: Record | None = None
-        """The daemon's ``hello`` answer, once :meth:`hello` was called."""
-        self._max_frame = max_frame
-        self._wire = _Wire(max_frame)
+    def _init_connection(self) -> None:
         self._sock: socket.socket | None = None
         self._expected: set[int] = set()
         self._finals: dict[int, _Incoming] = {}
-        self._streams: dict[int, Stream] = {}
 
     # -- connection
 
@@ -420,21 +547,13 @@ class Client:
         self.connect()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _drop(self, error: PyrexisError) -> None:
+    def _disconnect(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        streams, self._streams = self._streams, {}
-        for stream in streams.values():
-            stream._finish(None, error)
+
+    def _end_requests(self, error: PyrexisError) -> None:
+        # request() learns of the broken connection from _pump, which raised it.
         self._finals.clear()
 
     def _send(self, op: str, args: Mapping[str, Any] | None) -> int:
@@ -472,21 +591,10 @@ class Client:
         for frame in incoming:
             self._route(frame)
 
-    def _route(self, frame: _Incoming) -> None:
-        assert frame.id is not None
-        stream = self._streams.get(frame.id)
-        if frame.event is not None:
-            if stream is not None:
-                stream._push(frame.event)
-        elif stream is not None:
-            del self._streams[frame.id]
-            stream._finish(frame.result, frame.error)
-        elif frame.id in self._expected:
-            self._finals[frame.id] = frame
+    def _answer(self, request_id: int, frame: _Incoming) -> None:
+        if request_id in self._expected:
+            self._finals[request_id] = frame
         # Anything else answers a request whose caller gave up (an interrupt): dropped.
-
-    def _forget_stream(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
 
     # -- generic ops
 
@@ -511,35 +619,26 @@ class Client:
 
     def close_stream(self, stream: Stream | int) -> bool:
         """Ask the daemon to end a stream early; ``False`` when it had already ended."""
-        result = self.request("close", {"id": _stream_id(stream)})
-        return bool(isinstance(result, dict) and result.get("closed"))
+        return _closed(self.request("close", _close_args(stream)))
 
     # -- ops of the contract
 
     def hello(self, client: str | None = None) -> Record:
         """Handshake: ``{protocol, server, max_frame, ops}``, also kept in :attr:`server`."""
-        result: Record = self.request(
-            "hello", {"protocol": PROTOCOL_VERSION, "client": client or self.client_name}
-        )
-        self.server = result
-        self._wire.accept_server_limit(result.get("max_frame"))
-        return result
+        result = self.request("hello", _hello_args(client or self.client_name))
+        return self._accept_hello(_record(result))
 
     def submit(self, task: str, args: Mapping[str, Any] | None = None, **spec: Any) -> Record:
         """Submit one job, return its record. ``spec``: JobSpec fields (``None`` = not given)."""
-        record: Record = self.request("submit", _spec(task, args, spec))
-        return record
+        return _record(self.request("submit", _spec(task, args, spec)))
 
     def submit_many(self, specs: Iterable[Mapping[str, Any]]) -> RecordList:
         """Submit a batch all-or-nothing; returns the records in the same order."""
-        result = self.request("submit_many", {"jobs": [dict(spec) for spec in specs]})
-        jobs: RecordList = result["jobs"]
-        return jobs
+        return _rows(self.request("submit_many", _submit_many_args(specs)), "jobs")
 
     def get(self, job_id: str) -> Record:
         """The job's record (``NotFound`` when there is none)."""
-        record: Record = self.request("get", {"job_id": job_id})
-        return record
+        return _record(self.request("get", _job_args(job_id)))
 
     def list(
         self,
@@ -550,8 +649,7 @@ class Client:
         after: str | None = None,
     ) -> Record:
         """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``."""
-        page: Record = self.request("list", _list_args(status, task, queue, limit, after))
-        return page
+        return _record(self.request("list", _list_args(status, task, queue, limit, after)))
 
     def iter_jobs(
         self,
@@ -571,18 +669,15 @@ class Client:
 
     def cancel(self, job_id: str) -> Record:
         """Cancel a job; returns its ``cancelled`` record (``InvalidState`` if already terminal)."""
-        record: Record = self.request("cancel", {"job_id": job_id})
-        return record
+        return _record(self.request("cancel", _job_args(job_id)))
 
     def retry(self, job_id: str) -> Record:
         """Start a new round of a ``failed`` or ``cancelled`` job; returns its record."""
-        record: Record = self.request("retry", {"job_id": job_id})
-        return record
+        return _record(self.request("retry", _job_args(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Record:
         """Block until the job is terminal; returns its record (``Timeout`` after ``timeout`` s)."""
-        record: Record = self.request("wait", _drop_none({"job_id": job_id, "timeout": timeout}))
-        return record
+        return _record(self.request("wait", _wait_args(job_id, timeout)))
 
     def wait_events(self, job_id: str, timeout: float | None = None) -> Stream:
         """Wait for the job while streaming its events.
@@ -593,9 +688,7 @@ class Client:
         then its record. After ``timeout`` s iteration raises ``Timeout``. Closing the
         stream early leaves ``result`` as the record at that moment.
         """
-        return self.stream(
-            "wait", _drop_none({"job_id": job_id, "timeout": timeout, "events": True})
-        )
+        return self.stream("wait", _wait_args(job_id, timeout, events=True))
 
     def logs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
         """The job's log lines with ``seq >= since``: ``{"lines": [log events], "next": seq}``.
@@ -603,9 +696,9 @@ class Client:
         With ``follow`` it returns once the job is terminal and its log drained; to
         process lines as they come, iterate :meth:`follow_logs` instead.
         """
-        stream = self._logs_stream(job_id, since, follow)
+        stream = self.stream("logs", _logs_args(job_id, since, follow))
         lines = [event for event in stream if event.get("kind") == "log"]
-        return {"lines": lines, "next": _next_seq(stream.result, since)}
+        return _logs_page(lines, stream.result, since)
 
     def follow_logs(self, job_id: str, since: int = 1) -> Stream:
         """The job's ``log`` events with ``seq >= since``: the stored ones, then live ones.
@@ -614,13 +707,7 @@ class Client:
         is then ``{"next": seq}`` (the ``since`` to resume from). ``stream.close()``
         detaches early; the job is not affected.
         """
-        return self._logs_stream(job_id, since, True)
-
-    def _logs_stream(self, job_id: str, since: int, follow: bool) -> Stream:
-        args: dict[str, Any] = {"job_id": job_id, "since": since}
-        if follow:
-            args["follow"] = True
-        return self.stream("logs", args)
+        return self.stream("logs", _logs_args(job_id, since, True))
 
     def watch(
         self,
@@ -639,47 +726,35 @@ class Client:
 
     def hold(self, job_id: str) -> Record:
         """Keep a waiting job from starting until :meth:`release`; returns its ``held`` record."""
-        record: Record = self.request("hold", {"job_id": job_id})
-        return record
+        return _record(self.request("hold", _job_args(job_id)))
 
     def release(self, job_id: str) -> Record:
         """Let a ``held`` job wait again (``pending``, ``blocked`` or ``scheduled``); its record."""
-        record: Record = self.request("release", {"job_id": job_id})
-        return record
+        return _record(self.request("release", _job_args(job_id)))
 
     def update(self, job_id: str, priority: int | None = None, queue: str | None = None) -> Record:
         """Change a waiting (or held) job's priority and/or queue; returns its record."""
-        record: Record = self.request("update", _update_args(job_id, priority, queue))
-        return record
+        return _record(self.request("update", _update_args(job_id, priority, queue)))
 
     def stats(self) -> Record:
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
-        result: Record = self.request("stats")
-        return result
+        return _record(self.request("stats"))
 
     def tasks(self) -> RecordList:
         """The registered tasks: ``{name, modes, default_mode, description, schema}`` each."""
-        result = self.request("tasks")
-        tasks: RecordList = result["tasks"]
-        return tasks
+        return _rows(self.request("tasks"), "tasks")
 
     def queues(self) -> RecordList:
         """Queue rows: ``{queue, paused, weight, max_concurrency, aging, waiting, running}``."""
-        result = self.request("queues")
-        queues: RecordList = result["queues"]
-        return queues
+        return _rows(self.request("queues"), "queues")
 
     def pause(self, queue: str | None = None) -> RecordList:
         """Pause one queue, or all (future ones too) when ``queue`` is None; returns queue rows."""
-        result = self.request("pause", _drop_none({"queue": queue}))
-        queues: RecordList = result["queues"]
-        return queues
+        return _rows(self.request("pause", _queue_arg(queue)), "queues")
 
     def resume(self, queue: str | None = None) -> RecordList:
         """Undo :meth:`pause` for one queue, or for every queue; returns queue rows."""
-        result = self.request("resume", _drop_none({"queue": queue}))
-        queues: RecordList = result["queues"]
-        return queues
+        return _rows(self.request("resume", _queue_arg(queue)), "queues")
 
     def configure_queue(
         self,
@@ -694,10 +769,8 @@ class Client:
         Arguments left out keep their value; ``max_concurrency=None`` removes the cap.
         The queue is created if it does not exist yet. The setting is durable.
         """
-        row: Record = self.request(
-            "configure_queue", _queue_config(queue, weight, max_concurrency, aging)
-        )
-        return row
+        args = _queue_config(queue, weight, max_concurrency, aging)
+        return _record(self.request("configure_queue", args))
 
     def schedule_add(
         self,
@@ -716,16 +789,12 @@ class Client:
         ``{name, cron, every, job, next_run, last_run, last_job_id}``; a name in use is
         ``Conflict``.
         """
-        record: Record = self.request(
-            "schedule_add", _schedule_args(name, task, args, cron, every, spec)
-        )
-        return record
+        schedule = _schedule_args(name, task, args, cron, every, spec)
+        return _record(self.request("schedule_add", schedule))
 
     def schedule_list(self) -> RecordList:
         """Every schedule record, by name."""
-        result = self.request("schedule_list")
-        schedules: RecordList = result["schedules"]
-        return schedules
+        return _rows(self.request("schedule_list"), "schedules")
 
     def schedule_remove(self, name: str) -> None:
         """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
@@ -744,7 +813,7 @@ class _End:
         self.error = error
 
 
-class AsyncStream(AsyncIterator[Event]):
+class AsyncStream(_StreamBase["AsyncClient"], AsyncIterator[Event]):
     """The events of a streaming op, for ``async for``.
 
     Iteration ends at the daemon's final frame: :attr:`result` then holds the final
@@ -755,18 +824,9 @@ class AsyncStream(AsyncIterator[Event]):
     def __init__(self, client: AsyncClient, stream_id: int, op: str) -> None:
         import asyncio
 
-        self.id = stream_id
-        self.op = op
-        self.result: Any = None
-        self._client = client
+        super().__init__(client, stream_id, op)
         self._queue: asyncio.Queue[Event | _End] = asyncio.Queue()
-        self._ended = False
         self._exhausted = False
-
-    @property
-    def ended(self) -> bool:
-        """Whether the final frame has arrived (events may still be buffered)."""
-        return self._ended
 
     def _push(self, event: Event) -> None:
         self._queue.put_nowait(event)
@@ -800,9 +860,7 @@ class AsyncStream(AsyncIterator[Event]):
                 # The connection is gone: forget the stream locally (the daemon ended it
                 # when the connection closed).
                 pass
-            if not self._ended:
-                self._client._forget_stream(self.id)
-                self._finish(None, None)
+            self._end_locally()
         self._exhausted = True
         return self.result
 
@@ -818,7 +876,7 @@ class AsyncStream(AsyncIterator[Event]):
         await self.aclose()
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase[AsyncStream]):
     """An asyncio client on one Unix socket connection, with pipelining.
 
     Any number of coroutines may call it at once; each request gets its own id and the
@@ -826,26 +884,11 @@ class AsyncClient:
     It connects on first use (or with :meth:`connect` / ``async with AsyncClient() as c``).
     """
 
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        *,
-        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        max_frame: int = DEFAULT_MAX_FRAME,
-        client_name: str = "pyrexisctl",
-    ) -> None:
-        self.socket_path = resolve_socket_path(socket_path)
-        self.connect_timeout = connect_timeout
-        self.client_name = client_name
-        self.server: Record | None = None
-        """The daemon's ``hello`` answer, once :meth:`hello` was called."""
-        self._max_frame = max_frame
-        self._wire = _Wire(max_frame)
+    def _init_connection(self) -> None:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock | None = None
         self._pending: dict[int, asyncio.Future[_Incoming]] = {}
-        self._streams: dict[int, AsyncStream] = {}
 
     # -- connection
 
@@ -905,17 +948,16 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    def _drop(self, error: PyrexisError) -> None:
+    def _disconnect(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+
+    def _end_requests(self, error: PyrexisError) -> None:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
-        streams, self._streams = self._streams, {}
-        for stream in streams.values():
-            stream._finish(None, error)
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         error: PyrexisError
@@ -934,23 +976,11 @@ class AsyncClient:
         self._reader_task = None
         self._drop(self._wire.orphan_error or error)
 
-    def _route(self, frame: _Incoming) -> None:
-        assert frame.id is not None
-        stream = self._streams.get(frame.id)
-        if frame.event is not None:
-            if stream is not None:
-                stream._push(frame.event)
-        elif stream is not None:
-            del self._streams[frame.id]
-            stream._finish(frame.result, frame.error)
-        else:
-            future = self._pending.pop(frame.id, None)
-            # A missing or cancelled future is a caller that gave up: drop its answer.
-            if future is not None and not future.done():
-                future.set_result(frame)
-
-    def _forget_stream(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
+    def _answer(self, request_id: int, frame: _Incoming) -> None:
+        future = self._pending.pop(request_id, None)
+        # A missing or cancelled future is a caller that gave up: drop its answer.
+        if future is not None and not future.done():
+            future.set_result(frame)
 
     async def _send(self, op: str, args: Mapping[str, Any] | None) -> tuple[int, bytes]:
         await self.connect()
@@ -1000,35 +1030,26 @@ class AsyncClient:
 
     async def close_stream(self, stream: AsyncStream | int) -> bool:
         """Ask the daemon to end a stream early; ``False`` when it had already ended."""
-        result = await self.request("close", {"id": _stream_id(stream)})
-        return bool(isinstance(result, dict) and result.get("closed"))
+        return _closed(await self.request("close", _close_args(stream)))
 
     # -- ops of the contract
 
     async def hello(self, client: str | None = None) -> Record:
         """Handshake: ``{protocol, server, max_frame, ops}``, also kept in :attr:`server`."""
-        result: Record = await self.request(
-            "hello", {"protocol": PROTOCOL_VERSION, "client": client or self.client_name}
-        )
-        self.server = result
-        self._wire.accept_server_limit(result.get("max_frame"))
-        return result
+        result = await self.request("hello", _hello_args(client or self.client_name))
+        return self._accept_hello(_record(result))
 
     async def submit(self, task: str, args: Mapping[str, Any] | None = None, **spec: Any) -> Record:
         """Submit one job, return its record. ``spec``: JobSpec fields (``None`` = not given)."""
-        record: Record = await self.request("submit", _spec(task, args, spec))
-        return record
+        return _record(await self.request("submit", _spec(task, args, spec)))
 
     async def submit_many(self, specs: Iterable[Mapping[str, Any]]) -> RecordList:
         """Submit a batch all-or-nothing; returns the records in the same order."""
-        result = await self.request("submit_many", {"jobs": [dict(spec) for spec in specs]})
-        jobs: RecordList = result["jobs"]
-        return jobs
+        return _rows(await self.request("submit_many", _submit_many_args(specs)), "jobs")
 
     async def get(self, job_id: str) -> Record:
         """The job's record (``NotFound`` when there is none)."""
-        record: Record = await self.request("get", {"job_id": job_id})
-        return record
+        return _record(await self.request("get", _job_args(job_id)))
 
     async def list(
         self,
@@ -1039,8 +1060,7 @@ class AsyncClient:
         after: str | None = None,
     ) -> Record:
         """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``."""
-        page: Record = await self.request("list", _list_args(status, task, queue, limit, after))
-        return page
+        return _record(await self.request("list", _list_args(status, task, queue, limit, after)))
 
     async def iter_jobs(
         self,
@@ -1061,29 +1081,22 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> Record:
         """Cancel a job; returns its ``cancelled`` record (``InvalidState`` if already terminal)."""
-        record: Record = await self.request("cancel", {"job_id": job_id})
-        return record
+        return _record(await self.request("cancel", _job_args(job_id)))
 
     async def retry(self, job_id: str) -> Record:
         """Start a new round of a ``failed`` or ``cancelled`` job; returns its record."""
-        record: Record = await self.request("retry", {"job_id": job_id})
-        return record
+        return _record(await self.request("retry", _job_args(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Record:
         """Wait until the job is terminal; returns its record (``Timeout`` after ``timeout`` s)."""
-        record: Record = await self.request(
-            "wait", _drop_none({"job_id": job_id, "timeout": timeout})
-        )
-        return record
+        return _record(await self.request("wait", _wait_args(job_id, timeout)))
 
     async def wait_events(self, job_id: str, timeout: float | None = None) -> AsyncStream:
         """Wait for the job while streaming its events (see :meth:`Client.wait_events`).
 
         ``async for`` stops once the job is terminal; ``stream.result`` is its record.
         """
-        return await self.stream(
-            "wait", _drop_none({"job_id": job_id, "timeout": timeout, "events": True})
-        )
+        return await self.stream("wait", _wait_args(job_id, timeout, events=True))
 
     async def logs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
         """The job's log lines with ``seq >= since``: ``{"lines": [log events], "next": seq}``.
@@ -1091,20 +1104,14 @@ class AsyncClient:
         With ``follow`` it returns once the job is terminal and its log drained; to
         process lines as they come, iterate :meth:`follow_logs` instead.
         """
-        stream = await self._logs_stream(job_id, since, follow)
+        stream = await self.stream("logs", _logs_args(job_id, since, follow))
         lines = [event async for event in stream if event.get("kind") == "log"]
-        return {"lines": lines, "next": _next_seq(stream.result, since)}
+        return _logs_page(lines, stream.result, since)
 
     async def follow_logs(self, job_id: str, since: int = 1) -> AsyncStream:
         """The job's ``log`` events with ``seq >= since``, stored then live (see
         :meth:`Client.follow_logs`); ``stream.result`` ends as ``{"next": seq}``."""
-        return await self._logs_stream(job_id, since, True)
-
-    async def _logs_stream(self, job_id: str, since: int, follow: bool) -> AsyncStream:
-        args: dict[str, Any] = {"job_id": job_id, "since": since}
-        if follow:
-            args["follow"] = True
-        return await self.stream("logs", args)
+        return await self.stream("logs", _logs_args(job_id, since, True))
 
     async def watch(
         self,
@@ -1122,49 +1129,37 @@ class AsyncClient:
 
     async def hold(self, job_id: str) -> Record:
         """Keep a waiting job from starting until :meth:`release`; returns its ``held`` record."""
-        record: Record = await self.request("hold", {"job_id": job_id})
-        return record
+        return _record(await self.request("hold", _job_args(job_id)))
 
     async def release(self, job_id: str) -> Record:
         """Let a ``held`` job wait again (``pending``, ``blocked`` or ``scheduled``); its record."""
-        record: Record = await self.request("release", {"job_id": job_id})
-        return record
+        return _record(await self.request("release", _job_args(job_id)))
 
     async def update(
         self, job_id: str, priority: int | None = None, queue: str | None = None
     ) -> Record:
         """Change a waiting (or held) job's priority and/or queue; returns its record."""
-        record: Record = await self.request("update", _update_args(job_id, priority, queue))
-        return record
+        return _record(await self.request("update", _update_args(job_id, priority, queue)))
 
     async def stats(self) -> Record:
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
-        result: Record = await self.request("stats")
-        return result
+        return _record(await self.request("stats"))
 
     async def tasks(self) -> RecordList:
         """The registered tasks: ``{name, modes, default_mode, description, schema}`` each."""
-        result = await self.request("tasks")
-        tasks: RecordList = result["tasks"]
-        return tasks
+        return _rows(await self.request("tasks"), "tasks")
 
     async def queues(self) -> RecordList:
         """Queue rows: ``{queue, paused, weight, max_concurrency, aging, waiting, running}``."""
-        result = await self.request("queues")
-        queues: RecordList = result["queues"]
-        return queues
+        return _rows(await self.request("queues"), "queues")
 
     async def pause(self, queue: str | None = None) -> RecordList:
         """Pause one queue, or all (future ones too) when ``queue`` is None; returns queue rows."""
-        result = await self.request("pause", _drop_none({"queue": queue}))
-        queues: RecordList = result["queues"]
-        return queues
+        return _rows(await self.request("pause", _queue_arg(queue)), "queues")
 
     async def resume(self, queue: str | None = None) -> RecordList:
         """Undo :meth:`pause` for one queue, or for every queue; returns queue rows."""
-        result = await self.request("resume", _drop_none({"queue": queue}))
-        queues: RecordList = result["queues"]
-        return queues
+        return _rows(await self.request("resume", _queue_arg(queue)), "queues")
 
     async def configure_queue(
         self,
@@ -1178,10 +1173,8 @@ class AsyncClient:
 
         See :meth:`Client.configure_queue`: ``max_concurrency=None`` removes the cap.
         """
-        row: Record = await self.request(
-            "configure_queue", _queue_config(queue, weight, max_concurrency, aging)
-        )
-        return row
+        args = _queue_config(queue, weight, max_concurrency, aging)
+        return _record(await self.request("configure_queue", args))
 
     async def schedule_add(
         self,
@@ -1197,16 +1190,12 @@ class AsyncClient:
 
         See :meth:`Client.schedule_add`.
         """
-        record: Record = await self.request(
-            "schedule_add", _schedule_args(name, task, args, cron, every, spec)
-        )
-        return record
+        schedule = _schedule_args(name, task, args, cron, every, spec)
+        return _record(await self.request("schedule_add", schedule))
 
     async def schedule_list(self) -> RecordList:
         """Every schedule record, by name."""
-        result = await self.request("schedule_list")
-        schedules: RecordList = result["schedules"]
-        return schedules
+        return _rows(await self.request("schedule_list"), "schedules")
 
     async def schedule_remove(self, name: str) -> None:
         """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
