@@ -41,7 +41,8 @@ STOP_TIMEOUT = 30.0
 OVERLOAD_GIVE_UP = 60.0
 """Seconds a request may keep being answered ``overloaded`` before the benchmark fails."""
 
-SCENARIO_ORDER = ("serial", "pipelined")
+SCENARIO_ORDER = ("serial", "pipelined", "queued")
+QUEUED_BATCH = 5000  # specs per submit_many when filling the queue
 ECHO_MODES = ("thread", "process", "async")
 """The modes the built-in ``echo`` task runs in, so the modes a scenario can measure."""
 
@@ -61,6 +62,7 @@ class BenchConfig:
     inflight: int = 1000
     daemon_args: tuple[str, ...] = ()
     start_timeout: float = START_TIMEOUT
+    queued: int = 0  # jobs to leave waiting (in a paused queue) to measure memory; 0: skip
 
 
 @dataclass
@@ -288,6 +290,22 @@ async def pipelined(
     return time.perf_counter() - started, [task.result() for task in waits]
 
 
+async def queued(client: AsyncClient, jobs: int) -> float:
+    """Fill a paused queue with ``jobs`` waiting echo jobs; the time it took."""
+    queue = "bench-queued"
+    await client.pause(queue)
+    started = time.perf_counter()
+    for first in range(0, jobs, QUEUED_BATCH):
+        count = min(QUEUED_BATCH, jobs - first)
+        specs = [{"task": "echo", "args": {"value": i}, "queue": queue} for i in range(first, first + count)]
+
+        async def submit_batch(batch: list[dict[str, Any]] = specs) -> Any:
+            return await client.submit_many(batch)
+
+        await _patiently(submit_batch)
+    return time.perf_counter() - started
+
+
 async def _run_scenarios(
     config: BenchConfig, daemon: BenchDaemon, log: Callable[[str], None]
 ) -> list[ScenarioResult]:
@@ -316,6 +334,12 @@ async def _run_scenarios(
             result.daemon_p99_ms = stats.get("submit_to_start_ms", {}).get("p99")
             result.writes_per_commit = stats.get("store", {}).get("writes_per_commit")
             log(f"  {result.jobs_per_s:.0f} jobs/s in {format_duration(seconds)}")
+            results.append(result)
+        if config.queued:
+            log(f"sync={daemon.sync}: queued, {config.queued} jobs left waiting ...")
+            seconds = await queued(client, config.queued)
+            result = ScenarioResult("queued", "-", daemon.sync, config.queued, seconds, 0, [], daemon.rss_kib())
+            log(f"  daemon RSS {result.rss_kib} KiB with {config.queued} jobs waiting")
             results.append(result)
     return results
 
@@ -358,7 +382,7 @@ def results_table(results: Iterable[ScenarioResult]) -> str:
     def order(result: ScenarioResult) -> tuple[int, int, int]:
         return (
             SCENARIO_ORDER.index(result.scenario),
-            modes.index(result.mode),
+            modes.index(result.mode) if result.mode in modes else len(modes),
             syncs.index(result.sync),
         )
 

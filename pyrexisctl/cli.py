@@ -1177,6 +1177,13 @@ def ping() -> None:
     metavar="ARG",
     help="Extra argument for the daemons (repeatable), e.g. --daemon-arg=--threads=8.",
 )
+@click.option(
+    "--queued",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also leave this many jobs waiting in a paused queue and report the daemon's memory.",
+)
 @json_option
 def bench(
     jobs: int,
@@ -1185,6 +1192,7 @@ def bench(
     inflight: int,
     serial_jobs: int | None,
     daemon_args: tuple[str, ...],
+    queued: int,
 ) -> None:
     """Benchmark fresh daemons of its own: jobs/s, latency, memory.
 
@@ -1207,6 +1215,7 @@ def bench(
         modes=tuple(modes),
         inflight=inflight,
         daemon_args=daemon_args,
+        queued=queued,
     )
     try:
         results = bench_module.run(config, log=lambda text: click.echo(text, err=True))
