@@ -43,8 +43,8 @@ from protocol.models import JobSpec, validation_errors
 from protocol.status import WAITING
 from pyrexisd import dependencies, procs
 from pyrexisd.config import FRAME_ENVELOPE, MAX_MESSAGE, MAX_PROGRESS_MESSAGE, Config
-from pyrexisd.events import EventHub
-from pyrexisd.executors.base import MAX_LINE, Executor, JobCall, Outcome
+from pyrexisd.events import EventHub, progress_event, state_event
+from pyrexisd.executors.base import Executor, JobCall, Outcome, split_lines
 from pyrexisd.jobs import JobRow
 from pyrexisd.metrics import Metrics
 from pyrexisd.retry import Backoff, retries_left
@@ -1464,59 +1464,3 @@ def _missing_task(name: str) -> TaskDef:
     return make_task(missing, name=name)
 
 
-def split_lines(text: str) -> list[str]:
-    """A task's log text as stored lines: no line endings, none longer than MAX_LINE."""
-    out: list[str] = []
-    for line in text.split("\n"):
-        line = line.removesuffix("\r")
-        if len(line) <= MAX_LINE:
-            out.append(line)
-        else:
-            out.extend(line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE))
-    if len(out) > 1 and out[-1] == "" and text.endswith("\n"):
-        out.pop()
-    return out
-
-
-def state_event(row: JobRow, now: float) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "kind": "state",
-        "job_id": row.job_id,
-        "status": row.status,
-        "attempt": row.attempts,
-        "time": now,
-    }
-    if row.status in ("failed", "cancelled"):
-        event["error"] = row.error
-    return event
-
-
-def log_event(job_id: str, line: LogLine) -> dict[str, Any]:
-    return {"kind": "log", "job_id": job_id, "seq": line.seq, "stream": line.stream, "line": line.line, "time": line.time}
-
-
-def output_event(job_id: str, item: OutputItem) -> dict[str, Any]:
-    return {"kind": "output", "job_id": job_id, "seq": item.seq, "value": item.value, "time": item.time}
-
-
-def progress_event(row: JobRow, now: float) -> dict[str, Any] | None:
-    if row.progress is None:
-        return None
-    return {"kind": "progress", "job_id": row.job_id, **row.progress, "time": now}
-
-
-def statuses_arg(value: Any) -> list[str] | None:
-    """The ``status`` filter of ``list``: one status or a list of them."""
-    if value is None:
-        return None
-    values = [value] if isinstance(value, str) else value
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise InvalidRequest("status must be a string or a list of strings", {"errors": [{"loc": ["status"], "msg": "bad type"}]})
-    from protocol.status import ALL_STATUSES
-
-    unknown = [v for v in values if v not in ALL_STATUSES]
-    if unknown:
-        raise InvalidRequest(
-            f"unknown status {unknown[0]!r}", {"errors": [{"loc": ["status"], "msg": f"one of {', '.join(ALL_STATUSES)}"}]}
-        )
-    return values

@@ -19,7 +19,11 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # event shapes only read these rows' fields
+    from pyrexisd.jobs import JobRow
+    from pyrexisd.store import LogLine, OutputItem
 
 DEFAULT_BUFFER = 4096
 
@@ -143,3 +147,31 @@ class EventHub:
     @property
     def subscriptions(self) -> int:
         return len(self._broad) + sum(len(s) for s in self._by_job.values())
+
+
+# -- the contract's event shapes ------------------------------------------------------
+def state_event(row: JobRow, now: float) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "kind": "state",
+        "job_id": row.job_id,
+        "status": row.status,
+        "attempt": row.attempts,
+        "time": now,
+    }
+    if row.status in ("failed", "cancelled"):
+        event["error"] = row.error
+    return event
+
+
+def log_event(job_id: str, line: LogLine) -> dict[str, Any]:
+    return {"kind": "log", "job_id": job_id, "seq": line.seq, "stream": line.stream, "line": line.line, "time": line.time}
+
+
+def output_event(job_id: str, item: OutputItem) -> dict[str, Any]:
+    return {"kind": "output", "job_id": job_id, "seq": item.seq, "value": item.value, "time": item.time}
+
+
+def progress_event(row: JobRow, now: float) -> dict[str, Any] | None:
+    if row.progress is None:
+        return None
+    return {"kind": "progress", "job_id": row.job_id, **row.progress, "time": now}

@@ -16,20 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from protocol import PROTOCOL_VERSION
 from protocol.errors import InvalidRequest, Overloaded, ShuttingDown, Timeout
 from protocol.models import validation_errors
-from protocol.status import TERMINAL
+from protocol.status import ALL_STATUSES, TERMINAL
 from pyrexisd import __version__
 from pyrexisd.config import FRAME_ENVELOPE
-from pyrexisd.engine import (
-    LOG_PAGE,
-    Engine,
-    encode_cursor,
+from pyrexisd.engine import LOG_PAGE, Engine, encode_cursor
+from pyrexisd.events import (
+    EventFilter,
+    Subscription,
     log_event,
     output_event,
     progress_event,
     state_event,
-    statuses_arg,
 )
-from pyrexisd.events import EventFilter, Subscription
 from pyrexisd.jobs import JobRow
 from pyrexisd.recurring import Recurring
 from pyrexisd.server import Handler, Stream
@@ -403,3 +401,18 @@ async def _send_stored(
 
 def _packed_size(value: Any) -> int:
     return len(msgpack.packb(value, use_bin_type=True))
+
+
+def statuses_arg(value: Any) -> list[str] | None:
+    """The ``status`` filter of ``list``: one status or a list of them."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidRequest("status must be a string or a list of strings", {"errors": [{"loc": ["status"], "msg": "bad type"}]})
+    unknown = [v for v in values if v not in ALL_STATUSES]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown status {unknown[0]!r}", {"errors": [{"loc": ["status"], "msg": f"one of {', '.join(ALL_STATUSES)}"}]}
+        )
+    return values

@@ -159,3 +159,17 @@ class Executor(ABC):
     async def run(self, call: JobCall) -> Outcome:
         """Run one attempt to its end. After ``call.cancel()`` it returns once the work
         has stopped (for threads: once the thread returns)."""
+
+
+def split_lines(text: str) -> list[str]:
+    """A task's log text as stored lines: no line endings, none longer than MAX_LINE."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
+        if len(line) <= MAX_LINE:
+            out.append(line)
+        else:
+            out.extend(line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE))
+    if len(out) > 1 and out[-1] == "" and text.endswith("\n"):
+        out.pop()
+    return out
