@@ -203,6 +203,26 @@ class Daemon:
         return self.start()
 
 
+def shared_daemon(prefix: str, args: tuple[str, ...]) -> Iterator[Daemon]:
+    """A daemon for a whole test module (``yield from`` it in a module-scoped fixture)."""
+    workdir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    d = Daemon(workdir, args)
+    d.start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait(10)
+    if not os.environ.get("PYREXIS_KEEP_TEST_DIRS"):
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def require_alive(shared: Daemon) -> None:
+    """Fail the test at once, with the log, if a module's shared daemon has died."""
+    assert shared.proc is not None
+    if shared.proc.poll() is not None:
+        pytest.fail(f"the shared daemon died with {shared.proc.returncode}:\n{shared.log()[-5000:]}")
+
+
 @pytest.fixture
 def workdir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="px", dir="/tmp")

@@ -13,10 +13,8 @@ odd flags, exact global counts, shutdown) start one with ``start_daemon``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import struct
-import tempfile
 import threading
 import time
 import uuid
@@ -25,7 +23,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import Daemon, RawClient, wait_until
+from conftest import Daemon, RawClient, require_alive, shared_daemon, wait_until
 
 # -- constants from the contract ---------------------------------------------------------
 
@@ -209,21 +207,12 @@ def nested_map_body(depth: int) -> bytes:
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Daemon]:
     """One daemon for the tests that do not need one of their own."""
-    workdir = tempfile.mkdtemp(prefix="pxp", dir="/tmp")
-    d = Daemon(workdir, SAMPLE_ARGS)
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait(10)
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from shared_daemon("pxp", SAMPLE_ARGS)
 
 
 @pytest.fixture
 def c(shared: Daemon) -> Iterator[RawClient]:
-    assert shared.proc is not None
-    if shared.proc.poll() is not None:
-        pytest.fail(f"the shared daemon died with {shared.proc.returncode}:\n{shared.log()[-5000:]}")
+    require_alive(shared)
     with shared.client() as client:
         yield client
 

@@ -13,17 +13,14 @@ queue names and job ids; tests that need odd flags or restarts start their own.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import Daemon, RawClient, expect_error, wait_until
+from conftest import Daemon, RawClient, expect_error, require_alive, shared_daemon, wait_until
 from e2e_helpers import job_logs, wait_status
 
 ARGS = ("--tasks", "sample_tasks", "--tasks", "stream_tasks", "--kill-grace", "2")
@@ -57,22 +54,12 @@ def jobs_of(c: RawClient, **filters: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Daemon]:
-    workdir = tempfile.mkdtemp(prefix="pxg", dir="/tmp")
-    d = Daemon(workdir, ARGS)
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait(10)
-    if not os.environ.get("PYREXIS_KEEP_TEST_DIRS"):
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from shared_daemon("pxg", ARGS)
 
 
 @pytest.fixture
 def c(shared: Daemon) -> Iterator[RawClient]:
-    assert shared.proc is not None
-    if shared.proc.poll() is not None:
-        pytest.fail(f"the shared daemon died with {shared.proc.returncode}:\n{shared.log()[-5000:]}")
+    require_alive(shared)
     with RawClient(shared.socket, timeout=60) as client:
         yield client
 

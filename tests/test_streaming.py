@@ -12,11 +12,9 @@ queue names; the shutdown test starts a daemon of its own.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import struct
-import tempfile
 import threading
 import time
 import uuid
@@ -26,7 +24,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import Daemon, RawClient, wait_until
+from conftest import Daemon, RawClient, require_alive, shared_daemon, wait_until
 from e2e_helpers import still_serving, wait_status
 
 ARGS = ("--tasks", "sample_tasks", "--tasks", "stream_tasks", "--kill-grace", "2")
@@ -210,22 +208,12 @@ class SmallBufferClient(Conn):
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Daemon]:
-    workdir = tempfile.mkdtemp(prefix="pxs", dir="/tmp")
-    d = Daemon(workdir, ARGS)
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait(10)
-    if not os.environ.get("PYREXIS_KEEP_TEST_DIRS"):
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from shared_daemon("pxs", ARGS)
 
 
 @pytest.fixture
 def c(shared: Daemon) -> Iterator[Conn]:
-    assert shared.proc is not None
-    if shared.proc.poll() is not None:
-        pytest.fail(f"the shared daemon died with {shared.proc.returncode}:\n{shared.log()[-5000:]}")
+    require_alive(shared)
     with Conn(shared.socket) as client:
         yield client
 
