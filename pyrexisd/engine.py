@@ -20,6 +20,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Unpack
@@ -60,6 +61,7 @@ ROW_CACHE_LIMIT = 4_096  # waiting rows kept in memory; beyond, they are read ba
 PROGRESS_FLUSH = 0.5  # seconds between progress writes of one job
 PROGRESS_EVERY = 0.1  # seconds between progress events of one job
 LOG_PAGE = 1000
+RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
 STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
 STOP_COMMIT_WAIT = 5.0  # seconds a stopping daemon waits for commits in flight
 
@@ -276,6 +278,10 @@ class Engine:
         self._seq = 0
         self._active: dict[int, Active] = {}
         self._active_by_id: dict[str, Active] = {}
+        # The records of the last jobs that ended, so that a ``wait`` just after the end
+        # needs no read. Only committed ends go in; a job that leaves its end (``retry``)
+        # is dropped before its change is committed.
+        self._recent_ends: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._winding_down: set[Active] = set()
         self._rows: dict[int, JobRow] = {}
         self._locks: dict[int, asyncio.Future[Any]] = {}
@@ -1193,6 +1199,7 @@ class Engine:
         scheduler meanwhile and rejoins wherever its new status says."""
         old = row.status
         old_queue = row.queue
+        self._recent_ends.pop(row.job_id, None)  # a retried job's old end no longer holds
         self._withdraw(row)
         snapshot = row.snapshot()
         change(row)
@@ -1286,6 +1293,9 @@ class Engine:
         waiters.append(fut)  # before the read, so a commit after the read still wakes us
         try:
             active = self._active_by_id.get(job_id)
+            ended = self._recent_ends.get(job_id)
+            if ended is not None:
+                return ended  # a committed end (a retry since would have dropped it)
             if active is not None and not active.ended and active.row.seq not in self._locks:
                 status = "running"  # committed, and its end will wake us: no read needed
             else:
@@ -1308,9 +1318,14 @@ class Engine:
                 self._waiters.pop(job_id, None)
 
     def _notify(self, row: JobRow) -> None:
+        """A job's end is committed: wake its waiters, remember its record for a while."""
+        record = row.record()
+        recent = self._recent_ends
+        recent[row.job_id] = record
+        if len(recent) > RECENT_ENDS:
+            recent.popitem(last=False)
         futures = self._waiters.pop(row.job_id, None)
         if futures:
-            record = row.record()
             for fut in futures:
                 if not fut.done():
                     fut.set_result(record)
