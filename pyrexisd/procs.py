@@ -41,6 +41,21 @@ def die_with_parent() -> None:
         pass
 
 
+def kill_orphaned_group(pgid: int) -> bool:
+    """SIGKILL what is left of process group ``pgid`` once its leader is gone.
+
+    A group id cannot be reused while any member lives, so the members found are the
+    leader's own descendants. True if any were signalled.
+    """
+    if pgid <= 1 or start_time(pgid) is not None:
+        return False  # the leader (or a process reusing its pid) is alive: not orphaned
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def kill_if_same(pid: int, started: int, group: bool) -> bool:
     """SIGKILL ``pid`` (its whole process group if ``group``) if it is still the process
     that started at ``started``. True if something was killed."""

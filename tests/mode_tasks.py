@@ -15,3 +15,14 @@ def unencodable() -> object:
 def big(size: int) -> str:
     """A string result of ``size`` bytes (process mode by default)."""
     return "y" * size
+
+
+@task(name="modes.spawner", modes=["process"], mode="process")
+def spawner(marker: str) -> int:
+    """Start a long-lived child process, write its pid to ``marker``, then wait for it."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"])
+    with open(marker, "w") as fh:
+        fh.write(str(child.pid))
+    return child.wait()

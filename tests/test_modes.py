@@ -117,6 +117,23 @@ def test_cancel_process_kills_the_worker(start_daemon: Callable[..., Daemon]) ->
             kill_quietly(worker)
 
 
+def test_cancel_process_job_kills_what_its_task_spawned(start_daemon: Callable[..., Daemon]) -> None:
+    """Given a process job whose task started a child process, when the job is cancelled,
+    then the worker and the child are both gone (the worker leads a process group)."""
+    d, c = start(start_daemon, "--processes", "1")
+    marker = os.path.join(d.workdir, "child")
+    child = None
+    with c:
+        try:
+            job = c.submit("modes.spawner", {"marker": marker})
+            child = read_pid(marker)
+            wait_status(c, job["job_id"], "running")
+            assert c.request("cancel", {"job_id": job["job_id"]})["status"] == "cancelled"
+            wait_pid_gone(child, 10, "the child a cancelled process job spawned")
+        finally:
+            kill_quietly(child)
+
+
 def test_cancel_shell_kills_the_command(start_daemon: Callable[..., Daemon]) -> None:
     d, c = start(start_daemon)
     marker = os.path.join(d.workdir, "pid")

@@ -34,6 +34,7 @@ from pebble.common import CONSTS  # type: ignore[attr-defined]  # pebble re-expo
 
 from protocol.errors import BadFrame, FrameTooLarge
 from protocol.framing import FrameDecoder, decode_body
+from pyrexisd import procs
 from pyrexisd.executors import worker
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 
@@ -55,6 +56,7 @@ class ProcessExecutor(Executor):
     ) -> None:
         super().__init__(slots)
         self.on_worker = on_worker  # told of each new worker (pid, start time)
+        self._workers: dict[int, int | None] = {}  # live workers: pid -> start time
         self.task_modules = task_modules
         self.kill_grace = kill_grace
         self._context = multiprocessing.get_context(START_METHOD)
@@ -89,8 +91,10 @@ class ProcessExecutor(Executor):
 
     def _deliver(self, token: int, kind: str, payload: Any) -> None:
         if kind == "worker":
+            pid, started = payload
+            self._workers[pid] = started
             if self.on_worker is not None:
-                self.on_worker(*payload)
+                self.on_worker(pid, started)
             return
         call = self._calls.get(token)
         if call is None:
@@ -143,10 +147,12 @@ class ProcessExecutor(Executor):
                 reply = await asyncio.wrap_future(future)
             except (asyncio.CancelledError, FutureCancelled):
                 if call.cancelled:
+                    self._reap_soon()
                     return CANCELLED
                 future.cancel()  # type: ignore[no-untyped-call]  # pebble: ProcessFuture.cancel is unannotated
                 raise
             except pebble.ProcessExpired as exc:
+                self._reap_soon()
                 return Outcome.failure(
                     "worker_died", f"the worker process died (exit code {exc.exitcode})"
                 )
@@ -166,6 +172,19 @@ class ProcessExecutor(Executor):
         _, message, retryable, delay, tb, _sent = reply
         return Outcome(False, None, "exception", message, retryable, delay, tb)
 
+    def _reap_soon(self) -> None:
+        """A worker was killed or died: once it is gone, so is whatever its task spawned."""
+        if self._loop is not None:
+            for delay in (0.2, self.kill_grace + 1.0):
+                self._loop.call_later(delay, self._reap_groups)
+
+    def _reap_groups(self) -> None:
+        for pid, started in list(self._workers.items()):
+            if procs.start_time(pid) != started:  # that worker is gone
+                del self._workers[pid]
+                if procs.kill_orphaned_group(pid):
+                    log.info("killed processes left by worker %d's job", pid)
+
     def _rebuild(self, why: str) -> None:
         log.warning("rebuilding the process pool: %s", why)
         old, self._pool = self._pool, self._new_pool()
@@ -177,6 +196,7 @@ class ProcessExecutor(Executor):
         if pool is not None:
             pool.stop()  # type: ignore[no-untyped-call]  # pebble: ProcessPool.stop is unannotated
             await asyncio.to_thread(pool.join, self.kill_grace + 5)
+            self._reap_groups()
         if self._channel_server is not None:
             self._channel_server.close()
             self._channel_server = None

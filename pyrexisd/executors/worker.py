@@ -64,6 +64,8 @@ def init_worker(task_modules: tuple[str, ...], channel_path: str) -> None:
     """Pool initializer: die with the pool's parent, connect the channel, announce
     itself, load the tasks."""
     global _channel
+    # Lead a process group: whatever a task spawns can be killed with its worker.
+    os.setpgrp()
     procs.die_with_parent()
     _channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     _channel.connect(channel_path)
