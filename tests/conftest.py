@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -52,7 +53,7 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawClient":
+    def __enter__(self) -> RawClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -147,7 +148,7 @@ class Daemon:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pyrexisd", "--socket", self.socket, "--db", self.db, "--log-level", "DEBUG", *self.args]
 
-    def start(self, wait: bool = True) -> "Daemon":
+    def start(self, wait: bool = True) -> Daemon:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]))
         if self.env:
@@ -199,7 +200,7 @@ class Daemon:
             self.proc.kill()
         self.proc.wait(10)
 
-    def restart(self) -> "Daemon":
+    def restart(self) -> Daemon:
         return self.start()
 
 

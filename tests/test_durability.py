@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from conftest import Daemon, RawClient
 from e2e_helpers import (

@@ -123,7 +123,7 @@ def test_decoder_fed_random_chunks_yields_exactly_the_frames(
     tail buffered."""
     stream = b"".join(encode_frame(m) for m in messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
-    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)], strict=True)]
     decoder = FrameDecoder()
     bodies: list[bytes] = []
     fed = 0

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
-
 from conftest import Daemon, RawClient
 from e2e_helpers import (
     Stopwatch,

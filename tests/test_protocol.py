@@ -690,7 +690,7 @@ def test_submit_many_success_in_order(c: RawClient) -> None:
     specs.append({"task": "sleep", "args": {"seconds": 0}, "queue": q, "job_id": uid("sm-")})
     jobs = ok(c.call("submit_many", {"jobs": specs}))["jobs"]
     assert len(jobs) == 6
-    for spec, job in zip(specs, jobs):
+    for spec, job in zip(specs, jobs, strict=True):
         check_job(job)
         assert job["task"] == spec["task"] and job["args"] == spec["args"] and job["queue"] == q
     assert jobs[5]["job_id"] == specs[5]["job_id"]
@@ -780,7 +780,7 @@ def test_get_unknown_and_bad_args(c: RawClient) -> None:
 def test_bad_jobspec_field(c: RawClient, spec: dict[str, Any], loc: str) -> None:
     full = {"task": "echo", "args": {"value": 1}, **spec}
     err = call_error(c, "submit", full, "invalid_request")
-    assert any(l and l[0] == loc for l in locs(err)), f"no error at {loc}: {locs(err)}"
+    assert any(where and where[0] == loc for where in locs(err)), f"no error at {loc}: {locs(err)}"
 
 
 def test_jobspec_missing_task_and_run_at_with_delay(c: RawClient) -> None:
@@ -811,7 +811,7 @@ def test_mode_the_task_does_not_support(c: RawClient) -> None:
 )
 def test_bad_task_args_have_error_locs(c: RawClient, task: str, args: dict[str, Any], loc: list[Any]) -> None:
     err = call_error(c, "submit", {"task": task, "args": args}, "invalid_request")
-    assert any(l[: len(loc)] == loc for l in locs(err)), f"no error at {loc}: {locs(err)}"
+    assert any(where[: len(loc)] == loc for where in locs(err)), f"no error at {loc}: {locs(err)}"
 
 
 def test_unknown_task(c: RawClient) -> None:

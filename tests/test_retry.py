@@ -142,7 +142,7 @@ def test_an_always_failing_job_makes_max_retries_plus_one_attempts_per_round(
     counting across rounds."""
     b = Backoff(jitter=0)
     attempts = 0
-    for r in range(rounds):
+    for _round in range(rounds):
         round_base = attempts  # the retry op: a new round
         attempts, delays = run_round(attempts, round_base, max_retries, b)
         assert attempts - round_base == max_retries + 1
