@@ -821,10 +821,11 @@ class Engine:
     async def _begin(
         self, rows: list[JobRow], extra: Sequence[JobRow] = (), logs: Sequence[LogLine] = ()
     ) -> None:
-        """Commit ``rows`` as running (``extra`` rows and ``logs`` in the same batch), then
+        """Commit ``rows`` as running (``extra`` rows, locked by the caller, and ``logs`` in
+        the same batch), then
         start them. If the commit fails they wait in the scheduler again."""
         snapshots = self._mark_started(rows)
-        fut = self._lock([row.seq for row in (*extra, *rows)], self.store.write(jobs=[*extra, *rows], logs=logs))
+        fut = self._lock([row.seq for row in rows], self.store.write(jobs=[*extra, *rows], logs=logs))
         try:
             await fut
         except StorageError as exc:
@@ -836,7 +837,7 @@ class Engine:
             self._retry_dispatch_later()
             raise
         finally:
-            self._unlock([row.seq for row in (*extra, *rows)], fut)
+            self._unlock([row.seq for row in rows], fut)
         for row in rows:
             self._moved(row, "pending")
             self._launch(row)
@@ -960,22 +961,25 @@ class Engine:
     async def _commit_outcome(self, active: Active, lines: list[LogLine], starts: list[JobRow]) -> None:
         row = active.row
         pause = STORAGE_RETRY[0]
-        while True:
-            lock = self._lock([row.seq])
-            try:
-                if starts:
-                    # One commit for "this one finished" and "these started".
-                    await self._begin(starts, extra=[row], logs=lines)
-                else:
-                    await self.store.write(jobs=[row], logs=lines)
-                break
-            except StorageError as exc:
-                starts = []  # _begin put them back in the queue
-                log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
-                await asyncio.sleep(pause)
-                pause = min(STORAGE_RETRY[1], pause * 2)
-            finally:
-                self._unlock([row.seq], lock)
+        # Locked until the end is durable, across retries: until then no op may act on
+        # (or show) the outcome held in memory.
+        lock = self._lock([row.seq])
+        try:
+            while True:
+                try:
+                    if starts:
+                        # One commit for "this one finished" and "these started".
+                        await self._begin(starts, extra=[row], logs=lines)
+                    else:
+                        await self.store.write(jobs=[row], logs=lines)
+                    break
+                except StorageError as exc:
+                    starts = []  # _begin put them back in the queue
+                    log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+                    await asyncio.sleep(pause)
+                    pause = min(STORAGE_RETRY[1], pause * 2)
+        finally:
+            self._unlock([row.seq], lock)
         self._deactivate(row)
         self._publish_stored(row, lines, ())
         self._committed_end(row)
