@@ -21,10 +21,16 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import settings
 
 from protocol.errors import PyrexisError, error_from_wire
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI runs the same examples every time: a red build always means a change broke something.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
