@@ -436,7 +436,8 @@ class Engine:
             )
         try:
             definition.validate_args(spec.args)
-            spec_size = len(msgpack.packb([spec.args, spec.labels, spec.depends_on], use_bin_type=True))
+            args_blob = msgpack.packb(spec.args, use_bin_type=True)
+            spec_size = len(args_blob) + len(msgpack.packb([spec.labels, spec.depends_on], use_bin_type=True))
         except InvalidRequest as exc:
             exc.details = {**(exc.details or {}), **where}
             raise
@@ -473,6 +474,7 @@ class Engine:
             enqueued_at=now,
             # Only a client's own id can be resubmitted, so only then is the digest needed.
             spec_digest=spec_digest(spec) if spec.job_id is not None else b"",
+            args_blob=args_blob,
         )
         return spec, definition, row
 

@@ -49,6 +49,8 @@ class JobRow:
     output_seq: int = 0
     pid: int | None = None  # the process running the attempt (shell and process modes)
     pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
+    # ``args`` never change after submit: packed once, written as is on every change.
+    args_blob: bytes | None = field(default=None, repr=False, compare=False)
 
     def snapshot(self) -> tuple[Any, ...]:
         """Every field's value, to :meth:`restore` if a change cannot be committed."""

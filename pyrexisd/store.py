@@ -46,7 +46,9 @@ JOB_COLUMNS: tuple[str, ...] = (
     "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
 )  # fmt: skip
 _BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
-_BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS)
+_ARGS_INDEX = JOB_COLUMNS.index("args")
+# args are written from the row's packed copy (see job_params), the other blobs packed here.
+_BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS and c != "args")
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _UPSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
@@ -256,6 +258,9 @@ def job_params(row: JobRow) -> tuple[Any, ...]:
         value = values[i]
         if value is not None:
             values[i] = _pack(value) if value or not isinstance(value, (list, dict)) else _EMPTY[type(value)]
+    if row.args_blob is None:
+        row.args_blob = _pack(row.args)
+    values[_ARGS_INDEX] = row.args_blob
     return tuple(values)
 
 
@@ -266,7 +271,11 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
     out = list(values)
     for i in _BLOB_INDEXES:
         out[i] = _unpack(out[i])
-    return JobRow(**dict(zip(JOB_COLUMNS, out, strict=False)))
+    args_blob = out[_ARGS_INDEX]
+    out[_ARGS_INDEX] = _unpack(args_blob)
+    row = JobRow(**dict(zip(JOB_COLUMNS, out, strict=True)))
+    row.args_blob = args_blob
+    return row
 
 
 class _Batch:
@@ -524,24 +533,19 @@ class Store:
         return await self._read(q)
 
     async def read_logs(self, job_seq: int, since: int, limit: int) -> list[LogLine]:
-        def q(conn: sqlite3.Connection) -> list[LogLine]:
-            rows = conn.execute(
-                "SELECT job_seq, seq, stream, line, time FROM logs "
-                "WHERE job_seq = ? AND seq >= ? ORDER BY seq LIMIT ?",
-                (job_seq, since, limit),
-            )
-            return [LogLine(*r) for r in rows]
-
-        return await self._read(q)
+        rows = await self._page("logs", "job_seq, seq, stream, line, time", job_seq, since, limit)
+        return [LogLine(*r) for r in rows]
 
     async def read_outputs(self, job_seq: int, since: int, limit: int) -> list[OutputItem]:
-        def q(conn: sqlite3.Connection) -> list[OutputItem]:
-            rows = conn.execute(
-                "SELECT job_seq, seq, value, time FROM outputs "
-                "WHERE job_seq = ? AND seq >= ? ORDER BY seq LIMIT ?",
-                (job_seq, since, limit),
-            )
-            return [OutputItem(j, s, _unpack(v), t) for j, s, v, t in rows]
+        rows = await self._page("outputs", "job_seq, seq, value, time", job_seq, since, limit)
+        return [OutputItem(j, s, _unpack(v), t) for j, s, v, t in rows]
+
+    async def _page(self, table: str, columns: str, job_seq: int, since: int, limit: int) -> list[Any]:
+        """A job's rows of ``logs`` or ``outputs`` from ``since`` on, in seq order."""
+        sql = f"SELECT {columns} FROM {table} WHERE job_seq = ? AND seq >= ? ORDER BY seq LIMIT ?"
+
+        def q(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, (job_seq, since, limit)).fetchall()
 
         return await self._read(q)
 

@@ -88,13 +88,18 @@ class RawClient:
         self._next_id += 1
         return self._next_id
 
-    def call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send one request and return its final frame (events are skipped)."""
+    def send_request(self, op: str, args: dict[str, Any] | None = None) -> int:
+        """Send one request under a new id; that id."""
         rid = self.new_id()
         message: dict[str, Any] = {"id": rid, "op": op}
         if args is not None:
             message["args"] = args
         self.send(message)
+        return rid
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return its final frame (events are skipped)."""
+        rid = self.send_request(op, args)
         while True:
             frame = self.recv()
             if frame.get("id") == rid and "event" not in frame:

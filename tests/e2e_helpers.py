@@ -43,12 +43,7 @@ def read_pid(path: str, timeout: float = 20.0) -> int:
     """Wait for a marker file holding a pid and return it."""
 
     def read() -> int | None:
-        try:
-            with open(path) as fh:
-                text = fh.read().strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text.isdigit() else None
+        return read_marker(path)
 
     return wait_until(read, timeout, 0.02, f"a pid in {path}")  # type: ignore[no-any-return]
 
@@ -106,3 +101,13 @@ class Stopwatch:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.start
+
+
+def read_marker(path: str) -> int | None:
+    """The pid a task wrote to ``path``, or None if it is not (fully) there yet."""
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None

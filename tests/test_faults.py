@@ -27,6 +27,7 @@ from e2e_helpers import (
     job_logs,
     kill_quietly,
     pid_alive,
+    read_marker,
     read_pid,
     still_serving,
     wait_pid_gone,
@@ -73,13 +74,6 @@ def _wait_shell_pid_recorded(db: str, job_id: str, pid: int, timeout: float = 10
     )
 
 
-def _read_marker(path: str) -> int | None:
-    try:
-        with open(path) as fh:
-            text = fh.read().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def _leftovers(workdir: str) -> list[tuple[int, str]]:
@@ -446,7 +440,7 @@ def _many_worker_kills(d: Daemon) -> None:
                 submitted += 1
             for job_id, state in list(inflight.items()):
                 if state[1] is None:
-                    pid = _read_marker(state[0])
+                    pid = read_marker(state[0])
                     if pid is not None:
                         assert pid not in killed, (
                             f"worker {pid} was killed already, yet it ran a job"

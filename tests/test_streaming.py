@@ -26,23 +26,14 @@ import msgpack
 import pytest
 from conftest import Daemon, RawClient, require_alive, shared_daemon, wait_until
 from e2e_helpers import still_serving, wait_status
+from test_states import CONTRACT_TABLE
 
 ARGS = ("--tasks", "sample_tasks", "--tasks", "stream_tasks", "--kill-grace", "2")
 TERMINAL = {"completed", "failed", "cancelled"}
 
 # The legal status changes of the contract (None: the submit itself).
-LEGAL: dict[str | None, set[str]] = {
-    None: {"pending", "blocked", "scheduled", "running"},
-    "pending": {"running", "held", "cancelled"},
-    "blocked": {"pending", "cancelled", "held"},
-    "scheduled": {"pending", "held", "cancelled"},
-    "retrying": {"pending", "held", "cancelled"},
-    "held": {"pending", "blocked", "scheduled", "cancelled"},
-    "running": {"completed", "failed", "retrying", "cancelled", "pending"},
-    "failed": {"pending", "blocked", "scheduled"},
-    "cancelled": {"pending", "blocked", "scheduled"},
-    "completed": set(),
-}
+# The contract's table, kept once (independently of protocol.status) in test_states.
+LEGAL = CONTRACT_TABLE
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -179,11 +170,7 @@ class Conn(RawClient):
         return super().recv()
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        rid = self.new_id()
-        message: dict[str, Any] = {"id": rid, "op": op}
-        if args is not None:
-            message["args"] = args
-        self.send(message)
+        rid = self.send_request(op, args)
         while True:
             f = super().recv()
             if f.get("id") == rid and "event" not in f:
