@@ -1,14 +1,17 @@
-"""The daemon's lifecycle: start, serve, and an ordered shutdown.
+"""The daemon's lifecycle, told in the order things happen (:meth:`Daemon.run`).
 
-Start: take the database lock, refuse a live daemon on the socket (remove a stale one),
-open the store, recover, listen. Signals only set flags. Shutdown: stop accepting, let
-running jobs finish within the grace period (a second signal skips it), interrupt the
-rest, commit, close connections, remove the socket.
+Start: capture signals (they only set flags), take the database lock, bind the socket
+(refusing a live daemon, removing a stale socket) before any job can run, open the store,
+load the core and recover the jobs the last daemon left running, start dispatch, serve.
+Stop: stop accepting, stop the schedules, let running jobs finish within the grace period
+(a second signal skips it), interrupt the rest, fail the waiters, close connections and
+executors, remove the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import importlib
@@ -24,15 +27,14 @@ from typing import IO
 from protocol.errors import PyrexisError, StorageError
 from pyrexisd import systemd
 from pyrexisd.config import Config
-from pyrexisd.engine import Engine
+from pyrexisd.core.assembly import Core, build_core
 from pyrexisd.executors.async_ import AsyncExecutor
 from pyrexisd.executors.base import Executor
 from pyrexisd.executors.process import ProcessExecutor
 from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.thread import ThreadExecutor
-from pyrexisd.handlers import make_handlers
-from pyrexisd.recurring import Recurring
-from pyrexisd.server import Server
+from pyrexisd.handlers import Handlers
+from pyrexisd.server import Server, bind_unix_socket
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
@@ -42,7 +44,10 @@ log = logging.getLogger("pyrexisd")
 
 
 class StartupError(PyrexisError):
-    """The daemon cannot start (another one runs, a path is unusable, a task module fails)."""
+    """The daemon cannot start (another one runs, a path is unusable, a task module fails).
+    Never crosses the wire: it ends the process with one line and exit status 1."""
+
+STOP_COMMIT_WAIT = 5.0  # seconds a stopping daemon waits for commits in flight
 
 
 def lock_database(db_path: str) -> list[IO[bytes]]:
@@ -142,14 +147,13 @@ def _makedirs(path: str, mode: int) -> None:
 
 
 class Daemon:
-    """One daemon: owns the store, the engine and the server."""
+    """One daemon: owns the store, the job core and the server."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
-        self.engine: Engine | None = None
-        self.activated: list[socket.socket] = []
+        self.core: Core | None = None
         self.server: Server | None = None
 
     def _on_signal(self, signum: int) -> None:
@@ -163,73 +167,99 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
-        try:
-            _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
-        except OSError as exc:
-            raise StartupError(f"cannot create the directory of {config.db}: {exc.strerror or exc}") from None
-        locks = lock_database(config.db)
-        try:
-            self.activated = systemd.activated_sockets()
-            if not self.activated:
-                _makedirs(os.path.dirname(os.path.abspath(config.socket)), 0o700)
-                claim_socket_path(config.socket)
-            modules = discover_task_modules(config)
-            load_tasks(REGISTRY, config, modules)
-            store = Store(config.db, config.sync)
-            try:
-                await store.open()
-            except StorageError as exc:
-                raise StartupError(exc.message) from None
-            try:
-                return await self._serve(store, modules)
-            finally:
-                await store.close()
-        finally:
-            for lock in locks:
-                lock.close()
-
-    async def _serve(self, store: Store, modules: tuple[str, ...]) -> int:
-        config = self.config
         loop = asyncio.get_running_loop()
-        workers = WorkerRegistry(store)
-        engine = Engine(config, store, REGISTRY, make_executors(config, modules, workers.started))
-        await workers.kill_survivors()
-        self.engine = engine
-        await engine.start()
-        recurring = Recurring(store, engine.submit, engine.check_spec, engine.clock)
-        await recurring.start()
-        server = Server(make_handlers(engine, config.max_frame, recurring), config.max_frame, config.max_inflight)
-        self.server = server
+        # Signals first: a stop asked for during start-up is kept and honoured once ready.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        try:
+            try:
+                _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
+            except OSError as exc:
+                raise StartupError(f"cannot create the directory of {config.db}: {exc.strerror or exc}") from None
+            locks = lock_database(config.db)
+            try:
+                listening, where = self._bind()
+                try:
+                    modules = discover_task_modules(config)
+                    load_tasks(REGISTRY, config, modules)
+                    store = Store(config.db, config.sync)
+                    try:
+                        await store.open()
+                    except StorageError as exc:
+                        raise StartupError(exc.message) from None
+                    try:
+                        return await self._serve(store, modules, listening, where)
+                    finally:
+                        await store.close()
+                finally:
+                    if self.server is None:  # never served: nobody else knows this socket
+                        listening.close()
+                        if where is not None:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(where)
+            finally:
+                for lock in locks:
+                    lock.close()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _bind(self) -> tuple[socket.socket, str | None]:
+        """The listening socket: systemd's (socket activation) or a new one at the
+        configured path, created owner-only. Bound before any job can run, because
+        creating it with its final mode changes the process-wide umask for a moment."""
+        activated = systemd.activated_sockets()
+        if activated:
+            return activated[0], None
+        path = self.config.socket
+        _makedirs(os.path.dirname(os.path.abspath(path)), 0o700)
+        claim_socket_path(path)
+        try:
+            return bind_unix_socket(path), path
+        except OSError as exc:
+            raise StartupError(f"cannot bind the socket {path}: {exc.strerror or exc}") from None
+
+    async def _serve(self, store: Store, modules: tuple[str, ...], listening: socket.socket, path: str | None) -> int:
+        config = self.config
+        workers = WorkerRegistry(store)
+        await workers.kill_survivors()
+        core = build_core(config, store, REGISTRY, make_executors(config, modules, workers.started))
+        self.core = core
+        await core.load()  # the committed view, queues, interrupted jobs recovered, waiting jobs
+        await core.dispatch.start()
+        schedules = core.service.schedules
+        await schedules.start()
+        server = Server(Handlers(core.service, config.max_frame).table, config.max_frame, config.max_inflight)
+        self.server = server
         watchdog: asyncio.Task[None] | None = None
         try:
-            if self.activated:
-                # Socket activation: serve systemd's socket; it owns the path.
-                await server.listen(sock=self.activated[0])
-            else:
-                await server.listen(config.socket)
+            await server.listen(listening, path)
             log.info(
                 "pyrexisd ready on %s (db %s, sync %s, slots %s)",
-                "a socket from systemd" if self.activated else config.socket,
-                config.db, config.sync, config.slots,
+                path or "a socket from systemd", config.db, config.sync, config.slots,
             )
             systemd.notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
             interval = systemd.watchdog_interval()
             if interval is not None:
                 watchdog = asyncio.ensure_future(systemd.watchdog(interval))
             await self.should_exit.wait()
+
             systemd.notify("STOPPING=1\nSTATUS=draining running jobs")
             server.stop_accepting()
-            recurring.stop()
-            await engine.stop(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
+            schedules.stop()
+            core.stop_taking_work()
+            await core.dispatch.drain(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
+            # Let ends in flight commit before deciding who was interrupted (not forever: a
+            # full disk keeps them retrying; the next start's recovery handles what is left).
+            await core.ledger.settle_changes(STOP_COMMIT_WAIT)
+            await core.dispatch.interrupt_rest()
+            core.ledger.fail_waiters()
+            await core.dispatch.close()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             await server.close()
         log.info("pyrexisd stopped")
         return 0

@@ -6,9 +6,9 @@ stops buffering once full; its stream then ends with ``overloaded`` and the numb
 events it did not deliver. Publishing never waits for a reader, so a slow client can
 never slow the daemon, its jobs or other clients.
 
-Log lines and outputs are stored before they are published, so they travel as *range
-markers* (``_seq``, ``_from``, ``_to``: "lines from..to of this job are committed") and
-the stream reads them from the store as it sends them. Consecutive markers of one job
+Log lines and outputs are stored before they are published, so they travel as
+:class:`StoredRange` markers ("lines first..last of this job are committed") and the
+stream reads them from the store as it sends them. Consecutive markers of one job
 merge, so a job printing a million lines costs a subscription one buffer slot, not a
 million: a reader that keeps up is never ended by a burst.
 """
@@ -17,15 +17,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # event shapes only read these rows' fields
-    from pyrexisd.jobs import JobRow
-    from pyrexisd.store import LogLine, OutputItem
+    from pyrexisd.core.model import JobRow, LogLine, OutputItem
 
 DEFAULT_BUFFER = 4096
+
+
+@dataclass(slots=True)
+class StoredRange:
+    """"Items ``first``..``last`` of this job's log (or outputs) are committed": what a
+    stream reads from the store and sends as ``log`` (or ``output``) events."""
+
+    kind: str  # "log" or "output"
+    job_id: str
+    job_seq: int
+    first: int
+    last: int
+
+
+Event = dict[str, Any] | StoredRange
+"""A ``state`` or ``progress`` event as sent, or a range of stored items to send."""
+
+
+def kind_of(event: Event) -> str:
+    return event.kind if isinstance(event, StoredRange) else str(event["kind"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +55,8 @@ class EventFilter:
     queue: str | None = None
     kinds: frozenset[str] | None = None
 
-    def matches(self, event: dict[str, Any], task: str, queue: str) -> bool:
-        if self.kinds is not None and event["kind"] not in self.kinds:
+    def matches(self, event: Event, task: str, queue: str) -> bool:
+        if self.kinds is not None and kind_of(event) not in self.kinds:
             return False
         if self.task is not None and task != self.task:
             return False
@@ -53,7 +71,7 @@ class Subscription:
 
     filter: EventFilter
     limit: int = DEFAULT_BUFFER
-    buffer: deque[dict[str, Any]] = field(default_factory=deque)
+    buffer: deque[Event] = field(default_factory=deque)
     dropped: int = 0
     overflow: asyncio.Event = field(default_factory=asyncio.Event)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -62,14 +80,14 @@ class Subscription:
     def overflowed(self) -> bool:
         return self.dropped > 0
 
-    def push(self, event: dict[str, Any]) -> None:
-        if "_to" in event and self.buffer:
-            last = self.buffer[-1]
-            if "_to" in last and last["_seq"] == event["_seq"] and last["kind"] == event["kind"]:
-                last["_to"] = event["_to"]  # the range grows; nothing more to buffer
+    def push(self, event: Event) -> None:
+        if isinstance(event, StoredRange):
+            last = self.buffer[-1] if self.buffer else None
+            if isinstance(last, StoredRange) and last.job_seq == event.job_seq and last.kind == event.kind:
+                last.last = event.last  # the range grows; nothing more to buffer
                 self._wake.set()
                 return
-            event = dict(event)  # it may grow later, and other subscriptions share it
+            event = replace(event)  # it may grow later, and other subscriptions share it
         if self.dropped or len(self.buffer) >= self.limit:
             self.dropped += 1
             self.overflow.set()
@@ -83,7 +101,7 @@ class Subscription:
             self._wake.clear()
             await self._wake.wait()
 
-    def take(self) -> list[dict[str, Any]]:
+    def take(self) -> list[Event]:
         events = list(self.buffer)
         self.buffer.clear()
         return events
@@ -94,7 +112,7 @@ class Subscription:
 
     def drop_state_events(self) -> None:
         """Forget buffered ``state`` events: a snapshot taken now already reflects them."""
-        kept = [e for e in self.buffer if e["kind"] != "state"]
+        kept = [e for e in self.buffer if kind_of(e) != "state"]
         self.buffer.clear()
         self.buffer.extend(kept)
 
@@ -130,8 +148,8 @@ class EventHub:
         """Whether anyone might receive an event of ``job_id`` (skip building it if not)."""
         return bool(self._broad) or job_id in self._by_job
 
-    def publish(self, event: dict[str, Any], task: str, queue: str) -> None:
-        job_subs = self._by_job.get(event["job_id"])
+    def publish(self, event: Event, task: str, queue: str) -> None:
+        job_subs = self._by_job.get(event.job_id if isinstance(event, StoredRange) else event["job_id"])
         if job_subs:
             for sub in job_subs:
                 if sub.filter.matches(event, task, queue):
@@ -139,14 +157,6 @@ class EventHub:
         for sub in self._broad:
             if sub.filter.matches(event, task, queue):
                 sub.push(event)
-
-    def publish_many(self, events: Iterable[dict[str, Any]], task: str, queue: str) -> None:
-        for event in events:
-            self.publish(event, task, queue)
-
-    @property
-    def subscriptions(self) -> int:
-        return len(self._broad) + sum(len(s) for s in self._by_job.values())
 
 
 # -- the contract's event shapes ------------------------------------------------------

@@ -1,8 +1,8 @@
-"""One function per protocol op. Arguments are validated here, at the boundary.
+"""One method per protocol op. Arguments are validated here, at the boundary.
 
 Each handler takes the request's ``args`` map and a stream for events, and returns the
 op's result; errors are raised as :mod:`protocol.errors` classes and become failure
-frames in the server.
+frames in the server. Handlers see only the core's :class:`~pyrexisd.core.service.Service`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, TypeVar
 
-import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol import PROTOCOL_VERSION
@@ -18,18 +17,17 @@ from protocol.errors import InvalidRequest, Overloaded, ShuttingDown, Timeout
 from protocol.models import validation_errors
 from protocol.status import ALL_STATUSES, TERMINAL
 from pyrexisd import __version__
-from pyrexisd.config import FRAME_ENVELOPE
-from pyrexisd.engine import LOG_PAGE, Engine, encode_cursor
+from pyrexisd.core.model import JobRow
+from pyrexisd.core.service import LOG_PAGE, Service
 from pyrexisd.events import (
     EventFilter,
+    StoredRange,
     Subscription,
     log_event,
     output_event,
     progress_event,
     state_event,
 )
-from pyrexisd.jobs import JobRow
-from pyrexisd.recurring import Recurring
 from pyrexisd.server import Handler, Stream
 from pyrexisd.store import QueueChanges
 
@@ -118,10 +116,40 @@ class ScheduleNameArgs(_Args):
     name: str = Field(min_length=1)
 
 
-def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[str, Handler]:
-    """The op table: op name → handler. ``hello`` lists exactly these ops."""
+class Handlers:
+    """The op table's handlers, one method per op, all on one :class:`Service`."""
 
-    async def hello(args: dict[str, Any], stream: Stream) -> Any:
+    def __init__(self, service: Service, max_frame: int) -> None:
+        self.service = service
+        self.max_frame = max_frame
+        self.table: dict[str, Handler] = {
+            "hello": self.hello,
+            "submit": self.submit,
+            "submit_many": self.submit_many,
+            "get": self.get,
+            "list": self.list,
+            "cancel": self.cancel,
+            "retry": self.retry,
+            "hold": self.hold,
+            "release": self.release,
+            "update": self.update,
+            "wait": self.wait,
+            "logs": self.logs,
+            "watch": self.watch,
+            "close": self.close,
+            "stats": self.stats,
+            "tasks": self.tasks,
+            "queues": self.queues,
+            "pause": self.pause,
+            "resume": self.resume,
+            "configure_queue": self.configure_queue,
+            "schedule_add": self.schedule_add,
+            "schedule_list": self.schedule_list,
+            "schedule_remove": self.schedule_remove,
+        }
+        """Op name → handler. ``hello`` lists exactly these ops."""
+
+    async def hello(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(HelloArgs, args)
         if a.protocol != PROTOCOL_VERSION:
             raise InvalidRequest(
@@ -131,74 +159,77 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
         return {
             "protocol": PROTOCOL_VERSION,
             "server": {"name": "pyrexisd", "version": __version__},
-            "max_frame": max_frame,
-            "ops": sorted(handlers),
+            "max_frame": self.max_frame,
+            "ops": sorted(self.table),
         }
 
-    async def submit(args: dict[str, Any], stream: Stream) -> Any:
-        return await engine.submit(args)
+    async def submit(self, args: dict[str, Any], stream: Stream) -> Any:
+        return await self.service.submit(args)
 
-    async def submit_many(args: dict[str, Any], stream: Stream) -> Any:
+    async def submit_many(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(SubmitManyArgs, args)
-        return {"jobs": await engine.submit_many(a.jobs)}
+        return {"jobs": await self.service.submit_many(a.jobs)}
 
-    async def get(args: dict[str, Any], stream: Stream) -> Any:
-        return await engine.get(parse(JobIdArgs, args).job_id)
+    async def get(self, args: dict[str, Any], stream: Stream) -> Any:
+        return await self.service.get(parse(JobIdArgs, args).job_id)
 
-    async def list_(args: dict[str, Any], stream: Stream) -> Any:
+    async def list(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(ListArgs, args)
-        statuses = statuses_arg(a.status)
-        records, cursor, rows = await engine.list_jobs(statuses, a.task, a.queue, a.limit, a.after)
-        # No frame may exceed max_frame: return a shorter page when the records are big.
-        # One record always fits (submit refuses specs whose record could not).
-        budget = max_frame - FRAME_ENVELOPE
-        size = 0
-        for i, record in enumerate(records):
-            size += _packed_size(record)
-            if size > budget:
-                keep = max(1, i)
-                return {"jobs": records[:keep], "next": encode_cursor(rows[keep - 1])}
-        return {"jobs": records, "next": cursor}
+        return await self.service.list_jobs(statuses_arg(a.status), a.task, a.queue, a.limit, a.after)
 
-    async def cancel(args: dict[str, Any], stream: Stream) -> Any:
-        return await engine.cancel(parse(JobIdArgs, args).job_id)
+    async def cancel(self, args: dict[str, Any], stream: Stream) -> Any:
+        return await self.service.cancel(parse(JobIdArgs, args).job_id)
 
-    async def retry(args: dict[str, Any], stream: Stream) -> Any:
-        return await engine.retry(parse(JobIdArgs, args).job_id)
+    async def retry(self, args: dict[str, Any], stream: Stream) -> Any:
+        return await self.service.retry(parse(JobIdArgs, args).job_id)
 
-    async def wait(args: dict[str, Any], stream: Stream) -> Any:
+    async def hold(self, args: dict[str, Any], stream: Stream) -> Any:
+        return await self.service.hold(parse(JobIdArgs, args).job_id)
+
+    async def release(self, args: dict[str, Any], stream: Stream) -> Any:
+        return await self.service.release(parse(JobIdArgs, args).job_id)
+
+    async def update(self, args: dict[str, Any], stream: Stream) -> Any:
+        a = parse(UpdateArgs, args)
+        if a.priority is None and a.queue is None:
+            raise InvalidRequest(
+                "update needs priority or queue",
+                {"errors": [{"loc": ["priority"], "msg": "give priority and/or queue"}]},
+            )
+        return await self.service.update(a.job_id, a.priority, a.queue)
+
+    async def wait(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(WaitArgs, args)
+        service = self.service
         if not a.events:
-            return await engine.wait(a.job_id, a.timeout)
+            return await service.wait(a.job_id, a.timeout)
         stream.streaming = True
-        sub = engine.hub.subscribe(EventFilter(job_id=a.job_id))
+        sub = service.subscribe(EventFilter(job_id=a.job_id))
         try:
-            row = await engine.snapshot(a.job_id)
-            await _open_job_stream(engine, sub, stream, row, None)
+            row = await service.current(a.job_id)
+            _open_job_stream(service, sub, stream, row, None)
             if row.terminal:
                 return row.record()
             deadline = None if a.timeout is None else asyncio.get_running_loop().time() + a.timeout
-            while True:
-                ended = await _pump(engine, sub, stream, deadline, stop_at_terminal=True)
-                if ended == "terminal":
-                    return await engine.get(a.job_id)
-                if ended == "closed":
-                    return await engine.get(a.job_id)
-                raise Timeout(f"job {a.job_id!r} is not finished after {a.timeout} s")
+            ended = await _pump(service, sub, stream, deadline, stop_at_terminal=True)
+            if ended in ("terminal", "closed"):
+                return await service.get(a.job_id)
+            raise Timeout(f"job {a.job_id!r} is not finished after {a.timeout} s")
         finally:
-            engine.hub.unsubscribe(sub)
+            service.unsubscribe(sub)
 
-    async def logs(args: dict[str, Any], stream: Stream) -> Any:
+    async def logs(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(LogsArgs, args)
+        service = self.service
         stream.streaming = True
-        row = await engine.snapshot(a.job_id)
+        row = await service.current(a.job_id)
         next_seq = a.since
         while True:
-            signal = engine.log_signal(row.seq)
-            current = await engine.store.get_job(a.job_id)
-            finished = current is None or current.terminal or not a.follow
+            signal = service.log_signal(row.seq)
+            now = await service.find(a.job_id)
+            finished = now is None or now.terminal or not a.follow
             while True:
-                lines = await engine.more_logs(row.seq, next_seq)
+                lines = await service.read_logs(row.seq, next_seq)
                 for line in lines:
                     await stream.send(log_event(a.job_id, line))
                     next_seq = line.seq + 1
@@ -206,26 +237,27 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
                     break
             if finished or stream.closing.is_set():
                 return {"next": next_seq}
-            await _first(signal, stream.closing.wait(), engine.stopping_event.wait())
-            if engine.stopping_event.is_set():
+            await _first(signal, stream.closing.wait(), service.stopping.wait())
+            if service.stopping.is_set():
                 raise ShuttingDown("the daemon is stopping")
 
-    async def watch(args: dict[str, Any], stream: Stream) -> Any:
+    async def watch(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(WatchArgs, args)
+        service = self.service
         stream.streaming = True
         kinds = frozenset(a.kinds) if a.kinds is not None else None
         # Subscribed before this handler first awaits: in effect before the next frame is read.
-        sub = engine.hub.subscribe(EventFilter(a.job_id, a.task, a.queue, kinds))
+        sub = service.subscribe(EventFilter(a.job_id, a.task, a.queue, kinds))
         try:
             if a.job_id is not None:
-                row = await engine.snapshot(a.job_id)
-                await _open_job_stream(engine, sub, stream, row, kinds)
-            await _pump(engine, sub, stream, None, stop_at_terminal=False)
+                row = await service.current(a.job_id)
+                _open_job_stream(service, sub, stream, row, kinds)
+            await _pump(service, sub, stream, None, stop_at_terminal=False)
             return {}
         finally:
-            engine.hub.unsubscribe(sub)
+            service.unsubscribe(sub)
 
-    async def close(args: dict[str, Any], stream: Stream) -> Any:
+    async def close(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(CloseArgs, args)
         task = stream.close_stream(a.id)
         if task is None:
@@ -233,49 +265,22 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
         await asyncio.wait([task])
         return {"closed": True}
 
-    async def hold(args: dict[str, Any], stream: Stream) -> Any:
-        return await engine.hold(parse(JobIdArgs, args).job_id)
+    async def stats(self, args: dict[str, Any], stream: Stream) -> Any:
+        return self.service.stats()
 
-    async def release(args: dict[str, Any], stream: Stream) -> Any:
-        return await engine.release(parse(JobIdArgs, args).job_id)
+    async def tasks(self, args: dict[str, Any], stream: Stream) -> Any:
+        return {"tasks": self.service.task_list()}
 
-    async def update(args: dict[str, Any], stream: Stream) -> Any:
-        a = parse(UpdateArgs, args)
-        if a.priority is None and a.queue is None:
-            raise InvalidRequest(
-                "update needs priority or queue",
-                {"errors": [{"loc": ["priority"], "msg": "give priority and/or queue"}]},
-            )
-        return await engine.update(a.job_id, a.priority, a.queue)
+    async def queues(self, args: dict[str, Any], stream: Stream) -> Any:
+        return {"queues": self.service.queue_rows()}
 
-    async def schedule_add(args: dict[str, Any], stream: Stream) -> Any:
-        a = parse(ScheduleAddArgs, args)
-        engine._check_open()
-        return await recurring.add(a.name, a.cron, a.every, a.job)
+    async def pause(self, args: dict[str, Any], stream: Stream) -> Any:
+        return {"queues": await self.service.set_paused(parse(QueueArgs, args).queue, True)}
 
-    async def schedule_list(args: dict[str, Any], stream: Stream) -> Any:
-        return {"schedules": recurring.list()}
+    async def resume(self, args: dict[str, Any], stream: Stream) -> Any:
+        return {"queues": await self.service.set_paused(parse(QueueArgs, args).queue, False)}
 
-    async def schedule_remove(args: dict[str, Any], stream: Stream) -> Any:
-        await recurring.remove(parse(ScheduleNameArgs, args).name)
-        return {}
-
-    async def stats(args: dict[str, Any], stream: Stream) -> Any:
-        return engine.stats()
-
-    async def tasks(args: dict[str, Any], stream: Stream) -> Any:
-        return {"tasks": engine.task_list()}
-
-    async def queues(args: dict[str, Any], stream: Stream) -> Any:
-        return {"queues": engine.queue_rows()}
-
-    async def pause(args: dict[str, Any], stream: Stream) -> Any:
-        return {"queues": await engine.set_paused(parse(QueueArgs, args).queue, True)}
-
-    async def resume(args: dict[str, Any], stream: Stream) -> Any:
-        return {"queues": await engine.set_paused(parse(QueueArgs, args).queue, False)}
-
-    async def configure_queue(args: dict[str, Any], stream: Stream) -> Any:
+    async def configure_queue(self, args: dict[str, Any], stream: Stream) -> Any:
         a = parse(ConfigureQueueArgs, args)
         given = a.model_fields_set
         changes: QueueChanges = {}
@@ -285,34 +290,18 @@ def make_handlers(engine: Engine, max_frame: int, recurring: Recurring) -> dict[
             changes["max_concurrency"] = a.max_concurrency
         if "aging" in given and a.aging is not None:
             changes["aging"] = a.aging
-        return await engine.configure_queue(a.queue, changes)
+        return await self.service.configure_queue(a.queue, changes)
 
-    handlers: dict[str, Handler] = {
-        "hello": hello,
-        "submit": submit,
-        "submit_many": submit_many,
-        "get": get,
-        "list": list_,
-        "cancel": cancel,
-        "retry": retry,
-        "hold": hold,
-        "release": release,
-        "update": update,
-        "wait": wait,
-        "logs": logs,
-        "watch": watch,
-        "close": close,
-        "stats": stats,
-        "tasks": tasks,
-        "queues": queues,
-        "pause": pause,
-        "resume": resume,
-        "configure_queue": configure_queue,
-        "schedule_add": schedule_add,
-        "schedule_list": schedule_list,
-        "schedule_remove": schedule_remove,
-    }
-    return handlers
+    async def schedule_add(self, args: dict[str, Any], stream: Stream) -> Any:
+        a = parse(ScheduleAddArgs, args)
+        return await self.service.add_schedule(a.name, a.cron, a.every, a.job)
+
+    async def schedule_list(self, args: dict[str, Any], stream: Stream) -> Any:
+        return {"schedules": self.service.list_schedules()}
+
+    async def schedule_remove(self, args: dict[str, Any], stream: Stream) -> Any:
+        await self.service.remove_schedule(parse(ScheduleNameArgs, args).name)
+        return {}
 
 
 async def _first(*aws: Any) -> None:
@@ -326,13 +315,13 @@ async def _first(*aws: Any) -> None:
                 t.cancel()
 
 
-async def _open_job_stream(
-    engine: Engine, sub: Subscription, stream: Stream, row: JobRow, kinds: frozenset[str] | None
+def _open_job_stream(
+    service: Service, sub: Subscription, stream: Stream, row: JobRow, kinds: frozenset[str] | None
 ) -> None:
     """A job stream starts where the job is: its state, and its latest progress."""
     # The snapshot reflects every state change buffered so far.
     sub.drop_state_events()
-    now = engine.clock()
+    now = service.clock()
     opening = [state_event(row, now), progress_event(row, now)]
     for event in opening:
         if event is not None and (kinds is None or event["kind"] in kinds):
@@ -340,7 +329,7 @@ async def _open_job_stream(
 
 
 async def _pump(
-    engine: Engine, sub: Subscription, stream: Stream, deadline: float | None, stop_at_terminal: bool
+    service: Service, sub: Subscription, stream: Stream, deadline: float | None, stop_at_terminal: bool
 ) -> str:
     """Forward a subscription's events until the job ends, ``close``, or the deadline.
 
@@ -356,17 +345,17 @@ async def _pump(
                 {"limit": "stream_buffer", "dropped": sub.lost()},
             )
         for event in sub.take():
-            if "_to" in event:
-                await _send_stored(engine, stream, event, cursors)
+            if isinstance(event, StoredRange):
+                await _send_stored(service, stream, event, cursors)
                 continue
             stream.send_nowait(event)
             if stop_at_terminal and event["kind"] == "state" and event["status"] in TERMINAL:
                 return "terminal"
         if stream.closing.is_set():
             return "closed"
-        if engine.stopping_event.is_set():
+        if service.stopping.is_set():
             raise ShuttingDown("the daemon is stopping")
-        waits: list[Any] = [stream.closing.wait(), engine.stopping_event.wait(), sub.overflow.wait()]
+        waits: list[Any] = [stream.closing.wait(), service.stopping.wait(), sub.overflow.wait()]
         # While the peer is not reading, wake when it reads again (or the buffer overflows).
         waits.append(sub.wait() if stream.writable() else stream.until_writable())
         if deadline is not None:
@@ -378,29 +367,25 @@ async def _pump(
 
 
 async def _send_stored(
-    engine: Engine, stream: Stream, marker: dict[str, Any], cursors: dict[tuple[int, str], int]
+    service: Service, stream: Stream, stored: StoredRange, cursors: dict[tuple[int, str], int]
 ) -> None:
-    """Send the stored log lines or outputs a range marker stands for, read from the store."""
-    job_seq, kind, job_id = marker["_seq"], marker["kind"], marker["job_id"]
-    key = (job_seq, kind)
-    start = max(cursors.get(key, marker["_from"]), marker["_from"])
-    end = marker["_to"]
-    while start <= end:
-        page: list[Any] = await (engine.more_logs if kind == "log" else engine.more_outputs)(job_seq, start)
+    """Send the stored log lines or outputs a range stands for, read from the store."""
+    key = (stored.job_seq, stored.kind)
+    start = max(cursors.get(key, stored.first), stored.first)
+    read = service.read_logs if stored.kind == "log" else service.read_outputs
+    while start <= stored.last:
+        page: list[Any] = await read(stored.job_seq, start)
         sent = False
         for item in page:
-            if item.seq > end:
+            if item.seq > stored.last:
                 break
-            await stream.send(log_event(job_id, item) if kind == "log" else output_event(job_id, item))
+            event = log_event(stored.job_id, item) if stored.kind == "log" else output_event(stored.job_id, item)
+            await stream.send(event)
             start = item.seq + 1
             sent = True
         if not sent:
             break
     cursors[key] = start
-
-
-def _packed_size(value: Any) -> int:
-    return len(msgpack.packb(value, use_bin_type=True))
 
 
 def statuses_arg(value: Any) -> list[str] | None:

@@ -21,14 +21,15 @@ from protocol.errors import (
     FrameTooLarge,
     Internal,
     InvalidRequest,
-    PyrexisError,
     UnknownOp,
+    WireError,
 )
 from protocol.framing import FrameDecoder, decode_body, encode_frame
 
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+LISTEN_BACKLOG = 512  # connections the kernel queues while the loop is busy
 
 
 class Stream(Protocol):
@@ -194,7 +195,7 @@ class Connection(asyncio.Protocol):
             if not self.closed:
                 self._fail(rid, Internal("the request was cancelled"))
             raise
-        except PyrexisError as exc:
+        except WireError as exc:
             reply: dict[str, Any] = {"id": rid, "ok": False, "error": exc.to_wire()}
         except Exception as exc:
             log.exception("op failed")
@@ -215,7 +216,7 @@ class Connection(asyncio.Protocol):
             del self.inflight[rid]
         self._update_reading()
 
-    def _fail(self, rid: int | None, exc: PyrexisError) -> None:
+    def _fail(self, rid: int | None, exc: WireError) -> None:
         self.send({"id": rid, "ok": False, "error": exc.to_wire()})
 
     # -- output -----------------------------------------------------------------------
@@ -266,15 +267,13 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self.path: str | None = None
 
-    async def listen(self, path: str | None = None, sock: socket.socket | None = None) -> None:
-        """Serve on ``sock`` (socket activation) or a new owner-only socket at ``path``."""
+    async def listen(self, sock: socket.socket, path: str | None = None) -> None:
+        """Serve on the listening ``sock``; ``path`` is removed at :meth:`close` (None for
+        a socket systemd owns)."""
+        self.path = path
         loop = asyncio.get_running_loop()
-        if sock is None:
-            if path is None:
-                raise ValueError("a path or a socket is needed")
-            sock = bind_unix_socket(path)
-            self.path = path
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # asyncio listens again with its own backlog (100) unless told: keep the bind's.
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG)
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -298,7 +297,7 @@ class Server:
                 pass
 
 
-def bind_unix_socket(path: str, backlog: int = 512) -> socket.socket:
+def bind_unix_socket(path: str, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A listening Unix socket at ``path``, created owner-only (umask, not chmod after)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)

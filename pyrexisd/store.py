@@ -32,7 +32,7 @@ import aiosqlite
 import msgpack
 
 from protocol.errors import StorageError
-from pyrexisd.jobs import JobRow
+from pyrexisd.core.model import JobRow, LogLine, OutputItem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,23 +151,6 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN pid_start INTEGER;
     """,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    job_seq: int
-    seq: int
-    stream: str
-    line: str
-    time: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutputItem:
-    job_seq: int
-    seq: int
-    value: Any
-    time: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The status state machine: ``protocol/status.py`` and ``JobRow.move`` in ``pyrexisd/jobs.py``.
+"""The status state machine: ``protocol/status.py`` and ``JobRow.move`` in ``pyrexisd/core/model.py``.
 
 The expected truth is the contract's table (protocol-v1.md, "Statuses"), copied here by
 hand so that a wrong ``TRANSITIONS`` cannot vouch for itself.
@@ -12,7 +12,7 @@ import pytest
 
 from protocol.errors import Internal, PyrexisError
 from protocol.status import ALL_STATUSES, TERMINAL, TRANSITIONS, WAITING, Status, is_legal
-from pyrexisd.jobs import IllegalTransition, JobRow
+from pyrexisd.core.model import IllegalTransition, JobRow
 
 # protocol-v1.md, "Statuses": | from | to |
 CONTRACT_TABLE: dict[str | None, set[str]] = {

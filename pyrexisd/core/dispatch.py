@@ -1,0 +1,389 @@
+"""Dispatch: pending jobs into free slots, attempts to their end, and the end committed.
+
+A start is committed before its work begins (the ``running`` row, attempt counted). An
+attempt's end is committed together with the starts its freed slot allows, so a busy
+daemon spends one fsync for "A finished, B started". An end that cannot be committed
+(a full disk) is retried until it is, the job locked meanwhile, so no op sees or acts on
+an outcome that is not durable. Cancel and timeout decide the outcome at once; the work
+is stopped after, and its slot is freed only when it really has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from protocol.errors import StorageError
+from pyrexisd import procs
+from pyrexisd.core import model
+from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, log_write_failure
+from pyrexisd.core.background import Background
+from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.model import JobRow
+from pyrexisd.core.waiting import Waiting
+from pyrexisd.events import EventHub
+from pyrexisd.executors.base import Executor, JobCall, Outcome
+from pyrexisd.metrics import Metrics
+from pyrexisd.retry import Backoff
+from pyrexisd.scheduler import Scheduler, Start
+from pyrexisd.store import Store
+from pyrexisd.tasks.registry import Registry, TaskDef, make_task
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FLUSH = 0.5  # seconds between progress writes of the running jobs
+STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
+
+
+class Dispatch:
+    """Starts what the scheduler picks, supervises attempts, settles their outcomes."""
+
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        waiting: Waiting,
+        scheduler: Scheduler,
+        executors: dict[str, Executor],
+        registry: Registry,
+        hub: EventHub,
+        metrics: Metrics,
+        background: Background,
+        limits: AttemptLimits,
+        kill_grace: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.waiting = waiting
+        self.scheduler = scheduler
+        self.executors = executors
+        self.registry = registry
+        self.hub = hub
+        self.metrics = metrics
+        self.background = background
+        self.limits = limits
+        self.kill_grace = kill_grace
+        self.clock = clock
+        self.backoff = Backoff()
+        self._active: dict[int, Attempt] = {}
+        self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
+        self._kick_pending = False
+        self._progress_timer: asyncio.TimerHandle | None = None
+        waiting.on_ready = self.kick
+
+    # -- start-up -----------------------------------------------------------------------
+    async def recover_interrupted(self) -> None:
+        """Jobs the last daemon left ``running`` follow their ``on_interrupt``; work that
+        outlived it is killed first, so it never runs beside the next attempt."""
+        rows = await self.store.jobs_with_status("running")
+        if not rows:
+            return
+        last_lines = [await self.store.max_log_seq(row.seq) for row in rows]
+        now = self.clock()
+        async with self.ledger.change(rows) as change:
+            for row, last_line in zip(rows, last_lines, strict=True):
+                if row.pid is not None and row.pid_start is not None:
+                    if procs.kill_if_same(row.pid, row.pid_start, group=row.mode == "shell"):
+                        log.warning("killed orphan process %d of job %s", row.pid, row.job_id)
+                model.interrupt(row, now, "the daemon stopped while the job was running")
+                row.log_seq = max(row.log_seq, last_line)
+                change.log(row, "log", f"interrupted: {row.error or 'back to pending'}", now)
+        log.warning("recovered %d jobs that were running when the daemon stopped", len(rows))
+
+    async def start(self) -> None:
+        """Start the executors, then whatever the free slots allow."""
+        for executor in self.executors.values():
+            await executor.start()
+        self.kick()
+
+    # -- picking and starting -------------------------------------------------------------
+    def kick(self) -> None:
+        """Start what the free slots allow, once per loop iteration however often asked."""
+        if not self._kick_pending:
+            self._kick_pending = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._kick_pending = False
+        rows, missing = self.take_starts()
+        if rows:
+            self.background.spawn(self.begin(rows))
+        if missing:
+            self.background.spawn(self._load_and_begin(missing))
+
+    def take_starts(self) -> tuple[list[JobRow], list[Start]]:
+        """Jobs the free slots allow: rows in hand, and starts whose rows must be read."""
+        if self.ledger.stopping.is_set():
+            return [], []
+        rows: list[JobRow] = []
+        missing: list[Start] = []
+        for start in self.scheduler.pick():
+            row = self.waiting.take(start.seq)
+            if row is None:
+                missing.append(start)
+            else:
+                rows.append(row)
+        return rows, missing
+
+    def try_start_now(self, row: JobRow) -> bool:
+        """Take a slot for a job being submitted, if it may start at once."""
+        return self.scheduler.try_start_now(row.queue, row.mode)
+
+    async def _load_and_begin(self, starts: list[Start]) -> None:
+        seqs = [s.seq for s in starts]
+        try:
+            async with self.ledger.hold(seqs):
+                found = await self.store.get_jobs(seqs)
+        except StorageError as exc:
+            log.error("cannot read jobs to start: %s", exc)
+            found = {}
+        rows = []
+        for start in starts:
+            row = found.get(start.seq)
+            if row is None or row.status != "pending":
+                # Only if the read failed or the database was changed behind our back.
+                log.error("job %d was picked but could not be read as pending", start.seq)
+                self.scheduler.release(start.queue, start.mode)
+                if row is None:
+                    self._retry_dispatch_later()
+                continue
+            rows.append(row)
+        if rows:
+            await self.begin(rows)
+
+    async def begin(self, rows: list[JobRow]) -> None:
+        """Commit ``rows`` (their slots taken) as running, then start their work. If the
+        commit fails they wait in the scheduler again."""
+        now = self.clock()
+        try:
+            async with self.ledger.change(rows):
+                for row in rows:
+                    model.start_attempt(row, now)
+        except StorageError as exc:
+            log.error("could not start %d jobs: %s", len(rows), exc)
+            self._put_back(rows)
+            return
+        for row in rows:
+            self.launch(row)
+
+    def _put_back(self, rows: Sequence[JobRow]) -> None:
+        """Starts that could not be committed: their slots are freed, they wait again."""
+        for row in rows:
+            self.scheduler.release(row.queue, row.mode)
+            self.waiting.enqueue(row)
+        self._retry_dispatch_later()
+
+    def _retry_dispatch_later(self) -> None:
+        asyncio.get_running_loop().call_later(STORAGE_RETRY[1], self.kick)
+
+    # -- running ------------------------------------------------------------------------
+    def launch(self, row: JobRow) -> None:
+        """Start the attempt of a job whose ``running`` row is committed."""
+        attempt = Attempt(row)
+        events = AttemptEvents(
+            attempt, self.store, self.ledger.publish_stored, self.hub, self.limits, self.clock, self._progress_changed
+        )
+        attempt.events = events
+        definition = self.registry.get(row.task)
+        self._active[row.seq] = attempt
+        self.ledger.pin(row)
+        if definition is None:  # the task module was removed between restarts
+            attempt.call = JobCall(row.job_id, row.attempts, _missing_task(row.task), row.args, events)
+            failure = Outcome.failure("exception", f"task {row.task!r} is not loaded", retryable=False)
+            attempt.task = self.background.spawn(self._settle(attempt, failure))
+            return
+        attempt.call = JobCall(row.job_id, row.attempts, definition, row.args, events)
+        # From becoming ready to really starting: includes the commit of its running row.
+        self.metrics.started_after(max(0.0, self.clock() - row.enqueued_at))
+        if row.timeout is not None:
+            attempt.timer = asyncio.get_running_loop().call_later(row.timeout, self._on_timeout, attempt)
+        attempt.task = self.background.spawn(self._run(attempt, self.executors[row.mode], attempt.call))
+
+    async def _run(self, attempt: Attempt, executor: Executor, call: JobCall) -> None:
+        try:
+            if attempt.row.depends_on:
+                call.inputs = await self._inputs(attempt.row)
+            outcome = await executor.run(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an executor bug must not take the daemon down
+            log.exception("executor %s failed on job %s", executor.mode, attempt.row.job_id)
+            outcome = Outcome.failure("exception", f"internal error in the {executor.mode} executor: {exc}")
+        finally:
+            if attempt.timer is not None:
+                attempt.timer.cancel()
+        await self._settle(attempt, outcome)
+
+    async def _inputs(self, row: JobRow) -> dict[str, Any]:
+        """The results of a job's dependencies (nil for those that did not complete)."""
+        found = await self.store.get_jobs_by_id(row.depends_on)
+        return {
+            dep: (found[dep].result if dep in found and found[dep].status == "completed" else None)
+            for dep in row.depends_on
+        }
+
+    def _deactivate(self, attempt: Attempt) -> None:
+        if self._active.get(attempt.row.seq) is attempt:
+            del self._active[attempt.row.seq]
+        self.ledger.unpin(attempt.row)
+
+    def running_attempt(self, row: JobRow) -> Attempt:
+        return self._active[row.seq]
+
+    # -- ends ---------------------------------------------------------------------------
+    async def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        """An attempt's work has stopped: record its outcome, free its slot, start the next."""
+        row = attempt.row
+        if attempt.ended:  # cancelled or timed out earlier: its status is already committed
+            self._winding_down.discard(attempt)
+            self.scheduler.release(row.queue, row.mode)
+            self.kick()
+            return
+        attempt.ended = True
+        events = attempt.events
+        assert events is not None
+        if events.output_problem is not None and outcome.ok:
+            outcome = events.output_problem
+        events.flush()
+        events.flush_progress()
+        notes: list[tuple[str, str]] = []
+        if events.dropped_lines:
+            notes.append(("log", f"[pyrexis] {events.dropped_lines} lines dropped (log limit)"))
+        if outcome.traceback:
+            notes.extend(("stderr", text) for text in outcome.traceback.rstrip("\n").split("\n"))
+        self.scheduler.release(row.queue, row.mode)
+        starts, missing = self.take_starts()
+        if missing:
+            self.background.spawn(self._load_and_begin(missing))
+        await self._commit_end(attempt, outcome, notes, starts)
+
+    async def _commit_end(
+        self, attempt: Attempt, outcome: Outcome, notes: list[tuple[str, str]], starts: list[JobRow]
+    ) -> None:
+        row = attempt.row
+        now = self.clock()
+        pause = STORAGE_RETRY[0]
+        # Locked until the end is durable, across retries: until then no op may act on
+        # (or show) an outcome that could still be lost.
+        async with self.ledger.hold([row.seq]):
+            while True:
+                try:
+                    # One commit for "this one finished" and "these started".
+                    async with self.ledger.change([row, *starts]) as change:
+                        model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
+                        for stream, text in notes:
+                            change.log(row, stream, text, now)
+                        for start in starts:
+                            model.start_attempt(start, now)
+                    break
+                except StorageError as exc:
+                    if starts:
+                        self._put_back(starts)
+                        starts = []
+                    log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+                    await asyncio.sleep(pause)
+                    pause = min(STORAGE_RETRY[1], pause * 2)
+        self._ended(attempt)
+        for start in starts:
+            self.launch(start)
+        self.kick()
+
+    def _ended(self, attempt: Attempt) -> None:
+        """An attempt's end is committed: it leaves the running set; a retry waits."""
+        self._deactivate(attempt)
+        if attempt.row.status == "retrying":
+            self.waiting.enqueue(attempt.row)
+
+    def _on_timeout(self, attempt: Attempt) -> None:
+        if attempt.ended or self.ledger.stopping.is_set():
+            return
+        timeout = Outcome.failure("timeout", f"timed out after {attempt.row.timeout} s")
+        self.background.spawn(self.end_early(attempt, timeout))
+
+    async def end_early(self, attempt: Attempt, outcome: Outcome) -> JobRow:
+        """Decide a running attempt's outcome now (cancel, timeout); its work stops after."""
+        row = attempt.row
+        attempt.ended = True
+        try:
+            async with self.ledger.change([row]):
+                model.apply_outcome(row, outcome, self.clock(), self.backoff, self.limits.max_result)
+        except BaseException:
+            attempt.ended = False
+            raise
+        self._ended(attempt)
+        self._winding_down.add(attempt)
+        assert attempt.call is not None
+        attempt.call.cancel()
+        return row
+
+    # -- progress -----------------------------------------------------------------------
+    def _progress_changed(self) -> None:
+        if self._progress_timer is None:
+            self._progress_timer = asyncio.get_running_loop().call_later(PROGRESS_FLUSH, self._write_progress)
+
+    def _write_progress(self) -> None:
+        """Running jobs' latest progress, written at most every PROGRESS_FLUSH seconds (a
+        progress value lost in a crash costs nothing: the next attempt starts afresh)."""
+        self._progress_timer = None
+        rows = []
+        for attempt in self._active.values():
+            if attempt.progress_dirty and not attempt.ended and self.ledger.locked(attempt.row.seq) is None:
+                attempt.progress_dirty = False
+                rows.append(attempt.row)
+        if rows:
+            self.store.write(jobs=rows).add_done_callback(log_write_failure)
+
+    # -- shutdown -----------------------------------------------------------------------
+    async def drain(self, grace: float, force: asyncio.Event | None = None) -> None:
+        """Let running attempts finish within ``grace`` seconds (``force`` cuts it short)."""
+        running = [a.task for a in self._active.values() if a.task is not None]
+        if not running or grace <= 0:
+            return
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(running, timeout=grace))]
+        if force is not None:
+            waiters.append(asyncio.ensure_future(force.wait()))
+        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for p in pending:
+            p.cancel()
+
+    async def interrupt_rest(self) -> None:
+        """Attempts still running follow their ``on_interrupt`` now, and their work is
+        stopped. If that cannot be committed, the next start's recovery does it."""
+        leftovers = [a for a in self._active.values() if not a.ended]
+        now = self.clock()
+        for attempt in leftovers:
+            attempt.ended = True
+        if leftovers:
+            try:
+                async with self.ledger.change([a.row for a in leftovers]):
+                    for attempt in leftovers:
+                        model.interrupt(attempt.row, now, "the daemon was stopped while the job was running")
+            except StorageError as exc:
+                log.error("could not record interrupted jobs (recovery will): %s", exc)
+        for attempt in leftovers:
+            assert attempt.call is not None
+            attempt.call.cancel()
+        # Thread attempts cannot be stopped: the process exits without them.
+        tasks = [a.task for a in leftovers if a.task is not None and a.row.mode != "thread"]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.kill_grace + 1)
+        for task in tasks:
+            task.cancel()
+
+    async def close(self) -> None:
+        """Release the executors' pools and workers, and stop what is left in the background."""
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+        for executor in self.executors.values():
+            await executor.shutdown()
+        self.background.cancel_all()
+
+
+def _missing_task(name: str) -> TaskDef:
+    def missing() -> None:
+        raise RuntimeError(f"task {name!r} is not loaded")
+
+    return make_task(missing, name=name)

@@ -1,0 +1,393 @@
+"""The committed view of jobs, and the one way to change it.
+
+Every change of a job goes through :meth:`Ledger.change`::
+
+    async with ledger.change([row]):
+        model.cancel_waiting(row, now)     # change the rows in memory
+
+On entry the rows are locked (any op on them waits until the change is over) and their
+values are kept; on exit the rows are written in the store's next group commit. If that
+commit fails, the rows get their kept values back and :class:`StorageError` is raised
+out of the ``async with``: nothing anyone saw was undone, because nothing was shown yet.
+Only after the commit does the ledger count the moves, publish ``state`` events and the
+committed log lines, and wake the clients waiting on jobs that ended. So the rules of the
+core hold by construction:
+
+* Durable before told: the in-memory view of a job changes visibly only after its
+  commit; a client is answered, and work starts, only after that.
+* One change at a time per job: while a change of job ``seq`` is in flight its lock is
+  held, and :meth:`current` waits for it.
+
+The ledger also knows which rows are *pinned*: kept in memory by the room that holds them
+(running attempts, blocked and held jobs, cached waiting rows). A pinned row's memory copy
+is the committed truth whenever it is not locked, so :meth:`current` and :meth:`wait`
+answer from it without reading the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from protocol.errors import Internal, NotFound, ShuttingDown, Timeout
+from pyrexisd.core.model import WAITING_IN_SCHEDULER, JobRow, LogLine, OutputItem
+from pyrexisd.events import EventHub, StoredRange, state_event
+from pyrexisd.metrics import Metrics
+from pyrexisd.store import Store
+
+RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
+
+
+class Change:
+    """One durable change of some rows; made by :meth:`Ledger.change`, used with ``async with``."""
+
+    __slots__ = ("_ledger", "rows", "lines", "created", "_mementos", "_olds", "_gate", "_locked")
+
+    def __init__(self, ledger: Ledger, rows: Sequence[JobRow], created: bool) -> None:
+        self._ledger = ledger
+        self.rows = rows
+        self.created = created  # new rows: nothing to undo, nothing they moved from
+        self.lines: list[LogLine] = []
+        self._mementos: list[tuple[Any, ...]] = []
+        self._olds: list[tuple[str, str]] = []  # (status, queue) before the change
+        self._gate: asyncio.Future[None] | None = None
+        self._locked: list[int] = []
+
+    def log(self, row: JobRow, stream: str, text: str, now: float) -> None:
+        """A log line of ``row``, written in the same commit (its number taken from the row)."""
+        row.log_seq += 1
+        self.lines.append(LogLine(row.seq, row.log_seq, stream, text, now))
+
+    async def __aenter__(self) -> Change:
+        ledger = self._ledger
+        locks = ledger._locks
+        self._gate = gate = asyncio.get_running_loop().create_future()
+        recent = ledger._recent_ends
+        for row in self.rows:
+            # A caller that holds the row across retries (see Ledger.hold) keeps its lock.
+            if row.seq not in locks:
+                locks[row.seq] = gate
+                self._locked.append(row.seq)
+            if not self.created:
+                self._mementos.append(row.memento())
+                self._olds.append((row.status, row.queue))
+                if recent:
+                    recent.pop(row.job_id, None)  # an end that is being left no longer holds
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        ledger = self._ledger
+        try:
+            if exc_type is None:
+                await ledger.store.write(jobs=self.rows, logs=self.lines)
+        except BaseException:
+            self._undo()
+            raise
+        else:
+            if exc_type is not None:
+                self._undo()
+        finally:
+            self._unlock()
+        if exc_type is None:
+            ledger._committed(self, self._olds)
+
+    def _undo(self) -> None:
+        for row, memento in zip(self.rows, self._mementos, strict=False):
+            row.restore(memento)
+
+    def _unlock(self) -> None:
+        locks = self._ledger._locks
+        gate = self._gate
+        for seq in self._locked:
+            if locks.get(seq) is gate:
+                del locks[seq]
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+
+class Hold:
+    """Rows kept locked across several changes (an end retried until the disk has room)."""
+
+    __slots__ = ("_ledger", "_seqs", "_gate")
+
+    def __init__(self, ledger: Ledger, seqs: Iterable[int]) -> None:
+        self._ledger = ledger
+        self._seqs = list(seqs)
+        self._gate: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> Hold:
+        self._gate = gate = asyncio.get_running_loop().create_future()
+        for seq in self._seqs:
+            self._ledger._locks[seq] = gate
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        locks = self._ledger._locks
+        for seq in self._seqs:
+            if locks.get(seq) is self._gate:
+                del locks[seq]
+        if self._gate is not None and not self._gate.done():
+            self._gate.set_result(None)
+
+
+_STORED_STATUSES_MOVE = frozenset({"blocked", "held"})
+
+
+class Ledger:
+    """Locks, pinned rows, waiters, recent ends, log followers, and :meth:`change`."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        metrics: Metrics,
+        is_waiting: Callable[[int], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.metrics = metrics
+        self.clock = clock
+        self._is_waiting = is_waiting  # the scheduler's: is this seq ready or deferred there
+        self.stopping = asyncio.Event()  # set when the daemon stops taking work
+        # Called with each row whose end has committed (the waiting room re-evaluates the
+        # jobs that depend on it).
+        self.on_end: Callable[[JobRow], None] = lambda row: None
+        self._seq = 0
+        self._locks: dict[int, asyncio.Future[None]] = {}
+        self._pinned: dict[str, JobRow] = {}
+        self._claims: dict[str, asyncio.Future[None]] = {}
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        # The records of the last jobs that ended, so that a ``wait`` just after the end
+        # needs no read. Only committed ends go in; a change of an ended job drops it.
+        self._recent_ends: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._log_signals: dict[int, asyncio.Future[None]] = {}
+
+    async def load(self) -> None:
+        """Read what the committed view starts from: the last seq and the counts."""
+        self._seq = await self.store.max_seq()
+        for queue, status, _mode, n in await self.store.counts():
+            self.metrics.by_queue_status[(queue, status)] += n
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- changes ----------------------------------------------------------------------
+    def change(self, rows: Sequence[JobRow], created: bool = False) -> Change:
+        """A durable change of ``rows`` (see the module docstring); ``created`` for new rows."""
+        return Change(self, rows, created)
+
+    def hold(self, seqs: Iterable[int]) -> Hold:
+        """Keep these rows locked for the block's length, across the changes made in it."""
+        return Hold(self, seqs)
+
+    def locked(self, seq: int) -> asyncio.Future[None] | None:
+        """The future a change of ``seq`` in flight resolves, if one is in flight."""
+        return self._locks.get(seq)
+
+    async def settle_changes(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until no change is in flight."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._locks and loop.time() < deadline:
+            await asyncio.wait(set(self._locks.values()), timeout=deadline - loop.time())
+
+    def _committed(self, change: Change, olds: list[tuple[str, str]]) -> None:
+        """After a change's commit: lines, then moves, then ends, in that order, so a
+        stream sees a job's last lines before its terminal state."""
+        rows = change.rows
+        if change.lines:
+            self._publish_lines(rows, change.lines)
+        now = self.clock()
+        if change.created:
+            for row in rows:
+                self.moved(row, None, None, now)
+        else:
+            for row, (old, old_queue) in zip(rows, olds, strict=True):
+                self.moved(row, old, old_queue, now)
+
+    def moved(self, row: JobRow, old: str | None, old_queue: str | None, now: float) -> None:
+        """A status change of ``row`` has committed: count it, tell the watchers, and if it
+        ended, wake its waiters and those who depend on it."""
+        self.metrics.moved(row.queue, row.mode, old, row.status, old_queue)
+        if self.hub.wants(row.job_id):
+            self.hub.publish(state_event(row, now), row.task, row.queue)
+        if row.terminal:
+            if row.status == "completed" and old == "running":
+                self.metrics.completed(now)
+            self._signal_log(row.seq)
+            self._ended(row)
+            self.on_end(row)
+
+    def _publish_lines(self, rows: Sequence[JobRow], lines: Sequence[LogLine]) -> None:
+        by_seq = {row.seq: row for row in rows}
+        first = 0
+        for i in range(1, len(lines) + 1):
+            if i == len(lines) or lines[i].job_seq != lines[first].job_seq:
+                self.publish_stored(by_seq[lines[first].job_seq], lines[first:i], ())
+                first = i
+
+    def publish_stored(self, row: JobRow, lines: Sequence[LogLine], outputs: Sequence[OutputItem]) -> None:
+        """Log lines and outputs of ``row`` are durable: followers and watchers may see them."""
+        if lines:
+            self._signal_log(row.seq)
+        if not self.hub.wants(row.job_id):
+            return
+        for kind, items in (("log", lines), ("output", outputs)):
+            if items:
+                marker = StoredRange(kind, row.job_id, row.seq, items[0].seq, items[-1].seq)
+                self.hub.publish(marker, row.task, row.queue)
+
+    # -- pinned rows and client ids ----------------------------------------------------
+    def pin(self, row: JobRow) -> None:
+        """``row`` is held in memory by a room: its copy is the truth when not locked."""
+        self._pinned[row.job_id] = row
+
+    def unpin(self, row: JobRow) -> None:
+        if self._pinned.get(row.job_id) is row:
+            del self._pinned[row.job_id]
+
+    def claim(self, job_ids: Iterable[str]) -> asyncio.Future[None]:
+        """These ids are being admitted; the returned future resolves when that is over."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for job_id in job_ids:
+            self._claims[job_id] = fut
+        return fut
+
+    def unclaim(self, job_ids: Iterable[str], fut: asyncio.Future[None]) -> None:
+        for job_id in job_ids:
+            if self._claims.get(job_id) is fut:
+                del self._claims[job_id]
+        if not fut.done():
+            fut.set_result(None)
+
+    def claimed(self, job_id: str) -> bool:
+        return job_id in self._claims
+
+    async def claims_settled(self, job_ids: Iterable[str]) -> bool:
+        """Wait until none of ``job_ids`` is being admitted; False if none was."""
+        waited = False
+        while busy := [self._claims[j] for j in job_ids if j in self._claims]:
+            waited = True
+            await asyncio.gather(*busy, return_exceptions=True)
+        return waited
+
+    # -- reading the committed view ------------------------------------------------------
+    async def current(self, job_id: str) -> JobRow:
+        """The latest committed state of a job, with no change of it in flight.
+
+        A pinned row is that state whenever it is not locked. Otherwise the store is read,
+        and a stored row can be overtaken by a commit before this coroutine resumes, so it
+        is trusted only if the in-memory view agrees with it: a waiting one is in the
+        scheduler, a running one would be pinned, a terminal one is in neither. Otherwise
+        the job moved meanwhile and it is read again. The caller acts on the returned row
+        without awaiting in between.
+        """
+        for _ in range(1000):
+            row = self._pinned.get(job_id)
+            if row is not None:
+                lock = self._locks.get(row.seq)
+                if lock is None:
+                    return row
+                await asyncio.gather(lock, return_exceptions=True)
+                continue
+            stored = await self.store.get_job(job_id)
+            if stored is None:
+                raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+            lock = self._locks.get(stored.seq)
+            if lock is not None:
+                await asyncio.gather(lock, return_exceptions=True)
+                continue
+            if job_id in self._pinned:
+                continue  # it was pinned after the read
+            waiting_here = self._is_waiting(stored.seq)
+            if stored.status in _STORED_STATUSES_MOVE:
+                pass  # always pinned: it moved after the read
+            elif stored.status in WAITING_IN_SCHEDULER:
+                if waiting_here:
+                    return stored
+            elif stored.status != "running" and not waiting_here:
+                return stored
+            await asyncio.sleep(0)  # it moved after the read: read again
+        raise Internal(f"job {job_id!r} does not settle; its state is inconsistent")
+
+    async def record(self, job_id: str) -> dict[str, Any]:
+        """The job's committed record, read from the store."""
+        row = await self.store.get_job(job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+        return row.record()
+
+    async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        """The job's record once it is terminal; ``timeout`` error if that takes too long."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(job_id, [])
+        waiters.append(fut)  # before the read, so a commit after the read still wakes us
+        try:
+            ended = self._recent_ends.get(job_id)
+            if ended is not None:
+                return ended  # a committed end (a change since would have dropped it)
+            pinned = self._pinned.get(job_id)
+            if pinned is not None and pinned.seq not in self._locks and not pinned.terminal:
+                status = pinned.status  # committed, and its end will wake us: no read needed
+            else:
+                row = await self.store.get_job(job_id)
+                if row is None:
+                    raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+                if row.terminal:
+                    return row.record()
+                status = row.status
+            if self.stopping.is_set():
+                raise ShuttingDown("the daemon is stopping and takes no new work")
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                raise Timeout(f"job {job_id!r} is not finished after {timeout} s", {"status": status}) from None
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    def _ended(self, row: JobRow) -> None:
+        """A job's end is committed: wake its waiters, remember its record for a while."""
+        record = row.record()
+        recent = self._recent_ends
+        recent[row.job_id] = record
+        if len(recent) > RECENT_ENDS:
+            recent.popitem(last=False)
+        futures = self._waiters.pop(row.job_id, None)
+        if futures:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(record)
+
+    def fail_waiters(self) -> None:
+        """The daemon stops: every ``wait`` still open ends with ``shutting_down``."""
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(ShuttingDown("the daemon is stopping"))
+
+    # -- log followers ----------------------------------------------------------------
+    def _signal_log(self, seq: int) -> None:
+        """Wake the ``logs --follow`` readers of job ``seq``: lines or an end committed."""
+        fut = self._log_signals.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def log_signal(self, seq: int) -> asyncio.Future[None]:
+        """A future that resolves at the next commit of log lines or of an end of ``seq``."""
+        fut = self._log_signals.get(seq)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._log_signals[seq] = fut
+        return fut
+

@@ -1,0 +1,92 @@
+"""Queue settings: pause and resume, weights, concurrency caps, aging. Durable.
+
+The scheduler holds the live settings; the store keeps them across restarts. A change is
+committed first, then applied to the scheduler, then dispatch is asked to start what
+the change allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Unpack
+
+from protocol.status import WAITING
+from pyrexisd.metrics import Metrics
+from pyrexisd.scheduler import Scheduler
+from pyrexisd.store import QueueChanges, QueueSettings, Store
+
+_RUNNING = frozenset({"running"})
+
+
+class Queues:
+    """The queues' settings and their rows for ``queues``, ``pause``, ``resume``."""
+
+    def __init__(self, store: Store, scheduler: Scheduler, metrics: Metrics, kick: Callable[[], None]) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.kick = kick
+
+    async def load(self) -> None:
+        """At start-up: the stored settings into the scheduler."""
+        settings = await self.store.settings()
+        if settings.get("paused_by_default"):
+            self.scheduler.pause_all(True)
+        for q in await self.store.queue_settings():
+            self.scheduler.configure(
+                q.name, weight=q.weight, max_concurrency=q.max_concurrency, aging=q.aging, paused=q.paused
+            )
+
+    def row(self, name: str) -> dict[str, Any]:
+        q = self.scheduler.queue(name)
+        return {
+            "queue": name,
+            "paused": q.paused,
+            "weight": q.weight,
+            "max_concurrency": q.max_concurrency,
+            "aging": q.aging,
+            "waiting": self.metrics.count(name, WAITING),
+            "running": self.metrics.count(name, _RUNNING),
+        }
+
+    def _names(self) -> set[str]:
+        return set(self.scheduler.queues) | self.metrics.queues()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.row(n) for n in sorted(self._names())]
+
+    def _settings_of(self, name: str, **changes: Unpack[QueueChanges]) -> QueueSettings:
+        q = self.scheduler.queue(name)
+        current = QueueSettings(name, q.paused, q.weight, q.max_concurrency, q.aging)
+        return replace(current, **changes)
+
+    async def set_paused(self, queue: str | None, paused: bool) -> list[dict[str, Any]]:
+        """Pause or resume one queue, or every queue (including later ones)."""
+        if queue is None:
+            names = self._names()
+            await self.store.write(
+                queues=[self._settings_of(n, paused=paused) for n in names],
+                settings=[("paused_by_default", paused)],
+            )
+            for n in names:
+                self.scheduler.queue(n)
+            self.scheduler.pause_all(paused)
+            self.kick()
+            return self.rows()
+        await self.store.write(queues=[self._settings_of(queue, paused=paused)])
+        self.scheduler.configure(queue, paused=paused)
+        self.kick()
+        return [self.row(queue)]
+
+    async def configure(self, queue: str, changes: QueueChanges) -> dict[str, Any]:
+        """Change some of a queue's settings (``max_concurrency=None`` removes the cap)."""
+        await self.store.write(queues=[self._settings_of(queue, **changes)])
+        self.scheduler.configure(
+            queue,
+            weight=changes.get("weight"),
+            max_concurrency=changes["max_concurrency"] if "max_concurrency" in changes else False,
+            aging=changes.get("aging"),
+        )
+        self.kick()
+        return self.row(queue)

@@ -1,0 +1,261 @@
+"""Where jobs wait, and how they stop waiting.
+
+A committed waiting job is in exactly one place: the scheduler (``pending`` ready to
+start; ``scheduled`` and ``retrying`` on a timer), the blocked set (``blocked``: its
+dependencies are evaluated each time one of them ends), or the held set (``held``, until
+released). This room moves them on: due timers promote jobs to ``pending``, settled
+dependencies make blocked jobs ``pending`` or ``cancelled``, and client commands change a
+waiting job (cancel, retry, hold, release, update). Dispatch takes the pending ones.
+
+The rows of blocked and held jobs stay in memory (they are few and need evaluating); of
+the jobs in the scheduler, only the first :data:`ROW_CACHE_LIMIT` keep their row in
+memory, the scheduler holding a small key for every one: the others are read back when
+they start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Iterable
+
+from protocol.errors import StorageError
+from pyrexisd import dependencies
+from pyrexisd.core import model
+from pyrexisd.core.background import Background
+from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.model import JobRow
+from pyrexisd.scheduler import Scheduler
+from pyrexisd.store import Store
+
+log = logging.getLogger(__name__)
+
+ROW_CACHE_LIMIT = 4_096  # waiting rows kept in memory; beyond, they are read back on start
+STORAGE_RETRY = 2.0  # seconds before a change that failed to commit is tried again
+
+
+class Waiting:
+    """Blocked, held and scheduled jobs, and their way to ``pending``."""
+
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        scheduler: Scheduler,
+        background: Background,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.scheduler = scheduler
+        self.background = background
+        self.clock = clock
+        # Told when jobs may have become startable (dispatch's ``kick``).
+        self.on_ready: Callable[[], None] = lambda: None
+        self._cached: dict[int, JobRow] = {}  # rows of jobs waiting in the scheduler
+        self._blocked: dict[int, JobRow] = {}
+        self._held: dict[int, JobRow] = {}
+        self._dependents: dict[str, set[int]] = {}  # dependency job_id -> blocked seqs
+        self._to_evaluate: set[int] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        ledger.on_end = self._dependency_ended
+
+    async def load(self) -> None:
+        """At start-up: blocked and held rows into memory, the other waiting jobs' keys
+        into the scheduler."""
+        for status in ("blocked", "held"):
+            for row in await self.store.jobs_with_status(status):
+                self.enqueue(row)
+        for key in await self.store.waiting_keys():
+            if key.status == "pending":
+                self.scheduler.add(key.seq, key.queue, key.mode, key.priority, key.enqueued_at)
+            else:
+                self.scheduler.defer(key.seq, key.run_at or 0.0)
+        self.arm_timer()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- where a waiting job is ---------------------------------------------------------
+    def enqueue(self, row: JobRow) -> None:
+        """A committed waiting job joins the scheduler (its row cached while room allows),
+        the blocked set (to be evaluated) or the held set."""
+        status = row.status
+        if status == "pending":
+            self.scheduler.add(row.seq, row.queue, row.mode, row.priority, row.enqueued_at)
+        elif status in ("scheduled", "retrying"):
+            self.scheduler.defer(row.seq, row.run_at or 0.0)
+            self.arm_timer()
+        elif status == "blocked":
+            self._blocked[row.seq] = row
+            self.ledger.pin(row)
+            self.evaluate_soon([row.seq])
+            return
+        elif status == "held":
+            self._held[row.seq] = row
+            self.ledger.pin(row)
+            return
+        else:
+            return
+        if len(self._cached) < ROW_CACHE_LIMIT:
+            self._cached[row.seq] = row
+            self.ledger.pin(row)
+
+    def withdraw(self, row: JobRow) -> None:
+        """A waiting job leaves wherever it waits (scheduler, blocked or held set)."""
+        self.scheduler.discard(row.seq, row.queue)
+        for place in (self._cached, self._blocked, self._held):
+            if place.pop(row.seq, None) is not None:
+                self.ledger.unpin(row)
+
+    def take(self, seq: int) -> JobRow | None:
+        """The cached row of a job the scheduler picked (None: read it from the store)."""
+        row = self._cached.pop(seq, None)
+        if row is not None:
+            self.ledger.unpin(row)
+        return row
+
+    # -- client commands ----------------------------------------------------------------
+    async def change(self, row: JobRow, change: Callable[[JobRow], None]) -> JobRow:
+        """Apply ``change`` to a waiting (or ended) job durably; it leaves the place it
+        waits in meanwhile and joins the one its new status says."""
+        self.withdraw(row)
+        try:
+            async with self.ledger.change([row]):
+                change(row)
+        except BaseException:
+            self.enqueue(row)  # as it was
+            raise
+        if not row.terminal:
+            self.enqueue(row)
+            self.on_ready()
+        return row
+
+    # -- dependencies -----------------------------------------------------------------
+    def _dependency_ended(self, row: JobRow) -> None:
+        dependents = self._dependents.pop(row.job_id, None)
+        if dependents:
+            self.evaluate_soon(dependents)
+
+    def evaluate_soon(self, seqs: Iterable[int]) -> None:
+        """Evaluate these blocked jobs once per loop iteration, in one batch."""
+        first = not self._to_evaluate
+        self._to_evaluate.update(seqs)
+        if first and self._to_evaluate:
+            asyncio.get_running_loop().call_soon(self._evaluate_now)
+
+    def _evaluate_now(self) -> None:
+        seqs, self._to_evaluate = self._to_evaluate, set()
+        if seqs and not self.ledger.stopping.is_set():
+            self.background.spawn(self._evaluate(seqs))
+
+    def _reevaluate(self, seq: int, _change: asyncio.Future[None]) -> None:
+        self.evaluate_soon([seq])
+
+    async def _evaluate(self, seqs: Iterable[int]) -> None:
+        """Blocked jobs whose dependencies settled become pending, or are cancelled."""
+        rows: list[JobRow] = []
+        for seq in seqs:
+            row = self._blocked.get(seq)
+            if row is None:
+                continue
+            lock = self.ledger.locked(seq)
+            if lock is not None:  # being changed: look again once that change is done
+                lock.add_done_callback(functools.partial(self._reevaluate, seq))
+                continue
+            rows.append(row)
+        if not rows:
+            return
+        changed: list[JobRow] = []
+        try:
+            async with self.ledger.hold(row.seq for row in rows):
+                wanted = sorted({d for r in rows for d in r.depends_on})
+                statuses = {j: r.status for j, r in (await self.store.get_jobs_by_id(wanted)).items()}
+                now = self.clock()
+                verdicts = []
+                for row in rows:
+                    verdict, culprit, unsettled = dependencies.verdict(row.depends_on, row.dependency_policy, statuses)
+                    if verdict == dependencies.READY and row.run_at is not None and row.run_at > now:
+                        if not self.scheduler.is_waiting(row.seq):
+                            self.scheduler.defer(row.seq, row.run_at)  # run_at is the earliest start
+                            self.arm_timer()
+                    elif verdict == dependencies.WAIT:
+                        for dep in unsettled:
+                            self._dependents.setdefault(dep, set()).add(row.seq)
+                    else:
+                        changed.append(row)
+                        verdicts.append((verdict, culprit))
+                if changed:
+                    async with self.ledger.change(changed):
+                        for row, (verdict, culprit) in zip(changed, verdicts, strict=True):
+                            if verdict == dependencies.FAILED:
+                                assert culprit is not None
+                                model.dependency_failed(row, now, culprit, statuses.get(culprit))
+                            else:
+                                model.become_pending(row, now)
+        except StorageError as exc:
+            log.error("could not update %d blocked jobs, retrying: %s", len(changed), exc)
+            asyncio.get_running_loop().call_later(STORAGE_RETRY, self.evaluate_soon, [r.seq for r in rows])
+            return
+        for row in changed:
+            self._blocked.pop(row.seq, None)
+            self.ledger.unpin(row)
+            self.scheduler.discard(row.seq, row.queue)
+            self.enqueue(row)
+        self.on_ready()
+
+    # -- timers -----------------------------------------------------------------------
+    def arm_timer(self) -> None:
+        """Set the one timer for the earliest scheduled or retrying job."""
+        if self.ledger.stopping.is_set():
+            return
+        at = self.scheduler.next_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            delay = max(0.0, at - self.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        due = self.scheduler.due(self.clock())
+        blocked = [seq for seq in due if seq in self._blocked]
+        if blocked:
+            self.evaluate_soon(blocked)
+            due = [seq for seq in due if seq not in self._blocked]
+        if due:
+            self.background.spawn(self._promote(due))
+        self.arm_timer()
+
+    async def _promote(self, seqs: list[int]) -> None:
+        """Scheduled and retrying jobs whose time has come become pending."""
+        try:
+            async with self.ledger.hold(seqs):
+                rows = {s: row for s in seqs if (row := self.take(s)) is not None}
+                missing = [s for s in seqs if s not in rows]
+                if missing:
+                    rows.update(await self.store.get_jobs(missing))
+                ready = [rows[s] for s in seqs if s in rows and rows[s].status in ("scheduled", "retrying")]
+                if ready:
+                    now = self.clock()
+                    async with self.ledger.change(ready):
+                        for row in ready:
+                            model.become_pending(row, now)
+        except StorageError as exc:
+            log.error("could not release %d delayed jobs, retrying: %s", len(seqs), exc)
+            for seq in seqs:
+                self.scheduler.defer(seq, self.clock() + STORAGE_RETRY)
+            self.arm_timer()
+            return
+        for row in ready:
+            self.enqueue(row)
+        self.on_ready()
