@@ -26,7 +26,7 @@ million waiting jobs take about 190 MB); the job's record lives in the store.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_AGING = 1.0
@@ -276,10 +276,6 @@ class Scheduler:
         if self.busy[mode] < 0 or self.queues[queue].running < 0:
             raise AssertionError(f"slot released twice: {queue}/{mode}")
 
-    def occupy(self, queue: str, mode: str) -> None:
-        """Count a job that runs without having been picked (found running at start-up)."""
-        self._take(self.queue(queue), mode, advance=False)
-
     # -- internals --------------------------------------------------------------------
     def _queue_holding(self, seq: int, key: float) -> QueueState:
         for q in self.queues.values():
@@ -298,12 +294,11 @@ class Scheduler:
         if q.waiting == 0:
             q.vpass = max(q.vpass, self._vtime)
 
-    def _take(self, q: QueueState, mode: str, advance: bool = True) -> None:
+    def _take(self, q: QueueState, mode: str) -> None:
         self.busy[mode] = self.busy.get(mode, 0) + 1
         q.running += 1
-        if advance:
-            self._vtime = q.vpass
-            q.vpass += 1.0 / q.weight
+        self._vtime = q.vpass
+        q.vpass += 1.0 / q.weight
 
     def _head(self, q: QueueState, mode: str) -> HeapItem | None:
         heap = q.heaps.get(mode)
@@ -319,8 +314,3 @@ class Scheduler:
 
     def waiting_count(self) -> int:
         return len(self._ready) + len(self._timer_at)
-
-    def load(self, items: Iterable[tuple[int, str, str, int, float]]) -> None:
-        """Add many ready jobs at start-up: (seq, queue, mode, priority, enqueued_at)."""
-        for seq, queue, mode, priority, enqueued_at in items:
-            self.add(seq, queue, mode, priority, enqueued_at)

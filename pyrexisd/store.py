@@ -153,6 +153,20 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+def _upgrade(scripts: Sequence[str], version: int) -> str:
+    """One transaction that runs ``scripts`` and records the ``version`` they reach."""
+    body = ";\n".join(scripts)
+    return f"BEGIN; {body}; PRAGMA user_version={version}; COMMIT;"
+
+
+async def _is_empty(conn: aiosqlite.Connection) -> bool:
+    # user_version 0 alone does not make a file new: one that already holds tables is
+    # somebody's data, so it is upgraded step by step (and logged so) like any older file.
+    async with conn.execute("SELECT count(*) FROM sqlite_master") as cur:
+        row = await cur.fetchone()
+    return row is not None and int(row[0]) == 0
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
     name: str
@@ -330,11 +344,24 @@ class Store:
         await self.close()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        """Bring the schema to the latest version (``len(MIGRATIONS)``).
+
+        A new file gets every migration in one transaction: a first start is not an
+        upgrade, and a failure leaves the file empty rather than half made. A file at an
+        older version is upgraded one committed step at a time, so a failure leaves it at
+        the last version it fully reached. Both paths run the same scripts, so the
+        migrations stay the one definition of the schema.
+        """
         async with conn.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
+        latest = len(MIGRATIONS)
+        if version == 0 and await _is_empty(conn):
+            await conn.executescript(_upgrade(MIGRATIONS, latest))
+            log.info("created database schema version %d", latest)
+            return
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await conn.executescript(f"BEGIN; {script}; PRAGMA user_version={target}; COMMIT;")
+            await conn.executescript(_upgrade([script], target))
             log.info("database schema migrated to version %d", target)
 
     # -- writes -----------------------------------------------------------------------

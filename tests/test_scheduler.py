@@ -763,12 +763,14 @@ class TestTryStartNow:
             assert s.pick() == [Start(1, waiting_queue, "thread")]
 
     def test_ignores_jobs_of_another_mode_or_in_unrunnable_queues(self) -> None:
+        """Given waiting jobs only of another mode, in a paused queue, or in a queue at its
+        cap, then a new thread job of queue q may start at once: none of them could."""
         s = Scheduler({"thread": 2, "process": 1}, FakeClock())
         s.add(1, "other", "process", 1000, 0.0)  # another mode
         s.configure("paused", paused=True)
         s.add(2, "paused", "thread", 1000, 0.0)  # paused queue
         s.configure("full", max_concurrency=1)
-        s.occupy("full", "thread")
+        assert s.try_start_now("full", "thread") is True  # fills full's one place
         s.add(3, "full", "thread", 1000, 0.0)  # queue at its cap
         assert s.try_start_now("q", "thread") is True
         assert s.busy["thread"] == 2
