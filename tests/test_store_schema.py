@@ -17,7 +17,7 @@ import pytest
 
 from protocol.errors import StorageError
 from pyrexisd import store as store_module
-from pyrexisd.jobs import JobRow
+from pyrexisd.core.model import JobRow
 from pyrexisd.store import MIGRATIONS, LogLine, QueueSettings, Store
 
 LATEST = len(MIGRATIONS)

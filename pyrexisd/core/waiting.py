@@ -222,9 +222,11 @@ class Waiting:
         self._timer_at = at
         if at is not None:
             delay = max(0.0, at - self.clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            self._timer = asyncio.get_running_loop().call_later(delay, self.release_due)
 
-    def _on_timer(self) -> None:
+    def release_due(self) -> None:
+        """Scheduled and retrying jobs whose time has come start to become pending (the
+        timer calls this; so may anyone who knows the clock moved)."""
         self._timer = None
         self._timer_at = None
         due = self.scheduler.due(self.clock())
