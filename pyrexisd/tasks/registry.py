@@ -23,9 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class TaskDefinitionError(PyrexisError):
-    """A task cannot be registered: a bad mode, a duplicate name, an odd signature."""
-
-    code = "internal"
+    """A task cannot be registered: a bad mode, a duplicate name, an odd signature.
+    Raised at import time of a task module, never on the wire."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,365 @@
+"""The job core in-process: a real Store on a temp file, executors the test drives, a
+clock the test moves. The middle layer between the pure rooms and the whole daemon:
+the ledger's change primitive, dispatch and settle, waiting and promotion, and the
+service's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from core_harness import CoreHarness, running_core, writer_blocked
+
+from protocol.errors import InvalidState, NotFound, ShuttingDown, StorageError, Timeout
+from pyrexisd.core import model
+from pyrexisd.events import EventFilter, StoredRange
+from pyrexisd.executors.base import Outcome
+
+
+@pytest.fixture
+async def h(tmp_path: Any) -> AsyncIterator[CoreHarness]:
+    async with running_core(os.path.join(tmp_path, "core.db")) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def h2(tmp_path: Any) -> AsyncIterator[CoreHarness]:
+    async with running_core(os.path.join(tmp_path, "core.db"), slots=2) as harness:
+        yield harness
+
+
+# --------------------------------------------------------------------- the ledger's change
+
+
+async def test_a_change_is_stored_then_published_and_a_stalled_commit_shows_nothing(h: CoreHarness) -> None:
+    """Given a waiting job and a watcher, when its change waits for the disk (another
+    connection holds the write lock), then nobody sees the new state — not the store, not
+    the watcher, not ``current`` — until the commit lands; then all of them do."""
+    job = await h.service.submit({"task": "work", "delay": 60})
+    sub = h.service.subscribe(EventFilter(job_id=job["job_id"]))
+    row = await h.core.ledger.current(job["job_id"])
+    with writer_blocked(h.path) as release:
+        change = asyncio.ensure_future(h.core.waiting.change(row, lambda r: r.move("held")))
+        await asyncio.sleep(0.05)
+        assert not change.done()
+        assert (await h.stored(job["job_id"])).status == "scheduled"
+        assert sub.take() == []
+        current = asyncio.ensure_future(h.core.ledger.current(job["job_id"]))
+        await asyncio.sleep(0.02)
+        assert not current.done(), "current() must wait for the change in flight"
+        release()
+        await asyncio.wait_for(change, 5)
+    assert (await h.stored(job["job_id"])).status == "held"
+    assert [e["status"] for e in sub.take() if isinstance(e, dict)] == ["held"]
+    assert (await asyncio.wait_for(current, 5)).status == "held"
+
+
+async def test_a_change_that_cannot_commit_is_undone_and_tells_nobody(h: CoreHarness) -> None:
+    """Given a waiting job, when its change fails to commit (the database is locked by
+    another process past the busy timeout), then StorageError is raised, every field of
+    the row is back as it was, no event is published, the job waits where it did, and
+    the next change of it works."""
+    job = await h.service.submit({"task": "work", "delay": 60, "priority": 3})
+    row = await h.core.ledger.current(job["job_id"])
+    before = row.memento()
+    sub = h.service.subscribe(EventFilter(job_id=job["job_id"]))
+    await h.writer_busy_timeout(50)
+    with writer_blocked(h.path), pytest.raises(StorageError):
+        await h.service.update(job["job_id"], priority=9, queue="other")
+    assert row.memento() == before
+    assert sub.take() == []
+    assert h.core.scheduler.is_waiting(row.seq)
+    assert h.core.ledger.locked(row.seq) is None
+    assert (await h.service.hold(job["job_id"]))["status"] == "held"
+
+
+async def test_a_failed_change_never_wakes_a_waiter_and_a_committed_end_does(h: CoreHarness) -> None:
+    """Given a client waiting on a waiting job, when its cancel cannot commit, then the
+    waiter keeps waiting; when the cancel commits, it gets the cancelled record."""
+    job = await h.service.submit({"task": "work", "delay": 60})
+    waiter = asyncio.ensure_future(h.service.wait(job["job_id"], None))
+    await asyncio.sleep(0.01)
+    await h.writer_busy_timeout(50)
+    with writer_blocked(h.path), pytest.raises(StorageError):
+        await h.service.cancel(job["job_id"])
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    await h.service.cancel(job["job_id"])
+    record = await asyncio.wait_for(waiter, 5)
+    assert record["status"] == "cancelled" and record["error"]["type"] == "cancelled"
+
+
+async def test_lines_written_with_a_change_are_published_before_the_end(h: CoreHarness) -> None:
+    """Given a watcher of a running job, when it fails with a traceback, then the stored
+    traceback lines reach the watcher before the terminal state event."""
+    job = await h.service.submit({"task": "work", "max_retries": 0})
+    await h.started(job["job_id"])
+    sub = h.service.subscribe(EventFilter(job_id=job["job_id"]))
+    h.executor.finish(job["job_id"], Outcome.failure("exception", "boom", retryable=False, tb="Traceback\n  line\nError: boom\n"))
+    await h.service.wait(job["job_id"], 5)
+    events = sub.take()
+    kinds = ["range" if isinstance(e, StoredRange) else e["kind"] for e in events]
+    assert kinds == ["range", "state"], kinds
+    stored = events[0]
+    assert isinstance(stored, StoredRange) and (stored.first, stored.last) == (1, 3)
+    assert [ln.line for ln in await h.service.read_logs((await h.stored(job["job_id"])).seq, 1)] == [
+        "Traceback", "  line", "Error: boom",
+    ]
+
+
+# ------------------------------------------------------------------- dispatch and settle
+
+
+async def test_a_submit_with_a_free_slot_is_stored_running_before_its_work_starts(h: CoreHarness) -> None:
+    """Given a free slot, when a job is submitted, then its record says running with one
+    attempt, the store says so too, and its work has started."""
+    job = await h.service.submit({"task": "work", "args": {"x": 7}})
+    assert (job["status"], job["attempts"]) == ("running", 1)
+    assert (await h.stored(job["job_id"])).status == "running"
+    await h.started(job["job_id"])
+    assert h.executor.calls[job["job_id"]].args == {"x": 7}
+
+
+async def test_an_end_and_the_next_start_share_one_commit(h: CoreHarness) -> None:
+    """Given one slot, a running job and one waiting, when the first finishes, then one
+    group commit records both its end and the next job's start."""
+    first = await h.service.submit({"task": "work"})
+    second = await h.service.submit({"task": "work"})
+    assert second["status"] == "pending"
+    await h.started(first["job_id"])
+    await asyncio.sleep(0.02)  # let submit commits settle
+    commits = h.store.commits
+    h.executor.finish(first["job_id"], Outcome.success(42))
+    done = await h.service.wait(first["job_id"], 5)
+    assert (done["status"], done["result"]) == ("completed", 42)
+    await h.started(second["job_id"])
+    assert h.store.commits == commits + 1
+    assert (await h.stored(second["job_id"])).status == "running"
+
+
+async def test_a_retryable_failure_backs_off_then_runs_again_when_its_time_comes(h: CoreHarness) -> None:
+    """Given a job with one retry, when its attempt fails retryably, then it is retrying
+    with a run_at in the future and does not start; when the clock passes run_at, it
+    becomes pending and runs as attempt 2, and it ends completed."""
+    job = await h.service.submit({"task": "work", "max_retries": 1})
+    await h.started(job["job_id"])
+    h.executor.finish(job["job_id"], Outcome.failure("exception", "flaky"))
+    await h.until(lambda: h.core.scheduler.is_waiting(1), what="the retry to wait")
+    stored = await h.stored(job["job_id"])
+    assert stored.status == "retrying" and stored.run_at > h.clock.now
+    assert stored.error["message"] == "flaky"
+    h.clock.advance(stored.run_at - h.clock.now + 0.001)
+    h.core.waiting.release_due()
+    await h.started(job["job_id"])
+    assert (await h.stored(job["job_id"])).attempts == 2
+    h.executor.finish(job["job_id"])
+    assert (await h.service.wait(job["job_id"], 5))["status"] == "completed"
+
+
+async def test_an_end_that_cannot_commit_is_retried_and_hidden_until_durable(h: CoreHarness) -> None:
+    """Given a running job, when its end cannot be committed (the disk is locked), then
+    the job stays running in the store and for waiters; once the lock goes, the end
+    commits by itself and the waiter gets it."""
+    job = await h.service.submit({"task": "work"})
+    await h.started(job["job_id"])
+    await h.writer_busy_timeout(20)
+    with writer_blocked(h.path) as release:
+        h.executor.finish(job["job_id"], Outcome.success("late"))
+        waiter = asyncio.ensure_future(h.service.wait(job["job_id"], None))
+        await asyncio.sleep(0.3)  # several failed commits and retries
+        assert not waiter.done()
+        assert (await h.stored(job["job_id"])).status == "running"
+        release()
+        record = await asyncio.wait_for(waiter, 10)
+    assert (record["status"], record["result"]) == ("completed", "late")
+
+
+async def test_a_start_that_cannot_commit_goes_back_to_waiting_and_starts_later(h: CoreHarness) -> None:
+    """Given a waiting job whose delay ends while the disk is locked, when its promotion
+    fails, then it stays scheduled; when the lock goes and its timer comes again, it runs."""
+    job = await h.service.submit({"task": "work", "delay": 10})
+    h.clock.advance(11)
+    await h.writer_busy_timeout(20)
+    with writer_blocked(h.path):
+        h.core.waiting.release_due()
+        await asyncio.sleep(0.2)
+        assert (await h.stored(job["job_id"])).status == "scheduled"
+    h.clock.advance(5)  # past the retry pause of the promotion
+    h.core.waiting.release_due()
+    await h.started(job["job_id"])
+
+
+async def test_a_cancelled_running_job_ends_at_once_but_keeps_its_slot_until_its_work_stops(h: CoreHarness) -> None:
+    """Given one slot, a running job and a waiting one, when the running job is cancelled,
+    then it is cancelled at once and its work is told to stop, but the next job starts
+    only when that work has really stopped."""
+    first = await h.service.submit({"task": "work"})
+    second = await h.service.submit({"task": "work"})
+    await h.started(first["job_id"])
+    record = await h.service.cancel(first["job_id"])
+    assert record["status"] == "cancelled"
+    assert h.executor.calls[first["job_id"]].cancelled
+    await asyncio.sleep(0.05)
+    assert second["job_id"] not in h.executor.running
+    h.executor.stop_cancelled(first["job_id"])
+    await h.started(second["job_id"])
+    assert (await h.stored(first["job_id"])).status == "cancelled"
+
+
+async def test_a_timeout_fails_the_attempt_and_the_late_result_is_discarded(h: CoreHarness) -> None:
+    """Given a job with a 50 ms timeout, when its work does not return, then it fails with
+    ``timeout``; when the work returns afterwards, its result is not recorded."""
+    job = await h.service.submit({"task": "work", "timeout": 0.05})
+    await h.started(job["job_id"])
+    record = await h.service.wait(job["job_id"], 5)
+    assert (record["status"], record["error"]["type"]) == ("failed", "timeout")
+    h.executor.finish(job["job_id"], Outcome.success("too late"))
+    await h.until(lambda: not h.executor.running, what="the work to stop")
+    stored = await h.stored(job["job_id"])
+    assert stored.status == "failed" and stored.result is None
+
+
+# ---------------------------------------------------------------- waiting and promotion
+
+
+async def test_a_dependent_waits_blocked_and_runs_with_its_dependency_result(h: CoreHarness) -> None:
+    """Given B depending on A, then B is blocked while A runs; when A completes, B runs
+    and receives A's result as an input."""
+    a = await h.service.submit({"task": "work", "job_id": "A"})
+    b = await h.service.submit({"task": "work", "job_id": "B", "depends_on": ["A"]})
+    assert b["status"] == "blocked"
+    await h.started("A")
+    h.executor.finish("A", Outcome.success({"rows": 3}))
+    await h.started("B")
+    assert h.executor.calls["B"].inputs == {"A": {"rows": 3}}
+    assert a["job_id"] == "A"
+
+
+async def test_a_dependent_of_a_failed_job_is_cancelled_naming_it(h: CoreHarness) -> None:
+    await h.service.submit({"task": "work", "job_id": "A"})
+    await h.service.submit({"task": "work", "job_id": "B", "depends_on": ["A"]})
+    await h.started("A")
+    h.executor.finish("A", Outcome.failure("exception", "no", retryable=False))
+    record = await h.service.wait("B", 5)
+    assert record["status"] == "cancelled"
+    assert record["error"]["type"] == "dependency_failed" and "A" in record["error"]["message"]
+
+
+async def test_a_scheduled_job_becomes_pending_only_when_the_clock_passes_run_at(h: CoreHarness) -> None:
+    job = await h.service.submit({"task": "work", "delay": 30})
+    assert job["status"] == "scheduled"
+    h.clock.advance(29)
+    h.core.waiting.release_due()
+    await asyncio.sleep(0.05)
+    assert (await h.stored(job["job_id"])).status == "scheduled"
+    h.clock.advance(2)
+    h.core.waiting.release_due()
+    await h.started(job["job_id"])
+
+
+async def test_held_jobs_wait_until_released_and_keep_their_queue_position_rules(h2: CoreHarness) -> None:
+    """Given two free slots, a held job does not start; released, it starts."""
+    job = await h2.service.submit({"task": "work", "delay": 60})
+    assert (await h2.service.hold(job["job_id"]))["status"] == "held"
+    h2.clock.advance(120)
+    h2.core.waiting.release_due()
+    await asyncio.sleep(0.05)
+    assert job["job_id"] not in h2.executor.running
+    assert (await h2.service.release(job["job_id"]))["status"] == "pending"
+    await h2.started(job["job_id"])
+
+
+# -------------------------------------------------------------------- the service's commands
+
+
+async def test_commands_refuse_states_they_do_not_apply_to(h: CoreHarness) -> None:
+    running = await h.service.submit({"task": "work"})
+    await h.started(running["job_id"])
+    with pytest.raises(InvalidState):
+        await h.service.hold(running["job_id"])
+    with pytest.raises(InvalidState):
+        await h.service.retry(running["job_id"])
+    with pytest.raises(InvalidState):
+        await h.service.release(running["job_id"])
+    with pytest.raises(InvalidState):
+        await h.service.update(running["job_id"], 3, None)
+    with pytest.raises(NotFound):
+        await h.service.cancel("no-such-job")
+    h.executor.finish(running["job_id"])
+    await h.service.wait(running["job_id"], 5)
+    with pytest.raises(InvalidState):
+        await h.service.cancel(running["job_id"])
+
+
+async def test_retry_of_a_failed_job_runs_a_fresh_round(h: CoreHarness) -> None:
+    job = await h.service.submit({"task": "work"})
+    await h.started(job["job_id"])
+    h.executor.finish(job["job_id"], Outcome.failure("exception", "bad", retryable=False))
+    assert (await h.service.wait(job["job_id"], 5))["status"] == "failed"
+    again = await h.service.retry(job["job_id"])
+    assert again["status"] == "pending" and again["error"] is None
+    await h.started(job["job_id"])
+    h.executor.finish(job["job_id"], Outcome.success(1))
+    done = await h.service.wait(job["job_id"], 5)
+    assert (done["status"], done["attempts"]) == ("completed", 2)
+
+
+async def test_a_wait_times_out_with_the_status_it_saw(h: CoreHarness) -> None:
+    job = await h.service.submit({"task": "work", "delay": 60})
+    with pytest.raises(Timeout) as info:
+        await h.service.wait(job["job_id"], 0.02)
+    assert info.value.details == {"status": "scheduled"}
+
+
+async def test_an_idempotent_resubmit_returns_the_same_job_and_a_different_spec_conflicts(h: CoreHarness) -> None:
+    first = await h.service.submit({"task": "work", "job_id": "mine", "args": {"x": 1}})
+    again = await h.service.submit({"task": "work", "job_id": "mine", "args": {"x": 1}})
+    assert again["job_id"] == "mine" and again["created_at"] == first["created_at"]
+    from protocol.errors import Conflict
+
+    with pytest.raises(Conflict):
+        await h.service.submit({"task": "work", "job_id": "mine", "args": {"x": 2}})
+
+
+async def test_a_stopping_core_refuses_work_and_interrupts_what_runs(h: CoreHarness) -> None:
+    """Given a running job (on_interrupt retry), when the core stops taking work, then a
+    submit answers shutting_down, and interrupting puts the job back to pending with its
+    attempt counted."""
+    job = await h.service.submit({"task": "work"})
+    await h.started(job["job_id"])
+    h.core.stop_taking_work()
+    with pytest.raises(ShuttingDown):
+        await h.service.submit({"task": "work"})
+    await h.core.dispatch.interrupt_rest()
+    stored = await h.stored(job["job_id"])
+    assert (stored.status, stored.attempts) == ("pending", 1)
+
+
+async def test_a_restarted_core_recovers_what_was_running(tmp_path: Any) -> None:
+    """Given a core that died with a job running (nothing shut down in order), when a new
+    core loads the same file, then the job is pending again with a log line saying it was
+    interrupted, and it runs as attempt 2."""
+    path = os.path.join(tmp_path, "core.db")
+    async with running_core(path) as first:
+        job = await first.service.submit({"task": "work"})
+        await first.started(job["job_id"])
+    async with running_core(path) as second:
+        await second.started(job["job_id"])
+        stored = await second.stored(job["job_id"])
+        assert (stored.status, stored.attempts) == ("running", 2)
+        lines = await second.service.read_logs(stored.seq, 1)
+        assert [ln.line for ln in lines] == ["interrupted: back to pending"]
+
+
+def test_the_rules_of_the_model_are_pure() -> None:
+    """apply_outcome: a success beyond max_result fails the job, not retryable."""
+    row = model.JobRow(seq=1, job_id="j", task="t", args={}, queue="default", priority=0, mode="thread",
+                       status="running", created_at=0.0, max_retries=3, on_interrupt="retry", attempts=1)
+    from pyrexisd.retry import Backoff
+
+    model.apply_outcome(row, Outcome.success("x" * 100), 5.0, Backoff(), max_result=10)
+    assert row.status == "failed" and row.error is not None and row.error["type"] == "result_too_large"
