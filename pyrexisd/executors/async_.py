@@ -70,7 +70,7 @@ class AsyncExecutor(Executor):
         except asyncio.CancelledError:
             if call.cancelled and inner.cancelled():
                 return CANCELLED
-            raise  # the engine itself is being cancelled
+            raise  # dispatch itself is being cancelled (shutdown)
         except Exception as exc:
             return Outcome.from_exception(exc)
         return CANCELLED if call.cancelled else Outcome.success(result)

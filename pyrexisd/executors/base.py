@@ -14,7 +14,7 @@ from pyrexisd.tasks.registry import TaskDef
 
 
 class JobEvents(Protocol):
-    """The engine's side of a running job: called on the event loop's thread only."""
+    """The core's side of a running job: called on the event loop's thread only."""
 
     def log(self, stream: str, line: str) -> None: ...
 

@@ -31,7 +31,7 @@ from pyrexisd.tasks.context import CallbackSink, TaskContext
 
 
 def context_for(call: JobCall, loop: asyncio.AbstractEventLoop | None) -> TaskContext:
-    """A task context whose events reach the engine on its loop (thread-safe if ``loop``)."""
+    """A task context whose events reach the core on its loop (thread-safe if ``loop``)."""
     events = call.events
     if loop is None:
         sink = CallbackSink(events.progress, lambda line: events.log("log", line))
