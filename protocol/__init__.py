@@ -4,7 +4,7 @@ The pydantic models live in :mod:`protocol.models`, which this module does not i
 so a client that only frames and unframes messages never pays for pydantic at start-up.
 """
 
-from protocol.errors import PyrexisError, error_from_wire
+from protocol.errors import PyrexisError, WireError, error_from_wire
 from protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, decode_body, encode_frame
 from protocol.paths import resolve_socket_path
 from protocol.status import MODES, TERMINAL, WAITING, Status
@@ -19,6 +19,7 @@ __all__ = [
     "WAITING",
     "FrameDecoder",
     "PyrexisError",
+    "WireError",
     "Status",
     "decode_body",
     "encode_frame",

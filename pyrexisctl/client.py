@@ -27,10 +27,10 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
 
 from protocol import PROTOCOL_VERSION
-from protocol.errors import FrameTooLarge, PyrexisError, error_from_wire
+from protocol.errors import FrameTooLarge, PyrexisError, WireError, error_from_wire
 from protocol.framing import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, decode_body, encode_frame
 from protocol.paths import default_socket_path, resolve_socket_path
 
@@ -78,9 +78,11 @@ _RECV_SIZE = 256 * 1024
 
 
 class DaemonUnreachable(PyrexisError):
-    """No daemon answers on the socket; the message says where we looked and how to start one."""
+    """No daemon answers on the socket; the message says where we looked and how to start one.
 
-    code: ClassVar[str] = "unreachable"
+    It is the client's own finding, never an answer of the daemon, so unlike the
+    :class:`~protocol.errors.WireError` family it has no ``code``.
+    """
 
     def __init__(self, socket_path: str, reason: str) -> None:
         super().__init__(
@@ -102,8 +104,6 @@ class DaemonUnreachable(PyrexisError):
 class ConnectionLost(DaemonUnreachable):
     """The connection broke (daemon stopped or crashed) while requests or streams were open."""
 
-    code: ClassVar[str] = "connection_lost"
-
     @staticmethod
     def _describe(socket_path: str, reason: str) -> str:
         return f"lost the connection to pyrexisd at {socket_path} ({reason})"
@@ -121,7 +121,7 @@ class _Incoming:
         *,
         event: Event | None = None,
         result: Any = None,
-        error: PyrexisError | None = None,
+        error: WireError | None = None,
     ) -> None:
         self.id = id
         self.event = event
@@ -148,7 +148,7 @@ class _Wire:
         self.send_limit = DEFAULT_MAX_FRAME
         # The last error that came with a nil id (``frame_too_large`` before the server
         # hangs up, say): the best explanation if the connection ends right after.
-        self.orphan_error: PyrexisError | None = None
+        self.orphan_error: WireError | None = None
 
     def encode(self, op: str, args: Mapping[str, Any] | None) -> tuple[int, bytes]:
         """A fresh request id and the frame carrying ``op``; ids are never reused."""

@@ -21,8 +21,8 @@ from protocol.errors import (
     FrameTooLarge,
     Internal,
     InvalidRequest,
-    PyrexisError,
     UnknownOp,
+    WireError,
 )
 from protocol.framing import FrameDecoder, decode_body, encode_frame
 
@@ -194,7 +194,7 @@ class Connection(asyncio.Protocol):
             if not self.closed:
                 self._fail(rid, Internal("the request was cancelled"))
             raise
-        except PyrexisError as exc:
+        except WireError as exc:
             reply: dict[str, Any] = {"id": rid, "ok": False, "error": exc.to_wire()}
         except Exception as exc:
             log.exception("op failed")
@@ -215,7 +215,7 @@ class Connection(asyncio.Protocol):
             del self.inflight[rid]
         self._update_reading()
 
-    def _fail(self, rid: int | None, exc: PyrexisError) -> None:
+    def _fail(self, rid: int | None, exc: WireError) -> None:
         self.send({"id": rid, "ok": False, "error": exc.to_wire()})
 
     # -- output -----------------------------------------------------------------------

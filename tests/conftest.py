@@ -23,7 +23,7 @@ import msgpack
 import pytest
 from hypothesis import settings
 
-from protocol.errors import PyrexisError, error_from_wire
+from protocol.errors import WireError, error_from_wire
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,9 +136,9 @@ class RawClient:
         return self.request("get", {"job_id": job_id})  # type: ignore[no-any-return]
 
 
-def expect_error(code: str, fn: Callable[[], Any]) -> PyrexisError:
+def expect_error(code: str, fn: Callable[[], Any]) -> WireError:
     """Run ``fn`` and check that it raises the protocol error ``code``."""
-    with pytest.raises(PyrexisError) as info:
+    with pytest.raises(WireError) as info:
         fn()
     assert info.value.code == code, f"expected {code}, got {info.value.code}: {info.value.message}"
     return info.value

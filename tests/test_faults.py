@@ -35,7 +35,7 @@ from e2e_helpers import (
     wait_terminal,
 )
 
-from protocol.errors import PyrexisError
+from protocol.errors import WireError
 
 TASKS = ("--tasks", "sample_tasks", "--tasks", "mode_tasks", "--tasks", "fault_tasks")
 KILL_GRACE = ("--kill-grace", "1")
@@ -255,7 +255,7 @@ def test_crash_fault_kill9_storm(start_daemon: Callable[..., Daemon]) -> None:
             left = max(1.0, deadline - time.monotonic())
             try:
                 final[job_id] = c.wait(job_id, timeout=left)
-            except PyrexisError as exc:
+            except WireError as exc:
                 raise AssertionError(
                     f"job {job_id} ({by_id[job_id]}) is not terminal: {exc.code} {exc.message}; "
                     f"record: {c.get(job_id)}"
@@ -915,7 +915,7 @@ def test_task_raising_base_exception_does_not_take_the_daemon_down(
                 with RawClient(d.socket, timeout=10) as c2:
                     again = c2.wait(job["job_id"], timeout=8)
                 restarted = f"after a restart the job ends {again['status']} {again['error']}"
-            except (AssertionError, OSError, ConnectionError, PyrexisError) as exc2:
+            except (AssertionError, OSError, ConnectionError, WireError) as exc2:
                 restarted = (
                     "after a restart the job is recovered (on_interrupt=retry), runs again and takes "
                     f"the new daemon down too: a poison pill ({type(exc2).__name__}: {exc2})"

@@ -20,6 +20,7 @@ from protocol.errors import (
     BadFrame,
     FrameTooLarge,
     PyrexisError,
+    WireError,
     error_from_wire,
 )
 from protocol.framing import (
@@ -340,11 +341,11 @@ CONTRACT_CODES = (
 
 def test_every_contract_code_has_its_own_class() -> None:
     """Given the contract's 14 error codes, then ERROR_CODES is exactly them, each mapped to
-    a distinct PyrexisError subclass whose ``code`` is that code."""
+    a distinct WireError subclass whose ``code`` is that code."""
     assert set(ERROR_CODES) == set(CONTRACT_CODES) and len(ERROR_CODES) == len(CONTRACT_CODES)
     assert len(set(ERROR_CLASSES.values())) == len(CONTRACT_CODES)
     for code, cls in ERROR_CLASSES.items():
-        assert issubclass(cls, PyrexisError) and cls.code == code
+        assert issubclass(cls, WireError) and issubclass(cls, PyrexisError) and cls.code == code
         assert getattr(errors_mod, cls.__name__) is cls
 
 
@@ -374,22 +375,22 @@ def test_an_unknown_code_gives_a_generic_error_that_keeps_everything(
     code: str, message: str, details: Any
 ) -> None:
     """Given a code newer than this client, then error_from_wire gives a plain
-    PyrexisError (no subclass) carrying that code, the message and the details."""
+    WireError (no subclass) carrying that code, the message and the details."""
     exc = error_from_wire({"code": code, "message": message, "details": details})
-    assert type(exc) is PyrexisError
+    assert type(exc) is WireError
     assert exc.code == code
     assert exc.message == message
     assert exc.details == details
     # the class-wide default is untouched by one instance's code
-    assert PyrexisError.code == "internal"
+    assert WireError.code == "internal"
 
 
 @pytest.mark.parametrize("error", [None, "boom", 3, ["bad_frame"]])
 def test_a_malformed_error_map_still_gives_a_pyrexis_error(error: Any) -> None:
     """Given a failure frame whose ``error`` is not a map, then error_from_wire still
-    returns a PyrexisError (internal) rather than raising."""
+    returns a WireError (internal) rather than raising."""
     exc = error_from_wire(error)
-    assert isinstance(exc, PyrexisError) and exc.code == "internal"
+    assert isinstance(exc, WireError) and exc.code == "internal"
 
 
 def test_a_missing_message_becomes_empty() -> None:

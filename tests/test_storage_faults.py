@@ -30,7 +30,7 @@ from e2e_helpers import (
     wait_status,
 )
 
-from protocol.errors import PyrexisError
+from protocol.errors import WireError
 
 TASKS = ("--tasks", "sample_tasks", "--kill-grace", "1")
 
@@ -132,13 +132,13 @@ def test_disk_full_by_file_size_limit(piped_daemon: Callable[..., PipedDaemon]) 
             # Jobs that end while the disk is full: their end must wait for the disk.
             for i in range(3):
                 acked.append(c.submit("sleep", {"seconds": 0.3}, job_id=f"nap-{i}")["job_id"])
-            first_error: PyrexisError | None = None
+            first_error: WireError | None = None
             watch = Stopwatch()
             for i in range(5000):
                 job_id = f"fill-{i}"
                 try:
                     c.submit("echo", {"value": "x" * 2000}, job_id=job_id)
-                except PyrexisError as exc:
+                except WireError as exc:
                     assert exc.code == "storage_error", (exc.code, exc.message)
                     first_error = exc
                     refused.append(job_id)
@@ -155,7 +155,7 @@ def test_disk_full_by_file_size_limit(piped_daemon: Callable[..., PipedDaemon]) 
                 job_id = f"small-{i}"
                 try:
                     c.submit("echo", {"value": i}, job_id=job_id)
-                except PyrexisError as exc:
+                except WireError as exc:
                     assert exc.code == "storage_error", (exc.code, exc.message)
                     refused.append(job_id)
                     in_a_row += 1
@@ -167,7 +167,7 @@ def test_disk_full_by_file_size_limit(piped_daemon: Callable[..., PipedDaemon]) 
                 in_a_row = 0
             assert in_a_row == 3, "small submits never stop fitting"
             filled = _db_files(d)
-            with pytest.raises(PyrexisError) as info:
+            with pytest.raises(WireError) as info:
                 c.request(
                     "submit_many",
                     {"jobs": [{"task": "echo", "args": {"value": 1}, "job_id": "full-many"}]},
@@ -197,7 +197,7 @@ def test_disk_full_by_file_size_limit(piped_daemon: Callable[..., PipedDaemon]) 
             rec = c.wait(job_id, timeout=30)
             assert rec["status"] == "completed", rec
         for job_id in refused:
-            with pytest.raises(PyrexisError) as info:
+            with pytest.raises(WireError) as info:
                 c.get(job_id)
             assert info.value.code == "not_found", (
                 f"{job_id} was refused with storage_error, yet it is stored"
@@ -211,7 +211,7 @@ def test_disk_full_by_file_size_limit(piped_daemon: Callable[..., PipedDaemon]) 
             rec = c.wait(job_id, timeout=30)
             assert rec["status"] == "completed", rec
         for job_id in refused:
-            with pytest.raises(PyrexisError):
+            with pytest.raises(WireError):
                 c.get(job_id)
     assert d.terminate(30) == 0
     assert _integrity(d.db) == [("ok",)]
@@ -238,7 +238,7 @@ def test_database_locked_by_another_process(start_daemon: Callable[..., Daemon])
         try:
             holder.execute("BEGIN EXCLUSIVE")
             watch = Stopwatch()
-            with pytest.raises(PyrexisError) as info:
+            with pytest.raises(WireError) as info:
                 c.submit("echo", {"value": "locked"}, job_id="locked-1")
             refused_after = watch.elapsed
             refusal = info.value.message
@@ -266,7 +266,7 @@ def test_database_locked_by_another_process(start_daemon: Callable[..., Daemon])
         for job_id in acked:
             rec = c.wait(job_id, timeout=15)
             assert rec["status"] == "completed", rec
-        with pytest.raises(PyrexisError) as info:
+        with pytest.raises(WireError) as info:
             c.get("locked-1")
         assert info.value.code == "not_found"
         still_serving(c)
