@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from protocol.errors import Overloaded, PyrexisError, WireError
-from pyrexisctl.client import AsyncClient, Client, DaemonUnreachable, Record
+from pyrexisctl.aio import AsyncClient
+from pyrexisctl.client import Client, DaemonUnreachable, Record
 from pyrexisctl.render import format_duration, table
 
 T = TypeVar("T")
