@@ -36,12 +36,23 @@ from typing import TYPE_CHECKING, Any
 
 from pyrexisctl._sync_io import Stream
 from pyrexisctl._sync_ops import _SyncOps
-from pyrexisctl._wire import UNSET, ConnectionLost, DaemonUnreachable, Event, Record
+from pyrexisctl._wire import (
+    DEFAULT_CONNECT_TIMEOUT,
+    UNSET,
+    ConnectionLost,
+    DaemonUnreachable,
+    Event,
+    Record,
+    RecordList,
+)
 
 if TYPE_CHECKING:
     from pyrexisctl.aio import AsyncClient, AsyncStream
 
+# DEFAULT_CONNECT_TIMEOUT and RecordList were importable from here when this module held
+# everything; listed so that they stay so.
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "UNSET",
     "AsyncClient",
     "AsyncStream",
@@ -50,6 +61,7 @@ __all__ = [
     "DaemonUnreachable",
     "Event",
     "Record",
+    "RecordList",
     "Stream",
 ]
 
