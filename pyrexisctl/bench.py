@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from protocol.errors import Overloaded, PyrexisError
-from pyrexisctl.client import AsyncClient, Client, DaemonUnreachable, Record
+from protocol.errors import Overloaded, PyrexisError, WireError
+from pyrexisctl.aio import AsyncClient
+from pyrexisctl.client import Client, DaemonUnreachable, Record
 from pyrexisctl.render import format_duration, table
 
 T = TypeVar("T")
@@ -367,8 +368,10 @@ def _describe(exc: BaseException) -> str:
     # A TaskGroup reports every failed job; the first says what went wrong.
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    if isinstance(exc, PyrexisError):
+    if isinstance(exc, WireError):
         return f"{exc.code}: {exc.message}"
+    if isinstance(exc, PyrexisError):
+        return exc.message
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -22,7 +22,7 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from protocol.errors import PyrexisError
+from protocol.errors import PyrexisError, WireError
 from protocol.status import MODES, TERMINAL
 from pyrexisctl import render
 from pyrexisctl.client import UNSET, Client, DaemonUnreachable, Event, Record
@@ -84,7 +84,10 @@ class PyrexisGroup(click.Group):
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
         except PyrexisError as exc:
-            click.echo(f"error: {exc.code}: {exc.message}", err=True)
+            # The daemon's answers carry the contract's code, which scripts match on; an
+            # error the client found by itself has none to show.
+            code = f"{exc.code}: " if isinstance(exc, WireError) else ""
+            click.echo(f"error: {code}{exc.message}", err=True)
             for line in _detail_lines(exc):
                 click.echo(f"  {line}", err=True)
             ctx.exit(EXIT_ERROR)
