@@ -209,6 +209,8 @@ class Handlers:
             row = await service.current(a.job_id)
             _open_job_stream(service, sub, stream, row, None)
             if row.terminal:
+                # It ended while its state was read: what it logged meanwhile still goes out.
+                await _send_buffered_ranges(service, sub, stream)
                 return row.record()
             deadline = None if a.timeout is None else asyncio.get_running_loop().time() + a.timeout
             ended = await _pump(service, sub, stream, deadline, stop_at_terminal=True)
@@ -364,6 +366,14 @@ async def _pump(
                 return "deadline"
             waits.append(asyncio.sleep(remaining))
         await _first(*waits)
+
+
+async def _send_buffered_ranges(service: Service, sub: Subscription, stream: Stream) -> None:
+    """Send the log lines and outputs a subscription holds ranges of (the rest is stale)."""
+    cursors: dict[tuple[int, str], int] = {}
+    for event in sub.take():
+        if isinstance(event, StoredRange):
+            await _send_stored(service, stream, event, cursors)
 
 
 async def _send_stored(
