@@ -148,6 +148,10 @@ class EventHub:
         """Whether anyone might receive an event of ``job_id`` (skip building it if not)."""
         return bool(self._broad) or job_id in self._by_job
 
+    def follows(self, job_id: str) -> bool:
+        """Whether a stream of this very job is open (not counting broad watchers)."""
+        return job_id in self._by_job
+
     def publish(self, event: Event, task: str, queue: str) -> None:
         job_subs = self._by_job.get(event.job_id if isinstance(event, StoredRange) else event["job_id"])
         if job_subs:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SYNC_MODES = ("full", "normal")
+# A lazy write (an end nobody waits on yet) waits at most this long for a commit to ride.
+LAZY_DELAY = 0.003
 
 JOB_COLUMNS: tuple[str, ...] = (
     "seq", "job_id", "task", "args", "queue", "priority", "mode", "status", "created_at",
@@ -303,6 +305,7 @@ class Store:
         self._pending = _Batch()
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.commits = 0  # batches committed, for metrics and tests
         self.committed_writes = 0  # writes those batches carried (group commit's gain)
@@ -367,43 +370,68 @@ class Store:
     # -- writes -----------------------------------------------------------------------
     def write(
         self,
-        jobs: Iterable[JobRow] = (),
-        logs: Iterable[LogLine] = (),
-        outputs: Iterable[OutputItem] = (),
-        queues: Iterable[QueueSettings] = (),
-        settings: Iterable[tuple[str, Any]] = (),
-        schedules: Iterable[Any] = (),
-        removed_schedules: Iterable[str] = (),
-        pids: Iterable[tuple[int, int | None, int | None]] = (),
+        jobs: Sequence[JobRow] = (),
+        logs: Sequence[LogLine] = (),
+        outputs: Sequence[OutputItem] = (),
+        queues: Sequence[QueueSettings] = (),
+        settings: Sequence[tuple[str, Any]] = (),
+        schedules: Sequence[Any] = (),
+        removed_schedules: Sequence[str] = (),
+        pids: Sequence[tuple[int, int | None, int | None]] = (),
+        lazy: bool = False,
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
 
-        Raises :class:`StorageError` through the future if the batch cannot commit.
+        A ``lazy`` write does not start a commit of its own: it rides with the next one, or
+        is committed after :data:`LAZY_DELAY` at the latest (sooner if someone calls
+        :meth:`hurry`). Raises :class:`StorageError` through the future if the batch
+        cannot commit.
         """
         batch = self._pending
-        batch.jobs.extend(job_params(r) for r in jobs)
-        batch.logs.extend((ln.job_seq, ln.seq, ln.stream, ln.line, ln.time) for ln in logs)
-        batch.outputs.extend((o.job_seq, o.seq, _pack(o.value), o.time) for o in outputs)
-        batch.queues.extend(
-            (q.name, int(q.paused), q.weight, q.max_concurrency, q.aging) for q in queues
-        )
-        batch.settings.extend((k, _pack(v)) for k, v in settings)
-        batch.schedules.extend(
-            (s.name, s.cron, s.every, _pack(s.job), s.next_run, s.created_at, s.last_run, s.last_job_id)
-            for s in schedules
-        )
-        batch.removed.extend((name,) for name in removed_schedules)
-        batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if jobs:
+            batch.jobs.extend(map(job_params, jobs))
+        if logs:
+            batch.logs.extend((ln.job_seq, ln.seq, ln.stream, ln.line, ln.time) for ln in logs)
+        if outputs:
+            batch.outputs.extend((o.job_seq, o.seq, _pack(o.value), o.time) for o in outputs)
+        if queues:
+            batch.queues.extend((q.name, int(q.paused), q.weight, q.max_concurrency, q.aging) for q in queues)
+        if settings:
+            batch.settings.extend((k, _pack(v)) for k, v in settings)
+        if schedules:
+            batch.schedules.extend(
+                (s.name, s.cron, s.every, _pack(s.job), s.next_run, s.created_at, s.last_run, s.last_job_id)
+                for s in schedules
+            )
+        if removed_schedules:
+            batch.removed.extend((name,) for name in removed_schedules)
+        if pids:
+            batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         batch.waiters.append(fut)
-        self._wake.set()
+        if not lazy:
+            self._wake.set()
+        elif self._lazy_timer is None:
+            self._lazy_timer = loop.call_later(LAZY_DELAY, self.hurry)
         return fut
+
+    def hurry(self) -> None:
+        """Commit what is pending now, lazy writes included (someone waits on them)."""
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        if self._pending.waiters:
+            self._wake.set()
 
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, _Batch()
+            if self._lazy_timer is not None:  # what it was armed for rides with this batch
+                self._lazy_timer.cancel()
+                self._lazy_timer = None
             if batch.waiters:
                 await self._commit(batch)
             if self._closing and not self._pending.waiters:

@@ -363,3 +363,29 @@ def test_the_rules_of_the_model_are_pure() -> None:
 
     model.apply_outcome(row, Outcome.success("x" * 100), 5.0, Backoff(), max_result=10)
     assert row.status == "failed" and row.error is not None and row.error["type"] == "result_too_large"
+
+
+async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_hurries_it(h: CoreHarness) -> None:
+    """Given a running job nobody waits on, when it ends, then its end is not committed on
+    its own at once; a wait that comes then makes it commit, and the wait gets the end."""
+    job = await h.service.submit({"task": "work"})
+    await h.started(job["job_id"])
+    await asyncio.sleep(0.01)
+    commits = h.store.commits
+    h.executor.finish(job["job_id"], Outcome.success(5))
+    await asyncio.sleep(0)  # the attempt settles; its end is queued lazily
+    await asyncio.sleep(0)
+    assert h.store.commits == commits
+    record = await asyncio.wait_for(h.service.wait(job["job_id"], None), 1)
+    assert (record["status"], record["result"]) == ("completed", 5)
+
+
+async def test_an_end_someone_waits_for_is_committed_at_once(h: CoreHarness) -> None:
+    """Given a client already waiting on a running job, its end does not wait to ride."""
+    job = await h.service.submit({"task": "work"})
+    await h.started(job["job_id"])
+    waiter = asyncio.ensure_future(h.service.wait(job["job_id"], None))
+    await asyncio.sleep(0.01)
+    h.executor.finish(job["job_id"], Outcome.success(6))
+    record = await asyncio.wait_for(waiter, 0.5)
+    assert record["result"] == 6

@@ -271,8 +271,11 @@ class Dispatch:
         async with self.ledger.hold([row.seq]):
             while True:
                 try:
-                    # One commit for "this one finished" and "these started".
-                    async with self.ledger.change([row, *starts]) as change:
+                    # One commit for "this one finished" and "these started". An end that
+                    # starts nothing and that nobody waits for need not commit alone: it
+                    # rides with the next commit (a waiter that comes meanwhile hurries it).
+                    lazy = not starts and not self.ledger.awaited(row.job_id)
+                    async with self.ledger.change([row, *starts], lazy=lazy) as change:
                         model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
                         for stream, text in notes:
                             change.log(row, stream, text, now)

@@ -44,12 +44,13 @@ RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just a
 class Change:
     """One durable change of some rows; made by :meth:`Ledger.change`, used with ``async with``."""
 
-    __slots__ = ("_ledger", "rows", "lines", "created", "_mementos", "_olds", "_gate", "_locked")
+    __slots__ = ("_ledger", "rows", "lines", "created", "lazy", "_mementos", "_olds", "_gate", "_locked")
 
-    def __init__(self, ledger: Ledger, rows: Sequence[JobRow], created: bool) -> None:
+    def __init__(self, ledger: Ledger, rows: Sequence[JobRow], created: bool, lazy: bool) -> None:
         self._ledger = ledger
         self.rows = rows
         self.created = created  # new rows: nothing to undo, nothing they moved from
+        self.lazy = lazy  # may wait a few ms for another commit to ride (nobody waits yet)
         self.lines: list[LogLine] = []
         self._mementos: list[tuple[Any, ...]] = []
         self._olds: list[tuple[str, str]] = []  # (status, queue) before the change
@@ -84,7 +85,7 @@ class Change:
         ledger = self._ledger
         try:
             if exc_type is None:
-                await ledger.store.write(jobs=self.rows, logs=self.lines)
+                await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
         except BaseException:
             self._undo()
             raise
@@ -179,9 +180,19 @@ class Ledger:
         return self._seq
 
     # -- changes ----------------------------------------------------------------------
-    def change(self, rows: Sequence[JobRow], created: bool = False) -> Change:
-        """A durable change of ``rows`` (see the module docstring); ``created`` for new rows."""
-        return Change(self, rows, created)
+    def change(self, rows: Sequence[JobRow], created: bool = False, lazy: bool = False) -> Change:
+        """A durable change of ``rows`` (see the module docstring); ``created`` for new rows.
+
+        A ``lazy`` change (an end that frees no slot for another job) is committed with the
+        next commit or within a few milliseconds; anyone who waits on one of its rows
+        (:meth:`wait`, :meth:`current`) makes it commit at once.
+        """
+        return Change(self, rows, created, lazy)
+
+    async def _until_unlocked(self, lock: asyncio.Future[None]) -> None:
+        if not lock.done():
+            self.store.hurry()  # the change may be a lazy one: someone waits on it now
+            await asyncio.gather(lock, return_exceptions=True)
 
     def hold(self, seqs: Iterable[int]) -> Hold:
         """Keep these rows locked for the block's length, across the changes made in it."""
@@ -196,6 +207,7 @@ class Ledger:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._locks and loop.time() < deadline:
+            self.store.hurry()
             await asyncio.wait(set(self._locks.values()), timeout=deadline - loop.time())
 
     def _committed(self, change: Change, olds: list[tuple[str, str]]) -> None:
@@ -243,6 +255,10 @@ class Ledger:
             if items:
                 marker = StoredRange(kind, row.job_id, row.seq, items[0].seq, items[-1].seq)
                 self.hub.publish(marker, row.task, row.queue)
+
+    def awaited(self, job_id: str) -> bool:
+        """Whether a client waits on this job or follows its events right now."""
+        return job_id in self._waiters or self.hub.follows(job_id)
 
     # -- pinned rows and client ids ----------------------------------------------------
     def pin(self, row: JobRow) -> None:
@@ -295,14 +311,14 @@ class Ledger:
                 lock = self._locks.get(row.seq)
                 if lock is None:
                     return row
-                await asyncio.gather(lock, return_exceptions=True)
+                await self._until_unlocked(lock)
                 continue
             stored = await self.store.get_job(job_id)
             if stored is None:
                 raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
             lock = self._locks.get(stored.seq)
             if lock is not None:
-                await asyncio.gather(lock, return_exceptions=True)
+                await self._until_unlocked(lock)
                 continue
             if job_id in self._pinned:
                 continue  # it was pinned after the read
@@ -334,6 +350,8 @@ class Ledger:
             if ended is not None:
                 return ended  # a committed end (a change since would have dropped it)
             pinned = self._pinned.get(job_id)
+            if pinned is not None and pinned.seq in self._locks:
+                self.store.hurry()  # its end may be a lazy write: it is awaited now
             if pinned is not None and pinned.seq not in self._locks and not pinned.terminal:
                 status = pinned.status  # committed, and its end will wake us: no read needed
             else:
