@@ -371,10 +371,14 @@ async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_h
     job = await h.service.submit({"task": "work"})
     await h.started(job["job_id"])
     await asyncio.sleep(0.01)
+    seq = (await h.stored(job["job_id"])).seq
     commits = h.store.commits
     h.executor.finish(job["job_id"], Outcome.success(5))
-    await asyncio.sleep(0)  # the attempt settles; its end is queued lazily
-    await asyncio.sleep(0)
+    for _ in range(1000):  # until the attempt has settled and its end is queued
+        if h.core.ledger.locked(seq) is not None:
+            break
+        await asyncio.sleep(0)
+    assert h.core.ledger.locked(seq) is not None
     assert h.store.commits == commits
     record = await asyncio.wait_for(h.service.wait(job["job_id"], None), 1)
     assert (record["status"], record["result"]) == ("completed", 5)
