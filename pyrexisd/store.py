@@ -24,7 +24,7 @@ import logging
 import operator
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, cast
 
@@ -295,7 +295,7 @@ class _Batch:
 class Store:
     """The database: group-committed writes, reads from committed data only."""
 
-    def __init__(self, path: str, sync: str = "full") -> None:
+    def __init__(self, path: str, sync: str = "full", lazy_delay: float = LAZY_DELAY) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}")
         self.path = path
@@ -306,6 +306,7 @@ class Store:
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._lazy_timer: asyncio.TimerHandle | None = None
+        self.lazy_delay = lazy_delay
         self._closing = False
         self.commits = 0  # batches committed, for metrics and tests
         self.committed_writes = 0  # writes those batches carried (group commit's gain)
@@ -383,7 +384,7 @@ class Store:
         """Queue rows for the next group commit; the future resolves once they are durable.
 
         A ``lazy`` write does not start a commit of its own: it rides with the next one, or
-        is committed after :data:`LAZY_DELAY` at the latest (sooner if someone calls
+        is committed after ``lazy_delay`` seconds at the latest (sooner if someone calls
         :meth:`hurry`). Raises :class:`StorageError` through the future if the batch
         cannot commit.
         """
@@ -413,7 +414,7 @@ class Store:
         if not lazy:
             self._wake.set()
         elif self._lazy_timer is None:
-            self._lazy_timer = loop.call_later(LAZY_DELAY, self.hurry)
+            self._lazy_timer = loop.call_later(self.lazy_delay, self.hurry)
         return fut
 
     def hurry(self) -> None:

@@ -147,10 +147,12 @@ def writer_blocked(path: str) -> Iterator[Callable[[], None]]:
 
 
 @asynccontextmanager
-async def running_core(path: str, slots: int = 1, clock: FakeClock | None = None, **config: Any) -> AsyncIterator[CoreHarness]:
+async def running_core(
+    path: str, slots: int = 1, clock: FakeClock | None = None, lazy_delay: float = 0.003, **config: Any
+) -> AsyncIterator[CoreHarness]:
     """A loaded and started core on a real store at ``path``, torn down at the end."""
     clock = clock or FakeClock()
-    store = Store(path, "normal")
+    store = Store(path, "normal", lazy_delay=lazy_delay)
     await store.open()
     executor = ManualExecutor(slots)
     core = build_core(

@@ -365,23 +365,37 @@ def test_the_rules_of_the_model_are_pure() -> None:
     assert row.status == "failed" and row.error is not None and row.error["type"] == "result_too_large"
 
 
-async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_hurries_it(h: CoreHarness) -> None:
-    """Given a running job nobody waits on, when it ends, then its end is not committed on
-    its own at once; a wait that comes then makes it commit, and the wait gets the end."""
-    job = await h.service.submit({"task": "work"})
-    await h.started(job["job_id"])
-    await asyncio.sleep(0.01)
-    seq = (await h.stored(job["job_id"])).seq
-    commits = h.store.commits
-    h.executor.finish(job["job_id"], Outcome.success(5))
-    for _ in range(1000):  # until the attempt has settled and its end is queued
-        if h.core.ledger.locked(seq) is not None:
-            break
-        await asyncio.sleep(0)
-    assert h.core.ledger.locked(seq) is not None
-    assert h.store.commits == commits
-    record = await asyncio.wait_for(h.service.wait(job["job_id"], None), 1)
-    assert (record["status"], record["result"]) == ("completed", 5)
+async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_hurries_it(tmp_path: Any) -> None:
+    """Given a running job nobody waits on (and lazy writes allowed to wait a minute),
+    when it ends, then its end is not committed on its own; a wait that comes then
+    makes it commit at once, and the wait gets the end."""
+    async with running_core(os.path.join(tmp_path, "core.db"), lazy_delay=60.0) as h:
+        job = await h.service.submit({"task": "work"})
+        await h.started(job["job_id"])
+        seq = (await h.stored(job["job_id"])).seq
+        await asyncio.sleep(0.01)
+        commits = h.store.commits
+        h.executor.finish(job["job_id"], Outcome.success(5))
+        await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
+        await asyncio.sleep(0.1)  # an urgent write would have committed long since
+        assert h.store.commits == commits
+        assert (await h.stored(job["job_id"])).status == "running"
+        record = await asyncio.wait_for(h.service.wait(job["job_id"], None), 5)
+        assert (record["status"], record["result"]) == ("completed", 5)
+
+
+async def test_an_end_rides_with_the_next_submit(tmp_path: Any) -> None:
+    """Given a lazy end queued, when another job is submitted, then one commit carries both."""
+    async with running_core(os.path.join(tmp_path, "core.db"), slots=2, lazy_delay=60.0) as h:
+        job = await h.service.submit({"task": "work"})
+        await h.started(job["job_id"])
+        seq = (await h.stored(job["job_id"])).seq
+        h.executor.finish(job["job_id"])
+        await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
+        commits = h.store.commits
+        await h.service.submit({"task": "work"})
+        assert h.store.commits == commits + 1
+        assert (await h.stored(job["job_id"])).status == "completed"
 
 
 async def test_an_end_someone_waits_for_is_committed_at_once(h: CoreHarness) -> None:
