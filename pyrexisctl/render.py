@@ -332,11 +332,36 @@ def stats_text(stats: Mapping[str, Any]) -> str:
         ("completed/s", "-" if rate is None else f"{rate:.1f} (last 60 s)"),
         ("submit->start", latency_text),
     ]
+    lag = stats.get("loop_lag_ms")
+    if isinstance(lag, Mapping):
+        pairs.append(("loop lag", _millis(lag, ("p50", "p99", "max"))))
+    store = stats.get("store")
+    if isinstance(store, Mapping):
+        commit_ms, per = _num(store.get("commit_ms")), _num(store.get("writes_per_commit"))
+        pairs.append((
+            "commits",
+            f"{store.get('commits', '-')} ({store.get('sync', '?')}), "
+            f"{'-' if per is None else f'{per:.1f}'} writes each, "
+            f"{'-' if commit_ms is None else f'{commit_ms:.2f} ms'} each",
+        ))
+        split = store.get("commit_split_ms")
+        if isinstance(split, Mapping):
+            pairs.append(("commit split", _millis(split, tuple(split))))
     by_queue = stats.get("by_queue")
     if isinstance(by_queue, Mapping):
         for queue, counts in by_queue.items():
             pairs.append((f"queue {queue}", _counts(counts)))
     return key_values(pairs)
+
+
+def _millis(values: Mapping[str, Any], keys: tuple[str, ...]) -> str:
+    """``name 0.12 ms`` pairs, in the given order, skipping what is missing."""
+    parts = []
+    for key in keys:
+        value = _num(values.get(key))
+        if value is not None:
+            parts.append(f"{key} {value:.2f} ms")
+    return "  ".join(parts) or "-"
 
 
 # --------------------------------------------------------------------------- events

@@ -229,6 +229,7 @@ class Daemon:
         self.core = core
         await core.load()  # the committed view, queues, interrupted jobs recovered, waiting jobs
         await core.dispatch.start()
+        core.metrics.loop_lag.start()
         schedules = core.service.schedules
         await schedules.start()
         server = Server(Handlers(core.service, config.max_frame).table, config.max_frame, config.max_inflight)
@@ -257,6 +258,7 @@ class Daemon:
             await core.dispatch.interrupt_rest()
             core.ledger.fail_waiters()
             await core.dispatch.close()
+            core.metrics.loop_lag.stop()
         finally:
             if watchdog is not None:
                 watchdog.cancel()

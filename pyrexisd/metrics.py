@@ -2,9 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter, deque
 from typing import Any
+
+LAG_EVERY = 0.1  # seconds between loop-lag probes
+LAG_SAMPLES = 600  # the last minute of probes
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the time every callback waits behind the
+    work in front of it (a long stretch of loop work shows here before anywhere else)."""
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + LAG_EVERY
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._samples.append(max(0.0, now - self._due))
+        self._due = now + LAG_EVERY
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def __len__(self) -> int:
+        """Probes taken (at most the last minute's)."""
+        return len(self._samples)
+
+    def snapshot(self) -> dict[str, float]:
+        """Milliseconds: median, 99th percentile and worst lateness over the last minute."""
+        samples = self._samples
+        return {
+            "p50": _percentile(samples, 0.50) * 1000.0,
+            "p99": _percentile(samples, 0.99) * 1000.0,
+            "max": max(samples, default=0.0) * 1000.0,
+        }
 
 
 class Metrics:
@@ -16,6 +60,7 @@ class Metrics:
         self.running_by_mode: Counter[str] = Counter()
         self._completions: deque[float] = deque()
         self._latencies: deque[float] = deque(maxlen=1000)
+        self.loop_lag = LoopLag()
 
     def moved(self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None) -> None:
         """A job's status change (and maybe queue change) has committed."""
@@ -65,6 +110,7 @@ class Metrics:
                 "p50": _percentile(self._latencies, 0.50) * 1000.0,
                 "p99": _percentile(self._latencies, 0.99) * 1000.0,
             },
+            "loop_lag_ms": self.loop_lag.snapshot(),
         }
 
 

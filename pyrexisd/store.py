@@ -278,9 +278,14 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 
 class _Batch:
-    __slots__ = ("jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "waiters")
+    __slots__ = (
+        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "waiters",
+        "first_at", "started", "on_thread", "statements_done", "committed",
+    )  # fmt: skip
 
     def __init__(self) -> None:
+        self.first_at = 0.0  # perf_counter() of its first write: how long writes wait
+        self.started = self.on_thread = self.statements_done = self.committed = 0.0
         self.jobs: list[tuple[Any, ...]] = []
         self.logs: list[tuple[Any, ...]] = []
         self.outputs: list[tuple[Any, ...]] = []
@@ -303,14 +308,21 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._pending = _Batch()
-        self._wake = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
+        self._urgent = False  # the pending batch holds a write that must not wait
+        self._scheduled = False  # a commit is due at the next loop iteration
+        self._committing: _Batch | None = None  # the batch on the writer's thread
+        self._idle = asyncio.Event()  # nothing pending, nothing committing (for close)
+        self._idle.set()
         self._lazy_timer: asyncio.TimerHandle | None = None
         self.lazy_delay = lazy_delay
         self._closing = False
         self.commits = 0  # batches committed, for metrics and tests
         self.committed_writes = 0  # writes those batches carried (group commit's gain)
-        self.commit_seconds = 0.0
+        self.commit_seconds = 0.0  # from a batch's start to its waiters resolved
+        # Where a commit's time goes (seconds, summed over commits): a write waiting for the
+        # batch to start, the hand-over to the writer's thread, the statements, COMMIT
+        # (the fsync), and the hand-back to the loop.
+        self.split = {"queued": 0.0, "handover": 0.0, "statements": 0.0, "commit": 0.0, "handback": 0.0}
 
     # -- lifecycle --------------------------------------------------------------------
     async def open(self) -> None:
@@ -326,15 +338,13 @@ class Store:
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
-        self._writer_task = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
         """Commit what is pending, then close both connections."""
         self._closing = True
-        self._wake.set()
-        if self._writer_task is not None:
-            await self._writer_task
-            self._writer_task = None
+        if self._writer is not None:
+            self.hurry()
+            await self._idle.wait()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -410,9 +420,13 @@ class Store:
             batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        if not batch.waiters:
+            batch.first_at = time.perf_counter()
+            self._idle.clear()
         batch.waiters.append(fut)
         if not lazy:
-            self._wake.set()
+            self._urgent = True
+            self._schedule()
         elif self._lazy_timer is None:
             self._lazy_timer = loop.call_later(self.lazy_delay, self.hurry)
         return fut
@@ -423,41 +437,74 @@ class Store:
             self._lazy_timer.cancel()
             self._lazy_timer = None
         if self._pending.waiters:
-            self._wake.set()
+            self._urgent = True
+            self._schedule()
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = self._pending, _Batch()
-            if self._lazy_timer is not None:  # what it was armed for rides with this batch
-                self._lazy_timer.cancel()
-                self._lazy_timer = None
-            if batch.waiters:
-                await self._commit(batch)
-            if self._closing and not self._pending.waiters:
-                return
+    def _schedule(self) -> None:
+        # Everything written during this loop iteration goes into the same batch.
+        if not self._scheduled and self._committing is None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start)
 
-    async def _commit(self, batch: _Batch) -> None:
-        started = time.perf_counter()
-        try:
-            await self._in_thread(self._writer_conn(), self._apply, batch)
-        except Exception as exc:  # sqlite3.Error, OSError: the disk, not the caller
-            err = StorageError(f"could not commit: {exc}")
-            log.error("group commit of %d writes failed: %s", len(batch.waiters), exc)
+    def _start(self) -> None:
+        """Hand the pending batch to the writer's thread: one hop, one call, one fsync."""
+        self._scheduled = False
+        batch = self._pending
+        if self._committing is not None or not batch.waiters:
+            return
+        self._pending = _Batch()
+        self._urgent = False
+        if self._lazy_timer is not None:  # what it was armed for rides with this batch
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        self._committing = batch
+        loop = asyncio.get_running_loop()
+        conn = self._writer_conn()
+        raw = conn._conn  # noqa: SLF001 - aiosqlite's sqlite3 connection, used on its thread
+        batch.started = time.perf_counter()
+
+        def on_thread() -> None:
+            error: BaseException | None = None
+            try:
+                self._apply(raw, batch)
+            except BaseException as exc:  # noqa: BLE001 - sqlite3.Error, OSError: the disk's
+                error = exc
+            loop.call_soon_threadsafe(self._finished, batch, error)
+
+        # aiosqlite's own queue to its connection thread: the commit's function runs there
+        # and calls back by itself, so a batch costs no asyncio future and no task.
+        conn._tx.put_nowait((None, on_thread))  # noqa: SLF001
+
+    def _finished(self, batch: _Batch, error: BaseException | None) -> None:
+        self._committing = None
+        if error is not None:
+            err = StorageError(f"could not commit: {error}")
+            log.error("group commit of %d writes failed: %s", len(batch.waiters), error)
             for fut in batch.waiters:
                 if not fut.done():
                     fut.set_exception(err)
-            return
-        self.commits += 1
-        self.committed_writes += len(batch.waiters)
-        self.commit_seconds += time.perf_counter() - started
-        for fut in batch.waiters:
-            if not fut.done():
-                fut.set_result(None)
+        else:
+            now = time.perf_counter()
+            self.commits += 1
+            self.committed_writes += len(batch.waiters)
+            self.commit_seconds += now - batch.started
+            split = self.split
+            split["queued"] += batch.started - batch.first_at
+            split["handover"] += batch.on_thread - batch.started
+            split["statements"] += batch.statements_done - batch.on_thread
+            split["commit"] += batch.committed - batch.statements_done
+            split["handback"] += now - batch.committed
+            for fut in batch.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        if self._pending.waiters and (self._urgent or self._closing):
+            self._schedule()
+        elif not self._pending.waiters:
+            self._idle.set()
 
     def _apply(self, conn: sqlite3.Connection, batch: _Batch) -> None:
         # Runs on aiosqlite's thread: one transaction, one executemany per table.
+        batch.on_thread = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
             if batch.jobs:
@@ -477,7 +524,9 @@ class Store:
             if batch.pids:
                 # Only these two columns: the rest of the row may be mid-change in memory.
                 conn.executemany("UPDATE jobs SET pid = ?, pid_start = ? WHERE seq = ?", batch.pids)
+            batch.statements_done = time.perf_counter()
             conn.execute("COMMIT")
+            batch.committed = time.perf_counter()
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -407,3 +407,23 @@ async def test_an_end_someone_waits_for_is_committed_at_once(h: CoreHarness) -> 
     h.executor.finish(job["job_id"], Outcome.success(6))
     record = await asyncio.wait_for(waiter, 0.5)
     assert record["result"] == 6
+
+
+async def test_stats_split_a_commit_and_measure_the_loop_lag(h: CoreHarness) -> None:
+    """stats tells where a commit's time goes (the parts add up to the whole, queueing
+    aside) and how late the loop runs a timer."""
+    h.core.metrics.loop_lag.start()
+    try:
+        for _ in range(3):
+            await h.service.submit({"task": "work", "delay": 60})
+        await h.until(lambda: len(h.core.metrics.loop_lag) >= 2, what="two loop-lag probes")
+        stats = h.service.stats()
+    finally:
+        h.core.metrics.loop_lag.stop()
+    store = stats["store"]
+    split = store["commit_split_ms"]
+    assert set(split) == {"queued", "handover", "statements", "commit", "handback"}
+    assert all(v >= 0 for v in split.values())
+    parts = split["handover"] + split["statements"] + split["commit"] + split["handback"]
+    assert abs(parts - store["commit_ms"]) < 0.01 + 0.01 * store["commit_ms"]
+    assert set(stats["loop_lag_ms"]) == {"p50", "p99", "max"}

@@ -34,6 +34,7 @@ class Core:
     service: Service
     scheduler: Scheduler
     hub: EventHub
+    metrics: Metrics
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
@@ -70,4 +71,4 @@ def build_core(
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, dispatch.kick)
     service = Service(config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock)
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub)
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics)

@@ -261,10 +261,14 @@ class Service:
     def stats(self) -> dict[str, Any]:
         out = self.metrics.snapshot(self.clock(), self.scheduler.slots)
         store = self._store
+        commits = store.commits
         out["store"] = {
-            "commits": store.commits,
-            "writes_per_commit": store.committed_writes / store.commits if store.commits else 0.0,
-            "commit_ms": 1000.0 * store.commit_seconds / store.commits if store.commits else 0.0,
+            "commits": commits,
+            "writes_per_commit": store.committed_writes / commits if commits else 0.0,
+            "commit_ms": 1000.0 * store.commit_seconds / commits if commits else 0.0,
+            # Per commit, where the time goes: writes waiting for their batch to start, the
+            # hand-over to the writer's thread, the statements, COMMIT, the hand-back.
+            "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in store.split.items()},
             "sync": store.sync,
         }
         return out
