@@ -195,7 +195,8 @@ class Dispatch:
             failure = Outcome.failure("exception", f"task {row.task!r} is not loaded", retryable=False)
             attempt.task = self.background.spawn(self._settle(attempt, failure))
             return
-        attempt.call = JobCall(row.job_id, row.attempts, definition, row.args, events)
+        attempt.call = JobCall(row.job_id, row.attempts, definition, row.args, events, row.kwargs)
+        row.kwargs = None  # a later attempt validates afresh: this one may change what it got
         # From becoming ready to really starting: includes the commit of its running row.
         self.metrics.started_after(max(0.0, self.clock() - row.enqueued_at))
         if row.timeout is not None:

@@ -61,6 +61,9 @@ class JobRow:
     pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
     # ``args`` never change after submit: packed once, written as is on every change.
     args_blob: bytes | None = field(default=None, repr=False, compare=False)
+    # The args as the task's model validated them at submit (not stored): the first
+    # attempt in this daemon runs with them instead of validating the args again.
+    kwargs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def memento(self) -> tuple[Any, ...]:
         """Every field's value, to :meth:`restore` if a change cannot be committed."""

@@ -37,7 +37,7 @@ class AsyncExecutor(Executor):
     async def run(self, call: JobCall) -> Outcome:
         task = call.task
         try:
-            kwargs = task.kwargs(call.args, call.inputs)
+            kwargs = call.function_kwargs()
             if task.ctx_param:
                 kwargs[task.ctx_param] = context_for(call, None)
             try:

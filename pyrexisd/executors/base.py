@@ -6,7 +6,7 @@ import threading
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from pyrexisd.tasks.context import Fatal, Retry
@@ -62,37 +62,66 @@ async def contained(awaitable: Any) -> Any:
         raise TaskExit(exc) from exc
 
 
-@dataclass(eq=False)
 class JobCall:
     """One attempt of one job, as an executor sees it."""
 
-    job_id: str
-    attempt: int
-    task: TaskDef
-    args: dict[str, Any]
-    events: JobEvents
-    env: dict[str, str] = field(default_factory=dict)
-    inputs: dict[str, Any] = field(default_factory=dict)  # dependency job_id -> result
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    _on_cancel: Callable[[], Any] | None = None
+    __slots__ = ("job_id", "attempt", "task", "args", "events", "env", "inputs", "kwargs", "_cancelled", "_event", "_on_cancel")
+
+    def __init__(
+        self,
+        job_id: str,
+        attempt: int,
+        task: TaskDef,
+        args: dict[str, Any],
+        events: JobEvents,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.task = task
+        self.args = args
+        self.events = events
+        self.env: dict[str, str] = {}
+        self.inputs: dict[str, Any] = {}  # dependency job_id -> result
+        # The args as the task's model made them at submit, when still fresh (first attempt
+        # in this daemon): the function's keyword arguments without validating again.
+        self.kwargs = kwargs
+        self._cancelled = False
+        self._event: threading.Event | None = None  # made only for a task that asks for it
+        self._on_cancel: Callable[[], Any] | None = None
+
+    def function_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the task's function (without the context)."""
+        return self.task.kwargs(self.args, self.inputs, self.kwargs)
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """A flag a thread can watch: set when the attempt is cancelled (made on first use)."""
+        if self._event is None:
+            self._event = threading.Event()
+            if self._cancelled:
+                self._event.set()
+        return self._event
 
     def on_cancel(self, hook: Callable[[], Any]) -> None:
         """Set how the executor stops this attempt; runs at once if already cancelled."""
         self._on_cancel = hook
-        if self.cancel_event.is_set():
+        if self._cancelled:
             hook()
 
     def cancel(self) -> None:
         """Stop the attempt: sets the context's flag, then the executor's own means."""
-        if self.cancel_event.is_set():
+        if self._cancelled:
             return
-        self.cancel_event.set()
+        self._cancelled = True
+        if self._event is not None:
+            self._event.set()
         if self._on_cancel is not None:
             self._on_cancel()
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
+        return self._cancelled
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ class ShellExecutor(Executor):
 
     async def run(self, call: JobCall) -> Outcome:
         try:
-            command = call.task.func(**call.task.kwargs(call.args, call.inputs))
+            command = call.task.func(**call.function_kwargs())
             if not isinstance(command, ShellCommand):
                 raise TypeError(f"a shell-mode task must return a ShellCommand, not {type(command).__name__}")
         except Exception as exc:

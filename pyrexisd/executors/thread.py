@@ -1,18 +1,18 @@
-"""Thread mode: a function on a ``ThreadPoolExecutor`` through ``run_in_executor``.
+"""Thread mode: a function on a pool of daemon threads.
 
 Threads cannot be killed: cancel and timeout set the context's ``cancelled`` flag and
 the slot stays taken until the function returns. Hard timeouts need process mode.
 
 The pool's threads are daemon threads: the standard ``ThreadPoolExecutor`` joins its
 threads when the interpreter exits, so one task that never returns would keep a stopped
-daemon from exiting at all.
+daemon from exiting at all. Work is handed over on a queue and answered with one
+``call_soon_threadsafe`` rather than through ``run_in_executor``, whose chained
+``concurrent.futures.Future`` costs a condition variable and two extra hops per job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import inspect
 import queue
 import threading
@@ -62,11 +62,22 @@ def _invoke(
     return items
 
 
-class DaemonThreadPool(concurrent.futures.Executor):
-    """A fixed pool of daemon threads; ``run_in_executor`` accepts any Executor."""
+_Work = tuple[
+    "asyncio.Future[Any]", Callable[..., Any], dict[str, Any], JobCall, asyncio.AbstractEventLoop
+]
+
+
+class DaemonThreadPool:
+    """A fixed pool of daemon threads fed by one queue.
+
+    A job is handed over as (future, function, kwargs, call, loop) and its thread answers
+    with one ``call_soon_threadsafe``: no ``concurrent.futures.Future`` to chain, no
+    condition variable per job. The threads are daemon threads, so a function that never
+    returns cannot keep a stopped daemon from exiting.
+    """
 
     def __init__(self, max_workers: int, name: str) -> None:
-        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(max_workers)
         ]
@@ -74,37 +85,41 @@ class DaemonThreadPool(concurrent.futures.Executor):
             t.start()
         self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, work: _Work) -> None:
         if self._shutdown:
             raise RuntimeError("the thread pool is shut down")
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._work.put((fut, functools.partial(fn, **kwargs) if kwargs else fn, args))
-        return fut
+        self._work.put(work)
 
     def _serve(self) -> None:
         while True:
             item = self._work.get()
             if item is None:
                 return
-            fut, fn, args = item
-            if not fut.set_running_or_notify_cancel():
-                continue
+            fut, func, kwargs, call, loop = item
             try:
-                result = fn(*args)
+                result = _invoke(func, kwargs, call, loop)
             except (SystemExit, KeyboardInterrupt) as exc:
-                fut.set_exception(TaskExit(exc))  # must not be raised in the event loop
+                # Must not be raised in the event loop, where it would stop the daemon.
+                loop.call_soon_threadsafe(_deliver, fut, None, TaskExit(exc))
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                fut.set_exception(exc)
+                loop.call_soon_threadsafe(_deliver, fut, None, exc)
             else:
-                fut.set_result(result)
+                loop.call_soon_threadsafe(_deliver, fut, result, None)
+            del item, fut, func, kwargs, call  # do not hold the last job's objects while idle
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self) -> None:
         self._shutdown = True
         for _ in self._threads:
             self._work.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
+
+
+def _deliver(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the coroutine awaiting it was cancelled (daemon stopping)
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 class ThreadExecutor(Executor):
@@ -117,15 +132,17 @@ class ThreadExecutor(Executor):
     async def run(self, call: JobCall) -> Outcome:
         loop = asyncio.get_running_loop()
         try:
-            kwargs = call.task.kwargs(call.args, call.inputs)
+            kwargs = call.function_kwargs()
             if call.task.ctx_param:
-                # run_in_executor does not carry context variables: pass the context.
+                # The thread has no context variables of ours: pass the context.
                 kwargs[call.task.ctx_param] = context_for(call, loop)
-            result = await loop.run_in_executor(self._pool, _invoke, call.task.func, kwargs, call, loop)
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._pool.submit((fut, call.task.func, kwargs, call, loop))
+            result = await fut
         except Exception as exc:
             return CANCELLED if call.cancelled else Outcome.from_exception(exc)
         return CANCELLED if call.cancelled else Outcome.success(result)
 
     async def shutdown(self) -> None:
         # Threads still running cannot be stopped; do not wait for them.
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()

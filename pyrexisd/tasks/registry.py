@@ -56,13 +56,20 @@ class TaskDef:
                 {"errors": validation_errors(exc, ("args",))},
             ) from None
 
-    def kwargs(self, args: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Keyword arguments for the function (without the context)."""
-        model = self.validate_args(args)
-        out = {name: getattr(model, name) for name in type(model).model_fields}
+    def kwargs(
+        self, args: dict[str, Any], inputs: dict[str, Any] | None = None, validated: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for the function (without the context): ``validated`` (what
+        :meth:`model_kwargs` made of these args) or the args validated now."""
+        out = dict(validated) if validated is not None else self.model_kwargs(self.validate_args(args))
         if self.inputs_param is not None:
             out[self.inputs_param] = dict(inputs or {})
         return out
+
+    @staticmethod
+    def model_kwargs(model: BaseModel) -> dict[str, Any]:
+        """The validated args as the function's keyword arguments."""
+        return {name: getattr(model, name) for name in type(model).model_fields}
 
     def describe(self) -> dict[str, Any]:
         return {
