@@ -24,10 +24,12 @@ from protocol.errors import (
     error_from_wire,
 )
 from protocol.framing import (
+    DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
     MAX_DEPTH,
     FrameDecoder,
+    check_body,
     decode_body,
     encode_frame,
 )
@@ -206,6 +208,7 @@ BAD_BODIES = {
     "float key": msgpack.packb({1.5: 1}),
     "list key": b"\x81\x91\x01\x01",  # {[1]: 1}
     "map key": b"\x81\x81\xa1a\x01\x01",  # {{"a": 1}: 1}
+    "nested 1001 levels": nested_maps(1001),
     "nested 1025 levels": nested_maps(1025),
     "nested 5000 levels": nested_maps(5000),
     "nested lists 2000 levels": b"\x81\xa1k" + b"\x91" * 2000 + b"\xc0",
@@ -241,16 +244,127 @@ def test_decode_body_on_random_bytes_returns_a_str_keyed_map_or_raises_bad_frame
     assert isinstance(value, dict) and all(isinstance(k, str) for k in value)
 
 
-def test_nesting_up_to_the_limit_is_accepted() -> None:
-    """Given maps nested exactly 1024 levels deep (the documented limit), then the body
-    decodes."""
-    assert MAX_DEPTH == 1024
-    value = decode_body(nested_maps(1024))
-    depth = 0
-    while isinstance(value, dict):
-        value = value["k"]
-        depth += 1
-    assert depth == 1024 and value is None
+def depth_of(value: Any) -> int:
+    """Containers nested in ``value``, the value itself counting as level 1 (iterative:
+    the values tested are deeper than Python's recursion limit allows)."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        todo.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_one_more_level_is_not() -> None:
+    """Given maps nested exactly as deep as the limit, then the body decodes; one level
+    more is bad_frame. Readers of the daemon default to MAX_DEPTH (1000); the daemon reads
+    its clients with DEFAULT_MAX_DEPTH (100) unless --max-depth says otherwise."""
+    assert (MAX_DEPTH, DEFAULT_MAX_DEPTH) == (1000, 100)
+    for limit in (1, DEFAULT_MAX_DEPTH, MAX_DEPTH):
+        assert depth_of(decode_body(nested_maps(limit), limit)) == limit
+        with pytest.raises(BadFrame, match=f"deeper than {limit} levels"):
+            decode_body(nested_maps(limit + 1), limit)
+    # The default of decode_body is the most any reader accepts.
+    assert depth_of(decode_body(nested_maps(MAX_DEPTH))) == MAX_DEPTH
+
+
+BOMBS = {
+    "array32 declaring 2^32-1 elements": b"\x81\xa1k\xdd\xff\xff\xff\xff",
+    "map32 declaring 2^32-1 pairs": b"\x81\xa1k\xdf\xff\xff\xff\xff",
+    "100 nested arrays declaring 65535 each": b"\x81\xa1k" + b"\xdc\xff\xff" * 99,
+    "100 nested maps declaring 65535 each, padded": b"\x81\xa1k" + b"\xde\xff\xff\xa1k" * 98 + b"\xc0" * 200_000,
+    "str32 declaring 4 GiB": b"\x81\xa1k\xdb\xff\xff\xff\xff" + b"x" * 100,
+    "bin32 declaring 4 GiB": b"\x81\xa1k\xc6\xff\xff\xff\xff" + b"x" * 100,
+    "ext32 declaring 4 GiB": b"\x81\xa1k\xc9\xff\xff\xff\xff\x01" + b"x" * 100,
+    "a count one above what is left": b"\x81\xa1k\x93\x01\x02",
+}
+
+
+@pytest.mark.parametrize("body", list(BOMBS.values()), ids=list(BOMBS))
+def test_a_declared_size_larger_than_the_body_is_refused_before_anything_is_unpacked(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a body whose headers declare more elements or bytes than it holds (a msgpack
+    bomb: the unpacker would allocate the declared slots first), then decode_body raises
+    BadFrame and msgpack's unpacker is never called."""
+
+    def unpackb(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("unpackb must not see a body that failed the check")
+
+    monkeypatch.setattr(msgpack, "unpackb", unpackb)
+    with pytest.raises(BadFrame):
+        decode_body(body, DEFAULT_MAX_DEPTH)
+
+
+DEEP_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@FAST
+@given(value=DEEP_VALUES, limit=st.integers(1, 12))
+def test_check_body_accepts_exactly_the_values_within_the_depth_limit(value: Any, limit: int) -> None:
+    """Given any msgpack value and a depth limit, then check_body accepts its packed bytes
+    exactly when the value nests at most ``limit`` containers deep, and decode_body of a
+    map holding it gives the map back exactly when the map (one level more) fits."""
+    body = msgpack.packb(value, use_bin_type=True)
+    fits = max(depth_of(value), 0) <= limit
+    try:
+        check_body(body, limit)
+    except BadFrame:
+        assert not fits
+    else:
+        assert fits
+    framed = msgpack.packb({"v": value}, use_bin_type=True)
+    if depth_of(value) + 1 <= limit:
+        assert decode_body(framed, limit) == {"v": value}
+    else:
+        with pytest.raises(BadFrame):
+            decode_body(framed, limit)
+
+
+@FAST
+@given(value=DEEP_VALUES, cut=st.integers(0, 10_000), extra=st.binary(min_size=1, max_size=4))
+def test_check_body_refuses_every_truncation_and_every_trailing_byte(value: Any, cut: int, extra: bytes) -> None:
+    """Given a packed value, then every strict prefix of it is refused (truncated) and so
+    is the value followed by anything: the walk ends exactly where the value does."""
+    body = msgpack.packb(value, use_bin_type=True)
+    with pytest.raises(BadFrame):
+        check_body(body[: cut % len(body)])
+    with pytest.raises(BadFrame):
+        check_body(body + extra)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(garbage=st.binary(max_size=200))
+def test_check_body_and_msgpack_agree_on_random_bytes(garbage: bytes) -> None:
+    """Given arbitrary bytes, then whatever check_body accepts msgpack unpacks completely
+    (bar text that is not UTF-8 and unhashable keys, which decode_body also refuses), and
+    whatever msgpack unpacks whole within the depth limit, check_body accepts."""
+    try:
+        check_body(garbage, DEFAULT_MAX_DEPTH)
+        checked = True
+    except BadFrame:
+        checked = False
+    try:
+        value = msgpack.unpackb(garbage, raw=False, strict_map_key=False)
+        unpacked = depth_of(value) <= DEFAULT_MAX_DEPTH
+    except (ValueError, TypeError, msgpack.UnpackException):
+        unpacked = False
+        if checked:
+            # Only content errors may fail after the walk: never a size or a structure.
+            with pytest.raises((UnicodeDecodeError, TypeError, ValueError)):
+                msgpack.unpackb(garbage, raw=False, strict_map_key=False)
+            return
+    assert checked == unpacked
 
 
 def test_a_bad_body_leaves_the_decoder_in_sync() -> None:
