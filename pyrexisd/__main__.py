@@ -9,9 +9,20 @@ from typing import Any
 
 import click
 
+from protocol.framing import DEFAULT_MAX_DEPTH, MAX_DEPTH
 from protocol.paths import resolve_socket_path
 from pyrexisd import __version__
-from pyrexisd.config import Config, default_db_path, default_max_result
+from pyrexisd.access import resolve_group, resolve_user
+from pyrexisd.config import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_WAITING,
+    Config,
+    default_db_path,
+    default_max_result,
+)
 
 EXIT_OK = 0
 EXIT_STARTUP = 1
@@ -37,6 +48,29 @@ def _run(config: Config) -> int:
         return EXIT_STARTUP
 
 
+def _ids(resolve: Any) -> Any:
+    """A click callback turning NAME|ID values into numeric ids."""
+
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[int, ...]:
+        try:
+            return tuple(resolve(v) for v in values)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _task_names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """0 means no limit."""
+    return None if value == 0 else value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PYREXISD"})
 @click.option("--socket", "socket_path", metavar="PATH", help="Unix socket to serve (default: the contract's path rules).")
 @click.option("--db", metavar="PATH", help="SQLite database file (default: the user's state dir).")
@@ -55,17 +89,50 @@ def _run(config: Config) -> int:
 @click.option("--max-retries", "default_max_retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries of a job whose task and spec set none.")
 @click.option("--tasks", "task_modules", multiple=True, metavar="MODULE", help="Import this task module (repeatable).")
 @click.option("--no-shell", is_flag=True, help="Disable the shell task.")
+@click.option("--allow-user", "allow_users", multiple=True, metavar="NAME|UID", callback=_ids(resolve_user),
+              help="Let this user connect too (repeatable). By default only the daemon's own uid and root may.")
+@click.option("--allow-group", "allow_groups", multiple=True, metavar="NAME|GID", callback=_ids(resolve_group),
+              help="Let members of this group connect too (repeatable).")
+@click.option("--user-tasks", metavar="TASK,...", callback=_task_names,
+              help="Tasks a user who is not an admin may submit (default: echo,sleep,shell as root; echo,sleep otherwise).")
+@click.option("--max-waiting", type=click.IntRange(min=0), default=DEFAULT_MAX_WAITING, show_default=True, callback=_limit,
+              help="Waiting jobs of all users together; a submit past it answers overloaded (0: no limit).")
+@click.option("--max-waiting-per-user", type=click.IntRange(min=0), default=0, callback=_limit,
+              help="Waiting jobs per user; a submit past it answers overloaded (default 0: no limit).")
+@click.option("--max-running-per-user", type=click.IntRange(min=0), default=0, callback=_limit,
+              help="Running jobs per user; more wait (pending) until one ends (default 0: no limit).")
+@click.option("--max-depth", type=click.IntRange(1, MAX_DEPTH), default=DEFAULT_MAX_DEPTH, show_default=True,
+              help="Deepest nesting of maps and lists a frame may hold.")
+@click.option("--max-args", type=click.IntRange(min=1),
+              help="Largest args + labels + depends_on of one job, packed, in bytes (default: what fits a frame with its result).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS, show_default=True,
+              help="Connections served at once; the next is told overloaded and closed.")
+@click.option("--max-inflight", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests in flight per connection; past it the connection is not read until one ends.")
+@click.option("--max-streams", type=click.IntRange(min=1), default=DEFAULT_MAX_STREAMS, show_default=True,
+              help="Open streams (wait --events, logs, watch) per connection; the next is told overloaded.")
+@click.option("--frame-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_FRAME_TIMEOUT, show_default=True,
+              help="Seconds a frame may take to arrive whole once its first byte came; a slower sender is closed.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=DEFAULT_IDLE_TIMEOUT, show_default=True,
+              help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
+@click.option("--max-buffered", type=click.IntRange(min=1024),
+              help="Bytes of unfinished frames all connections together may make the daemon hold (default: 256 MiB, or max-frame if larger).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True, help="Event loop: uvloop when importable (auto).")
 @click.version_option(__version__, prog_name="pyrexisd")
 def main(socket_path: str | None, db: str | None, log_level: str, no_shell: bool, task_modules: tuple[str, ...], **options: Any) -> None:
-    """Run the PYREXIS job daemon in the foreground (logs go to stderr)."""
+    """Run the PYREXIS job daemon in the foreground (logs go to stderr).
+
+    Only the daemon's own uid and root may connect unless --allow-user/--allow-group say
+    otherwise; see the README's "Security model"."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    given = {k: v for k, v in options.items() if v is not None}
+    # Quotas are the only options whose None (no limit) differs from "not given".
+    unlimited = {"max_waiting", "max_waiting_per_user", "max_running_per_user"}
+    given = {k: v for k, v in options.items() if v is not None or k in unlimited}
     if "max_result" not in given:
         given["max_result"] = default_max_result(options["max_frame"])
     try:

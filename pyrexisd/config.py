@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from protocol.framing import DEFAULT_MAX_FRAME
+from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
 from pyrexisd.scheduler import DEFAULT_AGING
 
@@ -23,6 +23,24 @@ def default_max_result(max_frame: int) -> int:
     """1 MiB, or less when frames are small, so that a finished job's record still fits."""
     return min(DEFAULT_MAX_RESULT, max(1, (max_frame - RECORD_RESERVE - FRAME_ENVELOPE) // 2))
 LOOPS = ("auto", "asyncio", "uvloop")
+
+# Tasks a peer that is not an admin may submit unless --user-tasks says otherwise. Python
+# tasks run as the daemon's user, so only the harmless built-ins; ``shell`` too when the
+# daemon is root, because then a user's command runs as that user (a daemon that is not
+# root cannot switch, so it would run other users' commands as itself: not by default).
+DEFAULT_USER_TASKS = ("echo", "sleep", "shell")
+DEFAULT_MAX_WAITING = 1_000_000
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_STREAMS = 128
+DEFAULT_FRAME_TIMEOUT = 30.0
+DEFAULT_IDLE_TIMEOUT = 600.0
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
+
+
+def default_user_tasks(euid: int | None = None) -> tuple[str, ...]:
+    """The tasks others may submit by default: with ``shell`` only for a root daemon."""
+    euid = os.geteuid() if euid is None else euid
+    return DEFAULT_USER_TASKS if euid == 0 else tuple(t for t in DEFAULT_USER_TASKS if t != "shell")
 
 
 def default_db_path(uid: int | None = None) -> str:
@@ -64,11 +82,41 @@ class Config:
     enable_shell: bool = True
     max_inflight: int = 1024
     max_log_bytes: int = 16 * 1024 * 1024  # per attempt; later lines are dropped, with a note
+    # -- who may connect, and what they may do (see pyrexisd.access) --
+    allow_users: tuple[int, ...] = ()
+    allow_groups: tuple[int, ...] = ()
+    user_tasks: tuple[str, ...] | None = None  # None: default_user_tasks()
+    # -- quotas (None: no limit) --
+    max_waiting: int | None = DEFAULT_MAX_WAITING
+    max_waiting_per_user: int | None = None
+    max_running_per_user: int | None = None
+    # -- what one peer may make the daemon hold --
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_args: int | None = None  # None: as much as a frame allows (see max_spec)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_streams: int = DEFAULT_MAX_STREAMS  # open streams per connection
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # 0: idle connections are never closed
+    max_buffered: int | None = None  # None: max(DEFAULT_MAX_BUFFERED, max_frame)
 
     def __post_init__(self) -> None:
-        for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight"):
+        for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("max_waiting", "max_waiting_per_user", "max_running_per_user"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset: no limit)")
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth must be between 1 and {MAX_DEPTH}")
+        if self.frame_timeout <= 0:
+            raise ValueError("frame_timeout must be > 0")
+        if self.idle_timeout < 0:
+            raise ValueError("idle_timeout must be >= 0 (0: never)")
+        if self.max_buffered is not None and self.max_buffered < self.max_frame:
+            raise ValueError("max_buffered must be at least max_frame (a whole frame must fit)")
+        if any(uid < 0 for uid in self.allow_users) or any(gid < 0 for gid in self.allow_groups):
+            raise ValueError("uids and gids are >= 0")
         if self.sync not in ("full", "normal"):
             raise ValueError("sync must be 'full' or 'normal'")
         if self.loop not in LOOPS:
@@ -88,12 +136,33 @@ class Config:
             raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
+        if self.max_args is not None and not 1 <= self.max_args <= self.frame_spec:
+            raise ValueError(
+                f"max_args must be between 1 and {self.frame_spec} with this max_frame and max_result "
+                "(a job's record must fit in a frame with its result)"
+            )
+
+    @property
+    def frame_spec(self) -> int:
+        """Largest args + labels + depends_on whose record still fits a frame with its result."""
+        outcome = max(self.max_result, MAX_MESSAGE + 128)  # a result, or an error
+        return self.max_frame - outcome - RECORD_RESERVE - FRAME_ENVELOPE
 
     @property
     def max_spec(self) -> int:
-        """Largest args + labels + depends_on of a job, so its record always fits a frame."""
-        outcome = max(self.max_result, MAX_MESSAGE + 128)  # a result, or an error
-        return self.max_frame - outcome - RECORD_RESERVE - FRAME_ENVELOPE
+        """Largest args + labels + depends_on (packed) a job may have: ``max_args``, or
+        by default all that fits (:attr:`frame_spec`)."""
+        return self.frame_spec if self.max_args is None else self.max_args
+
+    @property
+    def buffered_limit(self) -> int:
+        """Bytes of unfinished frames all connections together may make the daemon hold."""
+        return self.max_buffered if self.max_buffered is not None else max(DEFAULT_MAX_BUFFERED, self.max_frame)
+
+    @property
+    def tasks_for_users(self) -> frozenset[str]:
+        """The tasks a peer that is not an admin may submit."""
+        return frozenset(self.user_tasks if self.user_tasks is not None else default_user_tasks())
 
     @property
     def slots(self) -> dict[str, int]:

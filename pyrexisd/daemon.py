@@ -1,7 +1,8 @@
 """The daemon's lifecycle, told in the order things happen (:meth:`Daemon.run`).
 
 Start: capture signals (they only set flags), take the database lock, bind the socket
-(refusing a live daemon, removing a stale socket) before any job can run, open the store,
+(in a directory only the daemon's uid can write, with the modes the access policy needs;
+refusing a live daemon, removing a stale socket) before any job can run, open the store,
 load the core and recover the jobs the last daemon left running, start dispatch, serve.
 Stop: stop accepting, stop the schedules, let running jobs finish within the grace period
 (a second signal skips it), interrupt the rest, fail the waiters, close connections and
@@ -18,6 +19,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -26,6 +28,7 @@ from typing import IO
 
 from protocol.errors import PyrexisError, StorageError
 from pyrexisd import systemd
+from pyrexisd.access import AccessPolicy, SocketDir, UnsafeSocketPath, bind_in, open_socket_dir
 from pyrexisd.config import Config
 from pyrexisd.core.assembly import Core, build_core
 from pyrexisd.executors.async_ import AsyncExecutor
@@ -34,7 +37,7 @@ from pyrexisd.executors.process import ProcessExecutor
 from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
-from pyrexisd.server import Server, bind_unix_socket
+from pyrexisd.server import Limits, Server
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
@@ -80,27 +83,56 @@ def lock_database(db_path: str) -> list[IO[bytes]]:
     return handles
 
 
-def claim_socket_path(path: str) -> None:
-    """Refuse a live daemon at ``path``; remove a stale socket file left by a dead one."""
+def claim_socket_path(directory: SocketDir, shown: str) -> None:
+    """Refuse a live daemon at the socket's name in ``directory``; remove a stale socket
+    file left by a dead one (``shown`` is the path for messages)."""
+    name = directory.name
     try:
-        st = os.lstat(path)
+        st = os.lstat(name, dir_fd=directory.fd)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+        raise StartupError(f"{shown} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
-        probe.connect(path)
+        probe.connect(directory.bind_path)
     except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing stale socket %s", path)
-        os.unlink(path)
+        log.info("removing stale socket %s", shown)
+        os.unlink(name, dir_fd=directory.fd)
         return
     except OSError as exc:
-        raise StartupError(f"cannot probe the socket {path}: {exc}") from None
+        raise StartupError(f"cannot probe the socket {shown}: {exc}") from None
     finally:
         probe.close()
-    raise StartupError(f"another pyrexisd is already serving {path}")
+    raise StartupError(f"another pyrexisd is already serving {shown}")
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """Let the daemon hold ``needed`` descriptors (connections, the store, workers), up to
+    the hard limit: the usual soft limit of 1024 would refuse connections well below
+    ``--max-connections``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            log.warning("the open-files limit (%d) is below what --max-connections needs (%d)", target, needed)
+
+
+def server_limits(config: Config) -> Limits:
+    """The server's share of the configuration."""
+    return Limits(
+        max_frame=config.max_frame,
+        max_depth=config.max_depth,
+        max_inflight=config.max_inflight,
+        max_streams=config.max_streams,
+        max_connections=config.max_connections,
+        frame_timeout=config.frame_timeout,
+        idle_timeout=config.idle_timeout,
+        max_buffered=config.buffered_limit,
+    )
 
 
 ENTRY_POINT_GROUP = "pyrexis.tasks"
@@ -141,6 +173,11 @@ def make_executors(
     return executors
 
 
+def _remove_socket(where: SocketDir) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(where.name, dir_fd=where.fd)
+
+
 def _makedirs(path: str, mode: int) -> None:
     if path and not os.path.isdir(path):
         os.makedirs(path, mode=mode, exist_ok=True)
@@ -155,6 +192,7 @@ class Daemon:
         self.force_exit = asyncio.Event()
         self.core: Core | None = None
         self.server: Server | None = None
+        self.access = AccessPolicy(config.allow_users, config.allow_groups)
 
     def _on_signal(self, signum: int) -> None:
         # Only flags: the main coroutine does the work in order.
@@ -179,6 +217,7 @@ class Daemon:
             except OSError as exc:
                 raise StartupError(f"cannot create the directory of {config.db}: {exc.strerror or exc}") from None
             locks = lock_database(config.db)
+            raise_open_files_limit(config.max_connections + 256)
             try:
                 listening, where = self._bind()
                 try:
@@ -197,8 +236,9 @@ class Daemon:
                     if self.server is None:  # never served: nobody else knows this socket
                         listening.close()
                         if where is not None:
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(where)
+                            _remove_socket(where)
+                    if where is not None:
+                        where.close()
             finally:
                 for lock in locks:
                     lock.close()
@@ -206,22 +246,31 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
-    def _bind(self) -> tuple[socket.socket, str | None]:
+    def _bind(self) -> tuple[socket.socket, SocketDir | None]:
         """The listening socket: systemd's (socket activation) or a new one at the
-        configured path, created owner-only. Bound before any job can run, because
-        creating it with its final mode changes the process-wide umask for a moment."""
+        configured path, with the modes the access policy needs (owner-only unless others
+        are allowed). Bound before any job can run, because creating it with its final
+        mode changes the process-wide umask for a moment."""
         activated = systemd.activated_sockets()
         if activated:
             return activated[0], None
         path = self.config.socket
-        _makedirs(os.path.dirname(os.path.abspath(path)), 0o700)
-        claim_socket_path(path)
+        layout = self.access.layout()
         try:
-            return bind_unix_socket(path), path
+            directory = open_socket_dir(path, layout)
+        except (UnsafeSocketPath, OSError) as exc:
+            raise StartupError(f"cannot use the socket path {path}: {exc}") from None
+        try:
+            claim_socket_path(directory, path)
+            return bind_in(directory, layout, server_limits(self.config).backlog), directory
         except OSError as exc:
+            directory.close()
             raise StartupError(f"cannot bind the socket {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            directory.close()
+            raise
 
-    async def _serve(self, store: Store, modules: tuple[str, ...], listening: socket.socket, path: str | None) -> int:
+    async def _serve(self, store: Store, modules: tuple[str, ...], listening: socket.socket, where: SocketDir | None) -> int:
         config = self.config
         workers = WorkerRegistry(store)
         await workers.kill_survivors()
@@ -232,14 +281,17 @@ class Daemon:
         core.metrics.loop_lag.start()
         schedules = core.service.schedules
         await schedules.start()
-        server = Server(Handlers(core.service, config.max_frame).table, config.max_frame, config.max_inflight)
+        server = Server(Handlers(core.service, config.max_frame).table, server_limits(config), self.access)
         self.server = server
         watchdog: asyncio.Task[None] | None = None
         try:
-            await server.listen(listening, path)
+            await server.listen(listening, None if where is None else lambda: _remove_socket(where))
+            access = self.access
             log.info(
-                "pyrexisd ready on %s (db %s, sync %s, slots %s)",
-                path or "a socket from systemd", config.db, config.sync, config.slots,
+                "pyrexisd ready on %s (db %s, sync %s, slots %s, %s)",
+                config.socket if where is not None else "a socket from systemd", config.db, config.sync, config.slots,
+                "owner-only" if not access.shared else
+                f"also users {sorted(access.allow_users)} and groups {sorted(access.allow_groups)}",
             )
             systemd.notify(f"READY=1\nSTATUS=serving on {config.socket}\nMAINPID={os.getpid()}")
             interval = systemd.watchdog_interval()

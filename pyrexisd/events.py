@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -48,14 +49,18 @@ def kind_of(event: Event) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
-    """What a subscription wants; ``None`` matches anything."""
+    """What a subscription wants; ``None`` matches anything. ``visible`` is the job core's
+    test of a job's ``owner`` field for a subscriber that may not see every job."""
 
     job_id: str | None = None
     task: str | None = None
     queue: str | None = None
     kinds: frozenset[str] | None = None
+    visible: Callable[[int | None], bool] | None = None
 
-    def matches(self, event: Event, task: str, queue: str) -> bool:
+    def matches(self, event: Event, task: str, queue: str, owner: int | None = None) -> bool:
+        if self.visible is not None and not self.visible(owner):
+            return False
         if self.kinds is not None and kind_of(event) not in self.kinds:
             return False
         if self.task is not None and task != self.task:
@@ -152,14 +157,16 @@ class EventHub:
         """Whether a stream of this very job is open (not counting broad watchers)."""
         return job_id in self._by_job
 
-    def publish(self, event: Event, task: str, queue: str) -> None:
+    def publish(self, event: Event, task: str, queue: str, owner: int | None = None) -> None:
+        """Hand ``event`` of a job of ``task``, ``queue`` and ``owner`` to the subscriptions
+        it matches."""
         job_subs = self._by_job.get(event.job_id if isinstance(event, StoredRange) else event["job_id"])
         if job_subs:
             for sub in job_subs:
-                if sub.filter.matches(event, task, queue):
+                if sub.filter.matches(event, task, queue, owner):
                     sub.push(event)
         for sub in self._broad:
-            if sub.filter.matches(event, task, queue):
+            if sub.filter.matches(event, task, queue, owner):
                 sub.push(event)
 
 

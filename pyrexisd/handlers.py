@@ -1,8 +1,10 @@
 """One method per protocol op. Arguments are validated here, at the boundary.
 
-Each handler takes the request's ``args`` map and a stream for events, and returns the
-op's result; errors are raised as :mod:`protocol.errors` classes and become failure
-frames in the server. Handlers see only the core's :class:`~pyrexisd.core.service.Service`.
+Each handler takes the request's ``args`` map, a stream for events and the
+:class:`~pyrexisd.access.Caller` the connection identified, and returns the op's result;
+errors are raised as :mod:`protocol.errors` classes and become failure frames in the
+server. Handlers see only the core's :class:`~pyrexisd.core.service.Service`, and hand it
+the caller: what a caller may see and do is decided there, not here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from protocol.errors import InvalidRequest, Overloaded, ShuttingDown, Timeout
 from protocol.models import validation_errors
 from protocol.status import ALL_STATUSES, TERMINAL
 from pyrexisd import __version__
+from pyrexisd.access import Caller
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.service import LOG_PAGE, Service
 from pyrexisd.events import (
@@ -65,6 +68,7 @@ class ListArgs(_Args):
     queue: str | None = None
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
     after: str | None = None
+    all_users: bool = False
 
 
 class WatchArgs(_Args):
@@ -149,7 +153,7 @@ class Handlers:
         }
         """Op name → handler. ``hello`` lists exactly these ops."""
 
-    async def hello(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def hello(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(HelloArgs, args)
         if a.protocol != PROTOCOL_VERSION:
             raise InvalidRequest(
@@ -163,50 +167,52 @@ class Handlers:
             "ops": sorted(self.table),
         }
 
-    async def submit(self, args: dict[str, Any], stream: Stream) -> Any:
-        return await self.service.submit(args)
+    async def submit(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.submit(caller, args)
 
-    async def submit_many(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def submit_many(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(SubmitManyArgs, args)
-        return {"jobs": await self.service.submit_many(a.jobs)}
+        return {"jobs": await self.service.submit_many(caller, a.jobs)}
 
-    async def get(self, args: dict[str, Any], stream: Stream) -> Any:
-        return await self.service.get(parse(JobIdArgs, args).job_id)
+    async def get(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.get(caller, parse(JobIdArgs, args).job_id)
 
-    async def list(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ListArgs, args)
-        return await self.service.list_jobs(statuses_arg(a.status), a.task, a.queue, a.limit, a.after)
+        return await self.service.list_jobs(
+            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users
+        )
 
-    async def cancel(self, args: dict[str, Any], stream: Stream) -> Any:
-        return await self.service.cancel(parse(JobIdArgs, args).job_id)
+    async def cancel(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.cancel(caller, parse(JobIdArgs, args).job_id)
 
-    async def retry(self, args: dict[str, Any], stream: Stream) -> Any:
-        return await self.service.retry(parse(JobIdArgs, args).job_id)
+    async def retry(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.retry(caller, parse(JobIdArgs, args).job_id)
 
-    async def hold(self, args: dict[str, Any], stream: Stream) -> Any:
-        return await self.service.hold(parse(JobIdArgs, args).job_id)
+    async def hold(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.hold(caller, parse(JobIdArgs, args).job_id)
 
-    async def release(self, args: dict[str, Any], stream: Stream) -> Any:
-        return await self.service.release(parse(JobIdArgs, args).job_id)
+    async def release(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.release(caller, parse(JobIdArgs, args).job_id)
 
-    async def update(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def update(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(UpdateArgs, args)
         if a.priority is None and a.queue is None:
             raise InvalidRequest(
                 "update needs priority or queue",
                 {"errors": [{"loc": ["priority"], "msg": "give priority and/or queue"}]},
             )
-        return await self.service.update(a.job_id, a.priority, a.queue)
+        return await self.service.update(caller, a.job_id, a.priority, a.queue)
 
-    async def wait(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def wait(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(WaitArgs, args)
         service = self.service
         if not a.events:
-            return await service.wait(a.job_id, a.timeout)
-        stream.streaming = True
-        sub = service.subscribe(EventFilter(job_id=a.job_id))
+            return await service.wait(caller, a.job_id, a.timeout)
+        stream.begin_stream()
+        sub = service.subscribe(caller, EventFilter(job_id=a.job_id))
         try:
-            row = await service.current(a.job_id)
+            row = await service.current(caller, a.job_id)
             _open_job_stream(service, sub, stream, row, None)
             if row.terminal:
                 # It ended while its state was read: what it logged meanwhile still goes out.
@@ -215,20 +221,20 @@ class Handlers:
             deadline = None if a.timeout is None else asyncio.get_running_loop().time() + a.timeout
             ended = await _pump(service, sub, stream, deadline, stop_at_terminal=True)
             if ended in ("terminal", "closed"):
-                return await service.get(a.job_id)
+                return await service.get(caller, a.job_id)
             raise Timeout(f"job {a.job_id!r} is not finished after {a.timeout} s")
         finally:
             service.unsubscribe(sub)
 
-    async def logs(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def logs(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(LogsArgs, args)
         service = self.service
-        stream.streaming = True
-        row = await service.current(a.job_id)
+        stream.begin_stream()
+        row = await service.current(caller, a.job_id)
         next_seq = a.since
         while True:
             signal = service.log_signal(row.seq)
-            now = await service.find(a.job_id)
+            now = await service.find(caller, a.job_id)
             finished = now is None or now.terminal or not a.follow
             while True:
                 lines = await service.read_logs(row.seq, next_seq)
@@ -243,23 +249,23 @@ class Handlers:
             if service.stopping.is_set():
                 raise ShuttingDown("the daemon is stopping")
 
-    async def watch(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def watch(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(WatchArgs, args)
         service = self.service
-        stream.streaming = True
+        stream.begin_stream()
         kinds = frozenset(a.kinds) if a.kinds is not None else None
         # Subscribed before this handler first awaits: in effect before the next frame is read.
-        sub = service.subscribe(EventFilter(a.job_id, a.task, a.queue, kinds))
+        sub = service.subscribe(caller, EventFilter(a.job_id, a.task, a.queue, kinds))
         try:
             if a.job_id is not None:
-                row = await service.current(a.job_id)
+                row = await service.current(caller, a.job_id)
                 _open_job_stream(service, sub, stream, row, kinds)
             await _pump(service, sub, stream, None, stop_at_terminal=False)
             return {}
         finally:
             service.unsubscribe(sub)
 
-    async def close(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def close(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(CloseArgs, args)
         task = stream.close_stream(a.id)
         if task is None:
@@ -267,22 +273,22 @@ class Handlers:
         await asyncio.wait([task])
         return {"closed": True}
 
-    async def stats(self, args: dict[str, Any], stream: Stream) -> Any:
-        return self.service.stats()
+    async def stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return self.service.stats(caller)
 
-    async def tasks(self, args: dict[str, Any], stream: Stream) -> Any:
-        return {"tasks": self.service.task_list()}
+    async def tasks(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"tasks": self.service.task_list(caller)}
 
-    async def queues(self, args: dict[str, Any], stream: Stream) -> Any:
-        return {"queues": self.service.queue_rows()}
+    async def queues(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"queues": self.service.queue_rows(caller)}
 
-    async def pause(self, args: dict[str, Any], stream: Stream) -> Any:
-        return {"queues": await self.service.set_paused(parse(QueueArgs, args).queue, True)}
+    async def pause(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"queues": await self.service.set_paused(caller, parse(QueueArgs, args).queue, True)}
 
-    async def resume(self, args: dict[str, Any], stream: Stream) -> Any:
-        return {"queues": await self.service.set_paused(parse(QueueArgs, args).queue, False)}
+    async def resume(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"queues": await self.service.set_paused(caller, parse(QueueArgs, args).queue, False)}
 
-    async def configure_queue(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def configure_queue(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ConfigureQueueArgs, args)
         given = a.model_fields_set
         changes: QueueChanges = {}
@@ -292,17 +298,17 @@ class Handlers:
             changes["max_concurrency"] = a.max_concurrency
         if "aging" in given and a.aging is not None:
             changes["aging"] = a.aging
-        return await self.service.configure_queue(a.queue, changes)
+        return await self.service.configure_queue(caller, a.queue, changes)
 
-    async def schedule_add(self, args: dict[str, Any], stream: Stream) -> Any:
+    async def schedule_add(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ScheduleAddArgs, args)
-        return await self.service.add_schedule(a.name, a.cron, a.every, a.job)
+        return await self.service.add_schedule(caller, a.name, a.cron, a.every, a.job)
 
-    async def schedule_list(self, args: dict[str, Any], stream: Stream) -> Any:
-        return {"schedules": self.service.list_schedules()}
+    async def schedule_list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"schedules": self.service.list_schedules(caller)}
 
-    async def schedule_remove(self, args: dict[str, Any], stream: Stream) -> Any:
-        await self.service.remove_schedule(parse(ScheduleNameArgs, args).name)
+    async def schedule_remove(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        await self.service.remove_schedule(caller, parse(ScheduleNameArgs, args).name)
         return {}
 
 

@@ -7,6 +7,8 @@ import math
 from collections import Counter, deque
 from typing import Any
 
+from protocol.status import WAITING
+
 LAG_EVERY = 0.1  # seconds between loop-lag probes
 LAG_SAMPLES = 600  # the last minute of probes
 
@@ -52,25 +54,62 @@ class LoopLag:
 
 
 class Metrics:
-    """Jobs per (queue, status) and per running mode, completions, submit→start latency."""
+    """Jobs per (queue, status) and per running mode, completions, submit→start latency;
+    the same job counts per owner (what a user who is not an admin is shown, and what
+    the waiting quotas count)."""
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.by_queue_status: Counter[tuple[str, str]] = Counter()
         self.running_by_mode: Counter[str] = Counter()
+        self.by_owner: dict[int, Counter[tuple[str, str]]] = {}
+        self.running_by_owner_mode: dict[int, Counter[str]] = {}
+        self.waiting_by_owner: Counter[int] = Counter()
+        self.waiting = 0  # jobs in a waiting status, all owners together
         self._completions: deque[float] = deque()
         self._latencies: deque[float] = deque(maxlen=1000)
         self.loop_lag = LoopLag()
 
-    def moved(self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None) -> None:
-        """A job's status change (and maybe queue change) has committed."""
+    def moved(
+        self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None, owner: int = 0
+    ) -> None:
+        """A job's status change (and maybe queue change) has committed; ``owner`` is the
+        uid the job counts for."""
+        mine = self.by_owner.get(owner)
+        if mine is None:
+            mine = self.by_owner[owner] = Counter()
+            self.running_by_owner_mode[owner] = Counter()
         if old is not None:
             self.by_queue_status[(old_queue or queue, old)] -= 1
+            mine[(old_queue or queue, old)] -= 1
             if old == "running":
                 self.running_by_mode[mode] -= 1
+                self.running_by_owner_mode[owner][mode] -= 1
+            elif old in WAITING:
+                self.waiting -= 1
+                self.waiting_by_owner[owner] -= 1
         self.by_queue_status[(queue, new)] += 1
+        mine[(queue, new)] += 1
         if new == "running":
             self.running_by_mode[mode] += 1
+            self.running_by_owner_mode[owner][mode] += 1
+        elif new in WAITING:
+            self.waiting += 1
+            self.waiting_by_owner[owner] += 1
+
+    def loaded(self, queue: str, status: str, owner: int, n: int) -> None:
+        """At start-up: ``n`` stored jobs of ``owner`` are in ``queue`` with ``status``."""
+        self.by_queue_status[(queue, status)] += n
+        self.by_owner.setdefault(owner, Counter())[(queue, status)] += n
+        self.running_by_owner_mode.setdefault(owner, Counter())
+        if status in WAITING:
+            self.waiting += n
+            self.waiting_by_owner[owner] += n
+
+    def completed_per_s(self, now: float) -> float:
+        """Completions per second over the last minute (or since the start, if shorter)."""
+        self._trim(now)
+        return len(self._completions) / min(60.0, max(1e-9, now - self.started))
 
     def completed(self, now: float) -> None:
         self._completions.append(now)
@@ -84,28 +123,33 @@ class Metrics:
         while c and c[0] < now - 60.0:
             c.popleft()
 
-    def count(self, queue: str, statuses: frozenset[str]) -> int:
-        return sum(self.by_queue_status.get((queue, s), 0) for s in statuses)
+    def count(self, queue: str, statuses: frozenset[str], owner: int | None = None) -> int:
+        """Jobs of ``queue`` in one of ``statuses`` (only ``owner``'s, when given)."""
+        counts = self.by_queue_status if owner is None else self.by_owner.get(owner, Counter())
+        return sum(counts.get((queue, s), 0) for s in statuses)
 
-    def queues(self) -> set[str]:
-        return {q for (q, _), n in self.by_queue_status.items() if n}
+    def queues(self, owner: int | None = None) -> set[str]:
+        counts = self.by_queue_status if owner is None else self.by_owner.get(owner, Counter())
+        return {q for (q, _), n in counts.items() if n}
 
-    def snapshot(self, now: float, slots: dict[str, int]) -> dict[str, Any]:
+    def snapshot(self, now: float, slots: dict[str, int], owner: int | None = None) -> dict[str, Any]:
+        """The ``stats`` figures; the job counts only ``owner``'s when given."""
         self._trim(now)
         by_status: Counter[str] = Counter()
         by_queue: dict[str, dict[str, int]] = {}
-        for (queue, status), n in self.by_queue_status.items():
+        counts = self.by_queue_status if owner is None else self.by_owner.get(owner, Counter())
+        running = self.running_by_mode if owner is None else self.running_by_owner_mode.get(owner, Counter())
+        for (queue, status), n in counts.items():
             if n:
                 by_status[status] += n
                 by_queue.setdefault(queue, {})[status] = n
-        window = min(60.0, max(1e-9, now - self.started))
         return {
             "uptime": now - self.started,
             "by_status": dict(by_status),
             "by_queue": by_queue,
-            "running_by_mode": {m: n for m, n in self.running_by_mode.items() if n},
+            "running_by_mode": {m: n for m, n in running.items() if n},
             "slots": dict(slots),
-            "completed_per_s": len(self._completions) / window,
+            "completed_per_s": self.completed_per_s(now),
             "submit_to_start_ms": {
                 "p50": _percentile(self._latencies, 0.50) * 1000.0,
                 "p99": _percentile(self._latencies, 0.99) * 1000.0,

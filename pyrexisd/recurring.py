@@ -19,6 +19,7 @@ from typing import Any
 from croniter import croniter
 
 from protocol.errors import Conflict, InvalidRequest, NotFound, PyrexisError
+from pyrexisd.access import Caller
 from pyrexisd.store import Schedule, Store
 
 log = logging.getLogger(__name__)
@@ -44,18 +45,25 @@ def next_fire(cron: str | None, every: float | None, after: float) -> float:
 
 
 class Recurring:
-    """Owns the schedules: durable rows, one timer for the earliest run."""
+    """Owns the schedules: durable rows, one timer for the earliest run.
+
+    A schedule belongs to the user who added it: its runs are submitted as that user's
+    jobs (the same task rules and quotas as the user's own submits), and only that user
+    (or an admin) lists or removes it.
+    """
 
     def __init__(
         self,
         store: Store,
-        submit: Callable[[dict[str, Any]], Any],
-        check_job: Callable[[dict[str, Any]], None],
+        submit: Callable[[Caller, dict[str, Any]], Any],
+        check_job: Callable[[Caller, dict[str, Any]], None],
+        caller_for: Callable[[int | None], Caller],
         clock: Callable[[], float],
     ) -> None:
         self.store = store
         self._submit = submit
         self._check_job = check_job
+        self._caller_for = caller_for
         self.clock = clock
         self.schedules: dict[str, Schedule] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -75,7 +83,9 @@ class Recurring:
         for task in self._tasks:
             task.cancel()
 
-    async def add(self, name: str, cron: str | None, every: float | None, job: dict[str, Any]) -> dict[str, Any]:
+    async def add(
+        self, caller: Caller, name: str, cron: str | None, every: float | None, job: dict[str, Any]
+    ) -> dict[str, Any]:
         if (cron is None) == (every is None):
             raise InvalidRequest(
                 "give exactly one of cron or every",
@@ -89,11 +99,11 @@ class Recurring:
                 f"a schedule's job may not set {', '.join(bad)}",
                 {"errors": [{"loc": ["job", f], "msg": "not allowed in a schedule"} for f in bad]},
             )
-        self._check_job(job)
+        self._check_job(caller, job)
         if name in self.schedules:
             raise Conflict(f"schedule {name!r} exists", {"name": name})
         now = self.clock()
-        schedule = Schedule(name, cron, every, dict(job), next_fire(cron, every, now), now)
+        schedule = Schedule(name, cron, every, dict(job), next_fire(cron, every, now), now, owner=caller.uid)
         self.schedules[name] = schedule
         try:
             await self.store.write(schedules=[schedule])
@@ -103,13 +113,20 @@ class Recurring:
         self._arm()
         return schedule.record()
 
-    def list(self) -> list[dict[str, Any]]:
-        return [s.record() for s in sorted(self.schedules.values(), key=lambda s: s.name)]
+    def list(self, visible: Callable[[int | None], bool] | None = None) -> list[dict[str, Any]]:
+        """The schedules, by name (those whose owner ``visible`` accepts, when given)."""
+        return [
+            s.record()
+            for s in sorted(self.schedules.values(), key=lambda s: s.name)
+            if visible is None or visible(s.owner)
+        ]
 
-    async def remove(self, name: str) -> None:
-        schedule = self.schedules.pop(name, None)
-        if schedule is None:
+    async def remove(self, name: str, visible: Callable[[int | None], bool] | None = None) -> None:
+        """Delete a schedule (another user's is ``not_found`` unless ``visible`` accepts it)."""
+        schedule = self.schedules.get(name)
+        if schedule is None or (visible is not None and not visible(schedule.owner)):
             raise NotFound(f"no schedule {name!r}", {"name": name})
+        del self.schedules[name]
         try:
             await self.store.write(removed_schedules=[name])
         except PyrexisError:
@@ -144,7 +161,7 @@ class Recurring:
         slot = schedule.next_run
         job_id = schedule.job_id_for(slot)
         try:
-            record = await self._submit({**schedule.job, "job_id": job_id})
+            record = await self._submit(self._caller_for(schedule.owner), {**schedule.job, "job_id": job_id})
             schedule.last_job_id = record["job_id"]
         except PyrexisError as exc:
             # The run is skipped (an unloaded task, a full disk); the schedule goes on.

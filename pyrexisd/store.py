@@ -46,6 +46,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
     "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
+    "owner",
 )  # fmt: skip
 _BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
 _ARGS_INDEX = JOB_COLUMNS.index("args")
@@ -67,8 +68,8 @@ _UPSERT_QUEUE = (
     "max_concurrency = excluded.max_concurrency, aging = excluded.aging"
 )
 _UPSERT_SCHEDULE = (
-    "INSERT OR REPLACE INTO schedules (name, cron, every, job, next_run, created_at, last_run, last_job_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO schedules (name, cron, every, job, next_run, created_at, last_run, last_job_id, owner) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_SETTING = (
     "INSERT INTO settings (key, value) VALUES (?, ?) "
@@ -152,6 +153,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN pid INTEGER;
     ALTER TABLE jobs ADD COLUMN pid_start INTEGER;
     """,
+    # Ownership: the submitter's uid (NULL for older jobs and schedules, which belong to
+    # whoever runs the daemon); "my jobs" pages through the owner's index.
+    """
+    ALTER TABLE jobs ADD COLUMN owner INTEGER;
+    CREATE INDEX jobs_owner ON jobs (owner, created_at, job_id);
+    ALTER TABLE schedules ADD COLUMN owner INTEGER;
+    """,
 )
 
 
@@ -199,6 +207,7 @@ class Schedule:
     created_at: float
     last_run: float | None = None
     last_job_id: str | None = None
+    owner: int | None = None  # who added it: its runs are that user's jobs
 
     def record(self) -> dict[str, Any]:
         return {
@@ -209,6 +218,7 @@ class Schedule:
             "next_run": self.next_run,
             "last_run": self.last_run,
             "last_job_id": self.last_job_id,
+            "owner": self.owner,
         }
 
     def job_id_for(self, slot: float) -> str:
@@ -411,7 +421,7 @@ class Store:
             batch.settings.extend((k, _pack(v)) for k, v in settings)
         if schedules:
             batch.schedules.extend(
-                (s.name, s.cron, s.every, _pack(s.job), s.next_run, s.created_at, s.last_run, s.last_job_id)
+                (s.name, s.cron, s.every, _pack(s.job), s.next_run, s.created_at, s.last_run, s.last_job_id, s.owner)
                 for s in schedules
             )
         if removed_schedules:
@@ -593,10 +603,16 @@ class Store:
         queue: str | None,
         limit: int,
         after: tuple[float, str] | None,
+        owner: int | None = None,
+        unowned_too: bool = False,
     ) -> list[JobRow]:
-        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``."""
+        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``;
+        only ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
         where: list[str] = []
         params: list[Any] = []
+        if owner is not None:
+            where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
+            params.append(owner)
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(statuses)
@@ -650,12 +666,12 @@ class Store:
 
         return await self._read(q)
 
-    async def counts(self) -> list[tuple[str, str, str, int]]:
-        """(queue, status, mode, count) over every job, for the in-memory counters."""
+    async def counts(self) -> list[tuple[str, str, str, int | None, int]]:
+        """(queue, status, mode, owner, count) over every job, for the in-memory counters."""
 
-        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, int]]:
             return list(
-                conn.execute("SELECT queue, status, mode, count(*) FROM jobs GROUP BY 1, 2, 3")
+                conn.execute("SELECT queue, status, mode, owner, count(*) FROM jobs GROUP BY 1, 2, 3, 4")
             )
 
         return await self._read(q)
@@ -688,9 +704,9 @@ class Store:
     async def load_schedules(self) -> list[Any]:
         def q(conn: sqlite3.Connection) -> list[Any]:
             rows = conn.execute(
-                "SELECT name, cron, every, job, next_run, created_at, last_run, last_job_id FROM schedules"
+                "SELECT name, cron, every, job, next_run, created_at, last_run, last_job_id, owner FROM schedules"
             )
-            return [Schedule(n, c, e, _unpack(j), nr, ca, lr, lj) for n, c, e, j, nr, ca, lr, lj in rows]
+            return [Schedule(n, c, e, _unpack(j), nr, ca, lr, lj, o) for n, c, e, j, nr, ca, lr, lj, o in rows]
 
         return await self._read(q)
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pyrexisd.access import Caller
 from pyrexisd.config import Config
 from pyrexisd.core.assembly import Core, build_core
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
@@ -23,6 +24,13 @@ from pyrexisd.store import Store
 from pyrexisd.tasks.registry import Registry, make_task
 
 START = 1_800_000_000.0
+DAEMON_UID = 4242  # the uid the in-process core believes it runs as
+ADMIN = Caller(DAEMON_UID, DAEMON_UID, None, True)  # the daemon's own user
+
+
+def user(uid: int) -> Caller:
+    """A peer that is not an admin."""
+    return Caller(uid, uid, None, False)
 
 
 class FakeClock:
@@ -157,7 +165,7 @@ async def running_core(
     executor = ManualExecutor(slots)
     core = build_core(
         Config(socket="/nonexistent/pyrexis-test.sock", db=path, threads=slots, **config),
-        store, make_registry(), {"thread": executor}, clock,
+        store, make_registry(), {"thread": executor}, clock, daemon_uid=DAEMON_UID,
     )  # fmt: skip
     try:
         await core.load()

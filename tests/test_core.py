@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from core_harness import CoreHarness, running_core, writer_blocked
+from core_harness import ADMIN, CoreHarness, running_core, writer_blocked
 
 from protocol.errors import InvalidState, NotFound, ShuttingDown, StorageError, Timeout
 from pyrexisd.core import model
@@ -39,8 +39,8 @@ async def test_a_change_is_stored_then_published_and_a_stalled_commit_shows_noth
     """Given a waiting job and a watcher, when its change waits for the disk (another
     connection holds the write lock), then nobody sees the new state — not the store, not
     the watcher, not ``current`` — until the commit lands; then all of them do."""
-    job = await h.service.submit({"task": "work", "delay": 60})
-    sub = h.service.subscribe(EventFilter(job_id=job["job_id"]))
+    job = await h.service.submit(ADMIN, {"task": "work", "delay": 60})
+    sub = h.service.subscribe(ADMIN, EventFilter(job_id=job["job_id"]))
     row = await h.core.ledger.current(job["job_id"])
     with writer_blocked(h.path) as release:
         change = asyncio.ensure_future(h.core.waiting.change(row, lambda r: r.move("held")))
@@ -63,32 +63,32 @@ async def test_a_change_that_cannot_commit_is_undone_and_tells_nobody(h: CoreHar
     another process past the busy timeout), then StorageError is raised, every field of
     the row is back as it was, no event is published, the job waits where it did, and
     the next change of it works."""
-    job = await h.service.submit({"task": "work", "delay": 60, "priority": 3})
+    job = await h.service.submit(ADMIN, {"task": "work", "delay": 60, "priority": 3})
     row = await h.core.ledger.current(job["job_id"])
     before = row.memento()
-    sub = h.service.subscribe(EventFilter(job_id=job["job_id"]))
+    sub = h.service.subscribe(ADMIN, EventFilter(job_id=job["job_id"]))
     await h.writer_busy_timeout(50)
     with writer_blocked(h.path), pytest.raises(StorageError):
-        await h.service.update(job["job_id"], priority=9, queue="other")
+        await h.service.update(ADMIN, job["job_id"], priority=9, queue="other")
     assert row.memento() == before
     assert sub.take() == []
     assert h.core.scheduler.is_waiting(row.seq)
     assert h.core.ledger.locked(row.seq) is None
-    assert (await h.service.hold(job["job_id"]))["status"] == "held"
+    assert (await h.service.hold(ADMIN, job["job_id"]))["status"] == "held"
 
 
 async def test_a_failed_change_never_wakes_a_waiter_and_a_committed_end_does(h: CoreHarness) -> None:
     """Given a client waiting on a waiting job, when its cancel cannot commit, then the
     waiter keeps waiting; when the cancel commits, it gets the cancelled record."""
-    job = await h.service.submit({"task": "work", "delay": 60})
-    waiter = asyncio.ensure_future(h.service.wait(job["job_id"], None))
+    job = await h.service.submit(ADMIN, {"task": "work", "delay": 60})
+    waiter = asyncio.ensure_future(h.service.wait(ADMIN, job["job_id"], None))
     await asyncio.sleep(0.01)
     await h.writer_busy_timeout(50)
     with writer_blocked(h.path), pytest.raises(StorageError):
-        await h.service.cancel(job["job_id"])
+        await h.service.cancel(ADMIN, job["job_id"])
     await asyncio.sleep(0.02)
     assert not waiter.done()
-    await h.service.cancel(job["job_id"])
+    await h.service.cancel(ADMIN, job["job_id"])
     record = await asyncio.wait_for(waiter, 5)
     assert record["status"] == "cancelled" and record["error"]["type"] == "cancelled"
 
@@ -96,11 +96,11 @@ async def test_a_failed_change_never_wakes_a_waiter_and_a_committed_end_does(h: 
 async def test_lines_written_with_a_change_are_published_before_the_end(h: CoreHarness) -> None:
     """Given a watcher of a running job, when it fails with a traceback, then the stored
     traceback lines reach the watcher before the terminal state event."""
-    job = await h.service.submit({"task": "work", "max_retries": 0})
+    job = await h.service.submit(ADMIN, {"task": "work", "max_retries": 0})
     await h.started(job["job_id"])
-    sub = h.service.subscribe(EventFilter(job_id=job["job_id"]))
+    sub = h.service.subscribe(ADMIN, EventFilter(job_id=job["job_id"]))
     h.executor.finish(job["job_id"], Outcome.failure("exception", "boom", retryable=False, tb="Traceback\n  line\nError: boom\n"))
-    await h.service.wait(job["job_id"], 5)
+    await h.service.wait(ADMIN, job["job_id"], 5)
     events = sub.take()
     kinds = ["range" if isinstance(e, StoredRange) else e["kind"] for e in events]
     assert kinds == ["range", "state"], kinds
@@ -117,7 +117,7 @@ async def test_lines_written_with_a_change_are_published_before_the_end(h: CoreH
 async def test_a_submit_with_a_free_slot_is_stored_running_before_its_work_starts(h: CoreHarness) -> None:
     """Given a free slot, when a job is submitted, then its record says running with one
     attempt, the store says so too, and its work has started."""
-    job = await h.service.submit({"task": "work", "args": {"x": 7}})
+    job = await h.service.submit(ADMIN, {"task": "work", "args": {"x": 7}})
     assert (job["status"], job["attempts"]) == ("running", 1)
     assert (await h.stored(job["job_id"])).status == "running"
     await h.started(job["job_id"])
@@ -127,14 +127,14 @@ async def test_a_submit_with_a_free_slot_is_stored_running_before_its_work_start
 async def test_an_end_and_the_next_start_share_one_commit(h: CoreHarness) -> None:
     """Given one slot, a running job and one waiting, when the first finishes, then one
     group commit records both its end and the next job's start."""
-    first = await h.service.submit({"task": "work"})
-    second = await h.service.submit({"task": "work"})
+    first = await h.service.submit(ADMIN, {"task": "work"})
+    second = await h.service.submit(ADMIN, {"task": "work"})
     assert second["status"] == "pending"
     await h.started(first["job_id"])
     await asyncio.sleep(0.02)  # let submit commits settle
     commits = h.store.commits
     h.executor.finish(first["job_id"], Outcome.success(42))
-    done = await h.service.wait(first["job_id"], 5)
+    done = await h.service.wait(ADMIN, first["job_id"], 5)
     assert (done["status"], done["result"]) == ("completed", 42)
     await h.started(second["job_id"])
     assert h.store.commits == commits + 1
@@ -145,7 +145,7 @@ async def test_a_retryable_failure_backs_off_then_runs_again_when_its_time_comes
     """Given a job with one retry, when its attempt fails retryably, then it is retrying
     with a run_at in the future and does not start; when the clock passes run_at, it
     becomes pending and runs as attempt 2, and it ends completed."""
-    job = await h.service.submit({"task": "work", "max_retries": 1})
+    job = await h.service.submit(ADMIN, {"task": "work", "max_retries": 1})
     await h.started(job["job_id"])
     h.executor.finish(job["job_id"], Outcome.failure("exception", "flaky"))
     await h.until(lambda: h.core.scheduler.is_waiting(1), what="the retry to wait")
@@ -157,19 +157,19 @@ async def test_a_retryable_failure_backs_off_then_runs_again_when_its_time_comes
     await h.started(job["job_id"])
     assert (await h.stored(job["job_id"])).attempts == 2
     h.executor.finish(job["job_id"])
-    assert (await h.service.wait(job["job_id"], 5))["status"] == "completed"
+    assert (await h.service.wait(ADMIN, job["job_id"], 5))["status"] == "completed"
 
 
 async def test_an_end_that_cannot_commit_is_retried_and_hidden_until_durable(h: CoreHarness) -> None:
     """Given a running job, when its end cannot be committed (the disk is locked), then
     the job stays running in the store and for waiters; once the lock goes, the end
     commits by itself and the waiter gets it."""
-    job = await h.service.submit({"task": "work"})
+    job = await h.service.submit(ADMIN, {"task": "work"})
     await h.started(job["job_id"])
     await h.writer_busy_timeout(20)
     with writer_blocked(h.path) as release:
         h.executor.finish(job["job_id"], Outcome.success("late"))
-        waiter = asyncio.ensure_future(h.service.wait(job["job_id"], None))
+        waiter = asyncio.ensure_future(h.service.wait(ADMIN, job["job_id"], None))
         await asyncio.sleep(0.3)  # several failed commits and retries
         assert not waiter.done()
         assert (await h.stored(job["job_id"])).status == "running"
@@ -181,7 +181,7 @@ async def test_an_end_that_cannot_commit_is_retried_and_hidden_until_durable(h: 
 async def test_a_start_that_cannot_commit_goes_back_to_waiting_and_starts_later(h: CoreHarness) -> None:
     """Given a waiting job whose delay ends while the disk is locked, when its promotion
     fails, then it stays scheduled; when the lock goes and its timer comes again, it runs."""
-    job = await h.service.submit({"task": "work", "delay": 10})
+    job = await h.service.submit(ADMIN, {"task": "work", "delay": 10})
     h.clock.advance(11)
     await h.writer_busy_timeout(20)
     with writer_blocked(h.path):
@@ -197,10 +197,10 @@ async def test_a_cancelled_running_job_ends_at_once_but_keeps_its_slot_until_its
     """Given one slot, a running job and a waiting one, when the running job is cancelled,
     then it is cancelled at once and its work is told to stop, but the next job starts
     only when that work has really stopped."""
-    first = await h.service.submit({"task": "work"})
-    second = await h.service.submit({"task": "work"})
+    first = await h.service.submit(ADMIN, {"task": "work"})
+    second = await h.service.submit(ADMIN, {"task": "work"})
     await h.started(first["job_id"])
-    record = await h.service.cancel(first["job_id"])
+    record = await h.service.cancel(ADMIN, first["job_id"])
     assert record["status"] == "cancelled"
     assert h.executor.calls[first["job_id"]].cancelled
     await asyncio.sleep(0.05)
@@ -213,9 +213,9 @@ async def test_a_cancelled_running_job_ends_at_once_but_keeps_its_slot_until_its
 async def test_a_timeout_fails_the_attempt_and_the_late_result_is_discarded(h: CoreHarness) -> None:
     """Given a job with a 50 ms timeout, when its work does not return, then it fails with
     ``timeout``; when the work returns afterwards, its result is not recorded."""
-    job = await h.service.submit({"task": "work", "timeout": 0.05})
+    job = await h.service.submit(ADMIN, {"task": "work", "timeout": 0.05})
     await h.started(job["job_id"])
-    record = await h.service.wait(job["job_id"], 5)
+    record = await h.service.wait(ADMIN, job["job_id"], 5)
     assert (record["status"], record["error"]["type"]) == ("failed", "timeout")
     h.executor.finish(job["job_id"], Outcome.success("too late"))
     await h.until(lambda: not h.executor.running, what="the work to stop")
@@ -229,8 +229,8 @@ async def test_a_timeout_fails_the_attempt_and_the_late_result_is_discarded(h: C
 async def test_a_dependent_waits_blocked_and_runs_with_its_dependency_result(h: CoreHarness) -> None:
     """Given B depending on A, then B is blocked while A runs; when A completes, B runs
     and receives A's result as an input."""
-    a = await h.service.submit({"task": "work", "job_id": "A"})
-    b = await h.service.submit({"task": "work", "job_id": "B", "depends_on": ["A"]})
+    a = await h.service.submit(ADMIN, {"task": "work", "job_id": "A"})
+    b = await h.service.submit(ADMIN, {"task": "work", "job_id": "B", "depends_on": ["A"]})
     assert b["status"] == "blocked"
     await h.started("A")
     h.executor.finish("A", Outcome.success({"rows": 3}))
@@ -240,17 +240,17 @@ async def test_a_dependent_waits_blocked_and_runs_with_its_dependency_result(h: 
 
 
 async def test_a_dependent_of_a_failed_job_is_cancelled_naming_it(h: CoreHarness) -> None:
-    await h.service.submit({"task": "work", "job_id": "A"})
-    await h.service.submit({"task": "work", "job_id": "B", "depends_on": ["A"]})
+    await h.service.submit(ADMIN, {"task": "work", "job_id": "A"})
+    await h.service.submit(ADMIN, {"task": "work", "job_id": "B", "depends_on": ["A"]})
     await h.started("A")
     h.executor.finish("A", Outcome.failure("exception", "no", retryable=False))
-    record = await h.service.wait("B", 5)
+    record = await h.service.wait(ADMIN, "B", 5)
     assert record["status"] == "cancelled"
     assert record["error"]["type"] == "dependency_failed" and "A" in record["error"]["message"]
 
 
 async def test_a_scheduled_job_becomes_pending_only_when_the_clock_passes_run_at(h: CoreHarness) -> None:
-    job = await h.service.submit({"task": "work", "delay": 30})
+    job = await h.service.submit(ADMIN, {"task": "work", "delay": 30})
     assert job["status"] == "scheduled"
     h.clock.advance(29)
     h.core.waiting.release_due()
@@ -263,13 +263,13 @@ async def test_a_scheduled_job_becomes_pending_only_when_the_clock_passes_run_at
 
 async def test_held_jobs_wait_until_released_and_keep_their_queue_position_rules(h2: CoreHarness) -> None:
     """Given two free slots, a held job does not start; released, it starts."""
-    job = await h2.service.submit({"task": "work", "delay": 60})
-    assert (await h2.service.hold(job["job_id"]))["status"] == "held"
+    job = await h2.service.submit(ADMIN, {"task": "work", "delay": 60})
+    assert (await h2.service.hold(ADMIN, job["job_id"]))["status"] == "held"
     h2.clock.advance(120)
     h2.core.waiting.release_due()
     await asyncio.sleep(0.05)
     assert job["job_id"] not in h2.executor.running
-    assert (await h2.service.release(job["job_id"]))["status"] == "pending"
+    assert (await h2.service.release(ADMIN, job["job_id"]))["status"] == "pending"
     await h2.started(job["job_id"])
 
 
@@ -277,63 +277,63 @@ async def test_held_jobs_wait_until_released_and_keep_their_queue_position_rules
 
 
 async def test_commands_refuse_states_they_do_not_apply_to(h: CoreHarness) -> None:
-    running = await h.service.submit({"task": "work"})
+    running = await h.service.submit(ADMIN, {"task": "work"})
     await h.started(running["job_id"])
     with pytest.raises(InvalidState):
-        await h.service.hold(running["job_id"])
+        await h.service.hold(ADMIN, running["job_id"])
     with pytest.raises(InvalidState):
-        await h.service.retry(running["job_id"])
+        await h.service.retry(ADMIN, running["job_id"])
     with pytest.raises(InvalidState):
-        await h.service.release(running["job_id"])
+        await h.service.release(ADMIN, running["job_id"])
     with pytest.raises(InvalidState):
-        await h.service.update(running["job_id"], 3, None)
+        await h.service.update(ADMIN, running["job_id"], 3, None)
     with pytest.raises(NotFound):
-        await h.service.cancel("no-such-job")
+        await h.service.cancel(ADMIN, "no-such-job")
     h.executor.finish(running["job_id"])
-    await h.service.wait(running["job_id"], 5)
+    await h.service.wait(ADMIN, running["job_id"], 5)
     with pytest.raises(InvalidState):
-        await h.service.cancel(running["job_id"])
+        await h.service.cancel(ADMIN, running["job_id"])
 
 
 async def test_retry_of_a_failed_job_runs_a_fresh_round(h: CoreHarness) -> None:
-    job = await h.service.submit({"task": "work"})
+    job = await h.service.submit(ADMIN, {"task": "work"})
     await h.started(job["job_id"])
     h.executor.finish(job["job_id"], Outcome.failure("exception", "bad", retryable=False))
-    assert (await h.service.wait(job["job_id"], 5))["status"] == "failed"
-    again = await h.service.retry(job["job_id"])
+    assert (await h.service.wait(ADMIN, job["job_id"], 5))["status"] == "failed"
+    again = await h.service.retry(ADMIN, job["job_id"])
     assert again["status"] == "pending" and again["error"] is None
     await h.started(job["job_id"])
     h.executor.finish(job["job_id"], Outcome.success(1))
-    done = await h.service.wait(job["job_id"], 5)
+    done = await h.service.wait(ADMIN, job["job_id"], 5)
     assert (done["status"], done["attempts"]) == ("completed", 2)
 
 
 async def test_a_wait_times_out_with_the_status_it_saw(h: CoreHarness) -> None:
-    job = await h.service.submit({"task": "work", "delay": 60})
+    job = await h.service.submit(ADMIN, {"task": "work", "delay": 60})
     with pytest.raises(Timeout) as info:
-        await h.service.wait(job["job_id"], 0.02)
+        await h.service.wait(ADMIN, job["job_id"], 0.02)
     assert info.value.details == {"status": "scheduled"}
 
 
 async def test_an_idempotent_resubmit_returns_the_same_job_and_a_different_spec_conflicts(h: CoreHarness) -> None:
-    first = await h.service.submit({"task": "work", "job_id": "mine", "args": {"x": 1}})
-    again = await h.service.submit({"task": "work", "job_id": "mine", "args": {"x": 1}})
+    first = await h.service.submit(ADMIN, {"task": "work", "job_id": "mine", "args": {"x": 1}})
+    again = await h.service.submit(ADMIN, {"task": "work", "job_id": "mine", "args": {"x": 1}})
     assert again["job_id"] == "mine" and again["created_at"] == first["created_at"]
     from protocol.errors import Conflict
 
     with pytest.raises(Conflict):
-        await h.service.submit({"task": "work", "job_id": "mine", "args": {"x": 2}})
+        await h.service.submit(ADMIN, {"task": "work", "job_id": "mine", "args": {"x": 2}})
 
 
 async def test_a_stopping_core_refuses_work_and_interrupts_what_runs(h: CoreHarness) -> None:
     """Given a running job (on_interrupt retry), when the core stops taking work, then a
     submit answers shutting_down, and interrupting puts the job back to pending with its
     attempt counted."""
-    job = await h.service.submit({"task": "work"})
+    job = await h.service.submit(ADMIN, {"task": "work"})
     await h.started(job["job_id"])
     h.core.stop_taking_work()
     with pytest.raises(ShuttingDown):
-        await h.service.submit({"task": "work"})
+        await h.service.submit(ADMIN, {"task": "work"})
     await h.core.dispatch.interrupt_rest()
     stored = await h.stored(job["job_id"])
     assert (stored.status, stored.attempts) == ("pending", 1)
@@ -345,7 +345,7 @@ async def test_a_restarted_core_recovers_what_was_running(tmp_path: Any) -> None
     interrupted, and it runs as attempt 2."""
     path = os.path.join(tmp_path, "core.db")
     async with running_core(path) as first:
-        job = await first.service.submit({"task": "work"})
+        job = await first.service.submit(ADMIN, {"task": "work"})
         await first.started(job["job_id"])
     async with running_core(path) as second:
         await second.started(job["job_id"])
@@ -370,7 +370,7 @@ async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_h
     when it ends, then its end is not committed on its own; a wait that comes then
     makes it commit at once, and the wait gets the end."""
     async with running_core(os.path.join(tmp_path, "core.db"), lazy_delay=60.0) as h:
-        job = await h.service.submit({"task": "work"})
+        job = await h.service.submit(ADMIN, {"task": "work"})
         await h.started(job["job_id"])
         seq = (await h.stored(job["job_id"])).seq
         await asyncio.sleep(0.01)
@@ -380,29 +380,29 @@ async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_h
         await asyncio.sleep(0.1)  # an urgent write would have committed long since
         assert h.store.commits == commits
         assert (await h.stored(job["job_id"])).status == "running"
-        record = await asyncio.wait_for(h.service.wait(job["job_id"], None), 5)
+        record = await asyncio.wait_for(h.service.wait(ADMIN, job["job_id"], None), 5)
         assert (record["status"], record["result"]) == ("completed", 5)
 
 
 async def test_an_end_rides_with_the_next_submit(tmp_path: Any) -> None:
     """Given a lazy end queued, when another job is submitted, then one commit carries both."""
     async with running_core(os.path.join(tmp_path, "core.db"), slots=2, lazy_delay=60.0) as h:
-        job = await h.service.submit({"task": "work"})
+        job = await h.service.submit(ADMIN, {"task": "work"})
         await h.started(job["job_id"])
         seq = (await h.stored(job["job_id"])).seq
         h.executor.finish(job["job_id"])
         await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
         commits = h.store.commits
-        await h.service.submit({"task": "work"})
+        await h.service.submit(ADMIN, {"task": "work"})
         assert h.store.commits == commits + 1
         assert (await h.stored(job["job_id"])).status == "completed"
 
 
 async def test_an_end_someone_waits_for_is_committed_at_once(h: CoreHarness) -> None:
     """Given a client already waiting on a running job, its end does not wait to ride."""
-    job = await h.service.submit({"task": "work"})
+    job = await h.service.submit(ADMIN, {"task": "work"})
     await h.started(job["job_id"])
-    waiter = asyncio.ensure_future(h.service.wait(job["job_id"], None))
+    waiter = asyncio.ensure_future(h.service.wait(ADMIN, job["job_id"], None))
     await asyncio.sleep(0.01)
     h.executor.finish(job["job_id"], Outcome.success(6))
     record = await asyncio.wait_for(waiter, 0.5)
@@ -415,9 +415,9 @@ async def test_stats_split_a_commit_and_measure_the_loop_lag(h: CoreHarness) -> 
     h.core.metrics.loop_lag.start()
     try:
         for _ in range(3):
-            await h.service.submit({"task": "work", "delay": 60})
+            await h.service.submit(ADMIN, {"task": "work", "delay": 60})
         await h.until(lambda: len(h.core.metrics.loop_lag) >= 2, what="two loop-lag probes")
-        stats = h.service.stats()
+        stats = h.service.stats(ADMIN)
     finally:
         h.core.metrics.loop_lag.stop()
     store = stats["store"]

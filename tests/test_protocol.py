@@ -410,10 +410,16 @@ def test_several_bad_frames_in_one_write_then_a_good_one(c: RawClient) -> None:
     assert ok(frames[77][0])["protocol"] == 1
 
 
-def test_moderate_nesting_is_accepted(c: RawClient) -> None:
-    c.send_raw(frame(nested_map_body(200)))
+def test_nesting_up_to_the_default_limit_is_accepted_and_one_level_more_is_bad_frame(c: RawClient) -> None:
+    """Given the default limit of 100 levels (the request map is level 1, its args 2),
+    then 98 nested lists in the args are served, and 99 are bad_frame on a connection that
+    stays usable."""
+    c.send_raw(frame(nested_map_body(98)))
     reply = c.recv()
     assert reply["id"] == 1 and ok(reply)["protocol"] == 1
+    c.send_raw(frame(nested_map_body(99)))
+    check_error(c.recv(), "bad_frame", None)
+    assert c.request("hello", {"protocol": 1})["protocol"] == 1
 
 
 def test_frame_split_across_writes(c: RawClient) -> None:

@@ -6,6 +6,11 @@ defaults resolved job → task → daemon, the size budget that keeps a record w
 frame, the identity of a spec for idempotent resubmits, and the checks of a batch's
 dependencies and client ids against what the store holds (the caller reads the store and
 hands the rows in).
+
+Admission also applies what a caller may submit: a job belongs to the uid that submits
+it; a caller that is not an admin may submit only the tasks the operator opened to other
+users (``--user-tasks``), may depend only on its own jobs, and never gets another
+user's job back from a client ``job_id``. :class:`Quotas` bounds how many jobs wait.
 """
 
 from __future__ import annotations
@@ -14,18 +19,22 @@ import base64
 import hashlib
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 from pydantic import TypeAdapter, ValidationError
 
-from protocol.errors import Conflict, InvalidRequest, UnknownTask
+from protocol.errors import Conflict, InvalidRequest, Overloaded, Unauthorized, UnknownTask
 from protocol.models import JobSpec, validation_errors
 from pyrexisd import dependencies
+from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core.model import JobRow
+from pyrexisd.core.owners import Owners
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 
@@ -68,18 +77,94 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         ) from None
 
 
+class WaitingCounts(Protocol):
+    """The committed counts the quotas need (the daemon's :class:`~pyrexisd.metrics.Metrics`)."""
+
+    waiting: int
+    waiting_by_owner: Counter[int]
+
+    def completed_per_s(self, now: float) -> float: ...
+
+
+class Quotas:
+    """How many jobs may wait: ``max_waiting`` in all, ``max_waiting_per_user`` per owner.
+
+    Checked when jobs are about to start waiting (``submit``, ``retry``), against the
+    committed counts plus the jobs being admitted right now (reserved here until their
+    commit is counted), so concurrent submits cannot slip past a limit together. A job
+    that goes back to waiting by itself (an attempt to retry) is never refused.
+    """
+
+    def __init__(self, config: Config, counts: WaitingCounts, clock: Callable[[], float]) -> None:
+        self.max_waiting = config.max_waiting
+        self.per_user = config.max_waiting_per_user
+        self.counts = counts
+        self.clock = clock
+        self._reserved = 0
+        self._reserved_by: Counter[int] = Counter()
+
+    @contextmanager
+    def reserve(self, owner: int, count: int) -> Iterator[None]:
+        """Room for ``count`` more waiting jobs of ``owner`` for the block's length (their
+        commit counts them after), or ``overloaded`` naming the limit."""
+        if count <= 0:
+            yield
+            return
+        counts = self.counts
+        if self.max_waiting is not None and counts.waiting + self._reserved + count > self.max_waiting:
+            excess = counts.waiting + self._reserved + count - self.max_waiting
+            raise Overloaded(
+                f"the daemon holds {self.max_waiting} waiting jobs (max_waiting); try again later",
+                {"limit": "max_waiting", "value": self.max_waiting, "retry_after": self._retry_after(excess)},
+            )
+        mine = counts.waiting_by_owner.get(owner, 0) + self._reserved_by[owner]
+        if self.per_user is not None and mine + count > self.per_user:
+            raise Overloaded(
+                f"uid {owner} has {mine} waiting jobs; at most {self.per_user} may wait (max_waiting_per_user)",
+                {"limit": "max_waiting_per_user", "value": self.per_user,
+                 "retry_after": self._retry_after(mine + count - self.per_user)},
+            )  # fmt: skip
+        self._reserved += count
+        self._reserved_by[owner] += count
+        try:
+            yield
+        finally:
+            self._reserved -= count
+            self._reserved_by[owner] -= count
+            if not self._reserved_by[owner]:
+                del self._reserved_by[owner]
+
+    def _retry_after(self, excess: int) -> float:
+        """Seconds until about ``excess`` waiting jobs have moved on, at the last minute's
+        pace (between 1 s and a minute; 5 s when nothing finished lately)."""
+        rate = self.counts.completed_per_s(self.clock())
+        if rate <= 0:
+            return 5.0
+        return round(min(60.0, max(1.0, excess / rate)), 1)
+
+
 class Admission:
     """Turns raw specs into rows; every refusal is an :class:`InvalidRequest` family error
     naming the field at fault (and, in a batch, the spec's ``index``)."""
 
-    def __init__(self, registry: Registry, config: Config, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        config: Config,
+        clock: Callable[[], float],
+        owners: Owners | None = None,
+        counts: WaitingCounts | None = None,
+    ) -> None:
         self.registry = registry
         self.config = config
         self.clock = clock
+        self.owners = owners if owners is not None else Owners()
         self._max_spec = config.max_spec
+        self.user_tasks = config.tasks_for_users
+        self.quotas = Quotas(config, counts if counts is not None else _NoCounts(), clock)
 
-    def prepare(self, raw: Any, index: int | None = None) -> Admitted:
-        """Validate one spec (its task, mode, args and size) and build its row."""
+    def prepare(self, caller: Caller, raw: Any, index: int | None = None) -> Admitted:
+        """Validate one spec of ``caller`` (its task, mode, args and size) and build its row."""
         where = {} if index is None else {"index": index}
         if not isinstance(raw, dict):
             raise InvalidRequest("a job spec must be a map", {"errors": [{"loc": [], "msg": "not a map"}], **where})
@@ -87,13 +172,18 @@ class Admission:
             spec = JobSpec.model_validate(raw)
         except ValidationError as exc:
             raise InvalidRequest("invalid job spec", {"errors": validation_errors(exc), **where}) from None
-        return self._admit(spec, where)
+        return self._admit(caller, spec, where)
 
-    def _admit(self, spec: JobSpec, where: dict[str, int]) -> Admitted:
+    def _admit(self, caller: Caller, spec: JobSpec, where: dict[str, int]) -> Admitted:
         """A valid spec's task, mode, args and size checked; its row built."""
         definition = self.registry.get(spec.task)
         if definition is None:
             raise UnknownTask(f"no task named {spec.task!r}", {"task": spec.task, **where})
+        if not caller.admin and spec.task not in self.user_tasks:
+            # Python tasks run as the daemon's user: only those the operator opened.
+            raise Unauthorized(
+                f"task {spec.task!r} is not open to other users of this daemon", {"task": spec.task, **where}
+            )
         mode = spec.mode or definition.default_mode
         if mode not in definition.modes:
             raise InvalidRequest(
@@ -150,19 +240,21 @@ class Admission:
             spec_digest=spec_digest(spec) if spec.job_id is not None else b"",
             args_blob=args_blob,
             kwargs=kwargs,
+            owner=caller.uid,
         )
         return Admitted(spec, definition, row)
 
-    def prepare_batch(self, raws: Sequence[Any], batch: bool) -> list[Admitted]:
-        """Every spec of a submit (``batch``: of a ``submit_many``, errors name the index),
-        checked together: the records fit one reply, no client id twice, no cycle."""
+    def prepare_batch(self, caller: Caller, raws: Sequence[Any], batch: bool) -> list[Admitted]:
+        """Every spec of a submit by ``caller`` (``batch``: of a ``submit_many``, errors
+        name the index), checked together: the records fit one reply, no client id twice,
+        no cycle."""
         try:
             # One validation of the whole list: much cheaper than one per spec.
             specs = _SPEC_LIST.validate_python(raws)
         except ValidationError:
-            admitted = [self.prepare(raw, i if batch else None) for i, raw in enumerate(raws)]
+            admitted = [self.prepare(caller, raw, i if batch else None) for i, raw in enumerate(raws)]
             raise AssertionError("a batch that fails as a list passes spec by spec") from None
-        admitted = [self._admit(spec, {"index": i} if batch else {}) for i, spec in enumerate(specs)]
+        admitted = [self._admit(caller, spec, {"index": i} if batch else {}) for i, spec in enumerate(specs)]
         if batch:
             # An upper bound of the reply's size, without packing every record twice.
             size = sum(record_size_bound(a.row) for a in admitted)
@@ -200,10 +292,14 @@ class Admission:
         in_batch = {a.spec.job_id for a in admitted if a.spec.job_id is not None}
         return sorted({d for a in admitted for d in a.spec.depends_on if d not in in_batch})
 
-    @staticmethod
-    def check_dependencies(admitted: Sequence[Admitted], found: Mapping[str, JobRow], batch: bool) -> dict[str, str]:
-        """Refuse unknown dependencies; the statuses of the existing ones."""
+    def check_dependencies(
+        self, caller: Caller, admitted: Sequence[Admitted], found: Mapping[str, JobRow], batch: bool
+    ) -> dict[str, str]:
+        """Refuse unknown dependencies — another user's job is unknown to a caller that is
+        not an admin: its result would reach the dependent — and return the statuses of
+        the existing ones."""
         in_batch = {a.spec.job_id for a in admitted if a.spec.job_id is not None}
+        found = {job_id: row for job_id, row in found.items() if self.owners.sees(caller, row.owner)}
         for i, a in enumerate(admitted):
             for dep in a.spec.depends_on:
                 if dep not in in_batch and dep not in found:
@@ -218,17 +314,19 @@ class Admission:
         """Client-chosen job ids → their index in the batch."""
         return {a.spec.job_id: i for i, a in enumerate(admitted) if a.spec.job_id is not None}
 
-    @staticmethod
-    def resubmits(admitted: Sequence[Admitted], existing: Mapping[str, JobRow], batch: bool) -> dict[int, dict[str, Any]]:
+    def resubmits(
+        self, caller: Caller, admitted: Sequence[Admitted], existing: Mapping[str, JobRow], batch: bool
+    ) -> dict[int, dict[str, Any]]:
         """Client ids already in use: the same spec again → that job's record (an
-        idempotent resubmit); a different spec → ``conflict``."""
+        idempotent resubmit); a different spec → ``conflict``. Client ids are one space
+        for all users, and another user's job is never handed back: it is a ``conflict``."""
         out: dict[int, dict[str, Any]] = {}
         for i, a in enumerate(admitted):
             job_id = a.spec.job_id
             if job_id is None or job_id not in existing:
                 continue
             row = existing[job_id]
-            if row.spec_digest != a.row.spec_digest:
+            if row.spec_digest != a.row.spec_digest or not self.owners.sees(caller, row.owner):
                 raise Conflict(f"job_id {job_id!r} is already used by a different job", {"job_id": job_id, **_index(i, batch)})
             out[i] = row.record()
         return out
@@ -253,6 +351,16 @@ _ids = random.Random(os.urandom(16))
 
 def _new_job_id() -> str:
     return f"{_ids.getrandbits(64):016x}"
+
+
+class _NoCounts:
+    """No jobs counted (an Admission used only to validate specs)."""
+
+    waiting = 0
+    waiting_by_owner: Counter[int] = Counter()
+
+    def completed_per_s(self, now: float) -> float:
+        return 0.0
 
 
 _SPEC_LIST = TypeAdapter(list[JobSpec])

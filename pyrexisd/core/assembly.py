@@ -12,6 +12,7 @@ from pyrexisd.core.attempt import AttemptLimits
 from pyrexisd.core.background import Background
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.owners import Owners
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.service import Service
 from pyrexisd.core.waiting import Waiting
@@ -56,19 +57,31 @@ def build_core(
     registry: Registry,
     executors: dict[str, Executor],
     clock: Callable[[], float] = time.time,
+    daemon_uid: int | None = None,
 ) -> Core:
-    """A core on ``store``, running work on ``executors`` (mode → executor)."""
+    """A core on ``store``, running work on ``executors`` (mode → executor), for a daemon
+    running as ``daemon_uid`` (this process's effective uid by default)."""
     scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging)
     hub = EventHub()
     metrics = Metrics(clock())
     background = Background()
-    ledger = Ledger(store, hub, metrics, scheduler.is_waiting, clock)
+    owners = Owners(daemon_uid)
+    parked: list[Waiting] = []  # the waiting room, once built (the ledger is built first)
+
+    def is_waiting(seq: int) -> bool:
+        # Waiting here means: in the scheduler, or parked by its owner's running cap.
+        return scheduler.is_waiting(seq) or (bool(parked) and parked[0].is_parked(seq))
+
+    ledger = Ledger(store, hub, metrics, is_waiting, clock, owners)
     waiting = Waiting(store, ledger, scheduler, background, clock)
+    parked.append(waiting)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
-        config.kill_grace, clock,
+        config.kill_grace, clock, owners, config.max_running_per_user,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, dispatch.kick)
-    service = Service(config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock)
+    service = Service(
+        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners
+    )
     return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics)

@@ -197,7 +197,7 @@ class AttemptEvents:
             return
         event = progress_event(row, self.clock())
         if event is not None:
-            self.hub.publish(event, row.task, row.queue)
+            self.hub.publish(event, row.task, row.queue, row.owner)
 
 
 def log_write_failure(fut: asyncio.Future[None]) -> None:

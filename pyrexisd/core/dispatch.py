@@ -6,12 +6,19 @@ daemon spends one fsync for "A finished, B started". An end that cannot be commi
 (a full disk) is retried until it is, the job locked meanwhile, so no op sees or acts on
 an outcome that is not durable. Cancel and timeout decide the outcome at once; the work
 is stopped after, and its slot is freed only when it really has.
+
+``max_running_per_user`` holds a user's jobs back rather than refusing them: a job the
+scheduler picks while its owner already occupies that many slots gives the slot back and
+is parked in the waiting room (still ``pending``); when one of the owner's slots frees,
+its best parked job (highest priority, then oldest) goes back to the scheduler. Other
+users' jobs meanwhile take the free slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +29,7 @@ from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, log_wri
 from pyrexisd.core.background import Background
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow
+from pyrexisd.core.owners import Owners
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome
@@ -54,6 +62,8 @@ class Dispatch:
         limits: AttemptLimits,
         kill_grace: float,
         clock: Callable[[], float],
+        owners: Owners | None = None,
+        max_running_per_user: int | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -68,6 +78,9 @@ class Dispatch:
         self.kill_grace = kill_grace
         self.clock = clock
         self.backoff = Backoff()
+        self.owners = owners if owners is not None else ledger.owners
+        self.max_running_per_user = max_running_per_user
+        self._occupied: Counter[int] = Counter()  # slots each owner's jobs hold
         self._active: dict[int, Attempt] = {}
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
         self._kick_pending = False
@@ -120,17 +133,55 @@ class Dispatch:
             return [], []
         rows: list[JobRow] = []
         missing: list[Start] = []
+        parked = False
         for start in self.scheduler.pick():
             row = self.waiting.take(start.seq)
             if row is None:
                 missing.append(start)
-            else:
+            elif self._claim_slot(row):
                 rows.append(row)
+            else:
+                parked = True
+        if parked:
+            self.kick()  # the slots they gave back may suit other users' jobs
         return rows, missing
 
     def try_start_now(self, row: JobRow) -> bool:
         """Take a slot for a job being submitted, if it may start at once."""
-        return self.scheduler.try_start_now(row.queue, row.mode)
+        if self._at_cap(self.owners.of(row.owner)):
+            return False
+        if not self.scheduler.try_start_now(row.queue, row.mode):
+            return False
+        self._occupied[self.owners.of(row.owner)] += 1
+        return True
+
+    # -- slots per owner ----------------------------------------------------------------
+    def _at_cap(self, owner: int) -> bool:
+        cap = self.max_running_per_user
+        return cap is not None and self._occupied[owner] >= cap
+
+    def _claim_slot(self, row: JobRow) -> bool:
+        """The scheduler gave ``row`` a slot: keep it (counted for its owner), or give it
+        back and park the job when its owner holds ``max_running_per_user`` slots."""
+        owner = self.owners.of(row.owner)
+        if self._at_cap(owner):
+            self.scheduler.release(row.queue, row.mode)
+            self.waiting.park(owner, row)
+            return False
+        self._occupied[owner] += 1
+        return True
+
+    def release_slot(self, row: JobRow) -> None:
+        """``row``'s job left its slot (ended, stopped, or its start failed): the slot is
+        free, and one of the owner's parked jobs may wait for it again."""
+        self.scheduler.release(row.queue, row.mode)
+        owner = self.owners.of(row.owner)
+        self._occupied[owner] -= 1
+        if self._occupied[owner] <= 0:
+            del self._occupied[owner]
+        cap = self.max_running_per_user
+        if cap is not None and self.waiting.unpark(owner, cap - self._occupied[owner]):
+            self.kick()
 
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
@@ -141,6 +192,7 @@ class Dispatch:
             log.error("cannot read jobs to start: %s", exc)
             found = {}
         rows = []
+        parked = False
         for start in starts:
             row = found.get(start.seq)
             if row is None or row.status != "pending":
@@ -150,7 +202,12 @@ class Dispatch:
                 if row is None:
                     self._retry_dispatch_later()
                 continue
-            rows.append(row)
+            if self._claim_slot(row):
+                rows.append(row)
+            else:
+                parked = True
+        if parked:
+            self.kick()
         if rows:
             await self.begin(rows)
 
@@ -172,7 +229,7 @@ class Dispatch:
     def _put_back(self, rows: Sequence[JobRow]) -> None:
         """Starts that could not be committed: their slots are freed, they wait again."""
         for row in rows:
-            self.scheduler.release(row.queue, row.mode)
+            self.release_slot(row)
             self.waiting.enqueue(row)
         self._retry_dispatch_later()
 
@@ -240,7 +297,7 @@ class Dispatch:
         row = attempt.row
         if attempt.ended:  # cancelled or timed out earlier: its status is already committed
             self._winding_down.discard(attempt)
-            self.scheduler.release(row.queue, row.mode)
+            self.release_slot(row)
             self.kick()
             return
         attempt.ended = True
@@ -255,7 +312,7 @@ class Dispatch:
             notes.append(("log", f"[pyrexis] {events.dropped_lines} lines dropped (log limit)"))
         if outcome.traceback:
             notes.extend(("stderr", text) for text in outcome.traceback.rstrip("\n").split("\n"))
-        self.scheduler.release(row.queue, row.mode)
+        self.release_slot(row)
         starts, missing = self.take_starts()
         if missing:
             self.background.spawn(self._load_and_begin(missing))

@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from protocol.errors import Internal, NotFound, ShuttingDown, Timeout
+from protocol.errors import Internal, ShuttingDown, Timeout
 from pyrexisd.core.model import WAITING_IN_SCHEDULER, JobRow, LogLine, OutputItem
+from pyrexisd.core.owners import Owners, no_such_job
 from pyrexisd.events import EventHub, StoredRange, state_event
 from pyrexisd.metrics import Metrics
 from pyrexisd.store import Store
@@ -149,11 +150,13 @@ class Ledger:
         metrics: Metrics,
         is_waiting: Callable[[int], bool],
         clock: Callable[[], float],
+        owners: Owners | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.metrics = metrics
         self.clock = clock
+        self.owners = owners if owners is not None else Owners()
         self._is_waiting = is_waiting  # the scheduler's: is this seq ready or deferred there
         self.stopping = asyncio.Event()  # set when the daemon stops taking work
         # Called with each row whose end has committed (the waiting room re-evaluates the
@@ -172,8 +175,8 @@ class Ledger:
     async def load(self) -> None:
         """Read what the committed view starts from: the last seq and the counts."""
         self._seq = await self.store.max_seq()
-        for queue, status, _mode, n in await self.store.counts():
-            self.metrics.by_queue_status[(queue, status)] += n
+        for queue, status, _mode, owner, n in await self.store.counts():
+            self.metrics.loaded(queue, status, self.owners.of(owner), n)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -227,9 +230,9 @@ class Ledger:
     def moved(self, row: JobRow, old: str | None, old_queue: str | None, now: float) -> None:
         """A status change of ``row`` has committed: count it, tell the watchers, and if it
         ended, wake its waiters and those who depend on it."""
-        self.metrics.moved(row.queue, row.mode, old, row.status, old_queue)
+        self.metrics.moved(row.queue, row.mode, old, row.status, old_queue, self.owners.of(row.owner))
         if self.hub.wants(row.job_id):
-            self.hub.publish(state_event(row, now), row.task, row.queue)
+            self.hub.publish(state_event(row, now), row.task, row.queue, row.owner)
         if row.terminal:
             if row.status == "completed" and old == "running":
                 self.metrics.completed(now)
@@ -254,7 +257,7 @@ class Ledger:
         for kind, items in (("log", lines), ("output", outputs)):
             if items:
                 marker = StoredRange(kind, row.job_id, row.seq, items[0].seq, items[-1].seq)
-                self.hub.publish(marker, row.task, row.queue)
+                self.hub.publish(marker, row.task, row.queue, row.owner)
 
     def awaited(self, job_id: str) -> bool:
         """Whether a client waits on this job or follows its events right now."""
@@ -315,7 +318,7 @@ class Ledger:
                 continue
             stored = await self.store.get_job(job_id)
             if stored is None:
-                raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+                raise no_such_job(job_id)
             lock = self._locks.get(stored.seq)
             if lock is not None:
                 await self._until_unlocked(lock)
@@ -333,31 +336,40 @@ class Ledger:
             await asyncio.sleep(0)  # it moved after the read: read again
         raise Internal(f"job {job_id!r} does not settle; its state is inconsistent")
 
-    async def record(self, job_id: str) -> dict[str, Any]:
-        """The job's committed record, read from the store."""
+    async def record(self, job_id: str, visible: Callable[[int | None], bool] | None = None) -> dict[str, Any]:
+        """The job's committed record, read from the store (``not_found`` as well when
+        ``visible`` says no to its owner)."""
         row = await self.store.get_job(job_id)
-        if row is None:
-            raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+        if row is None or (visible is not None and not visible(row.owner)):
+            raise no_such_job(job_id)
         return row.record()
 
-    async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
-        """The job's record once it is terminal; ``timeout`` error if that takes too long."""
+    async def wait(
+        self, job_id: str, timeout: float | None, visible: Callable[[int | None], bool] | None = None
+    ) -> dict[str, Any]:
+        """The job's record once it is terminal; ``timeout`` error if that takes too long.
+        A job whose owner ``visible`` refuses is ``not_found`` at once, as if it did not
+        exist (not when it ends: the wait's length would tell)."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(job_id, [])
         waiters.append(fut)  # before the read, so a commit after the read still wakes us
         try:
             ended = self._recent_ends.get(job_id)
             if ended is not None:
+                if visible is not None and not visible(ended["owner"]):
+                    raise no_such_job(job_id)
                 return ended  # a committed end (a change since would have dropped it)
             pinned = self._pinned.get(job_id)
             if pinned is not None and pinned.seq in self._locks:
                 self.store.hurry()  # its end may be a lazy write: it is awaited now
             if pinned is not None and pinned.seq not in self._locks and not pinned.terminal:
+                if visible is not None and not visible(pinned.owner):
+                    raise no_such_job(job_id)
                 status = pinned.status  # committed, and its end will wake us: no read needed
             else:
                 row = await self.store.get_job(job_id)
-                if row is None:
-                    raise NotFound(f"no job {job_id!r}", {"job_id": job_id})
+                if row is None or (visible is not None and not visible(row.owner)):
+                    raise no_such_job(job_id)
                 if row.terminal:
                     return row.record()
                 status = row.status

@@ -59,6 +59,7 @@ class JobRow:
     output_seq: int = 0
     pid: int | None = None  # the process running the attempt (shell and process modes)
     pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
+    owner: int | None = None  # the submitter's uid; None for jobs older than ownership
     # ``args`` never change after submit: packed once, written as is on every change.
     args_blob: bytes | None = field(default=None, repr=False, compare=False)
     # The args as the task's model validated them at submit (not stored): the first
@@ -110,6 +111,7 @@ class JobRow:
             "labels": self.labels,
             "on_interrupt": self.on_interrupt,
             "timeout": self.timeout,
+            "owner": self.owner,
         }
 
 

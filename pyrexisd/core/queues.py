@@ -38,7 +38,8 @@ class Queues:
                 q.name, weight=q.weight, max_concurrency=q.max_concurrency, aging=q.aging, paused=q.paused
             )
 
-    def row(self, name: str) -> dict[str, Any]:
+    def row(self, name: str, owner: int | None = None) -> dict[str, Any]:
+        """A queue's row; its job counts only ``owner``'s when given."""
         q = self.scheduler.queue(name)
         return {
             "queue": name,
@@ -46,15 +47,16 @@ class Queues:
             "weight": q.weight,
             "max_concurrency": q.max_concurrency,
             "aging": q.aging,
-            "waiting": self.metrics.count(name, WAITING),
-            "running": self.metrics.count(name, _RUNNING),
+            "waiting": self.metrics.count(name, WAITING, owner),
+            "running": self.metrics.count(name, _RUNNING, owner),
         }
 
     def _names(self) -> set[str]:
         return set(self.scheduler.queues) | self.metrics.queues()
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [self.row(n) for n in sorted(self._names())]
+    def rows(self, owner: int | None = None) -> list[dict[str, Any]]:
+        """Every queue's row (job counts only ``owner``'s when given)."""
+        return [self.row(n, owner) for n in sorted(self._names())]
 
     def _settings_of(self, name: str, **changes: Unpack[QueueChanges]) -> QueueSettings:
         q = self.scheduler.queue(name)

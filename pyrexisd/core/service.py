@@ -4,24 +4,32 @@ Each method is one command or query of the contract, in the daemon's own terms: 
 checks that the daemon takes work, asks admission, the ledger, the waiting room,
 dispatch or the queues, and returns records. Nothing here knows about frames or sockets,
 and nothing outside the core reaches past it into the store.
+
+Every method takes the :class:`~pyrexisd.access.Caller` it acts for, and applies
+ownership (:mod:`pyrexisd.core.owners`): a caller that is not an admin sees and acts on
+its own jobs and schedules only — another user's is ``not_found`` — lists, watches and
+counts only its own, and may not change the queues' settings (``unauthorized``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 
-from protocol.errors import Conflict, InvalidState, ShuttingDown, StorageError
+from protocol.errors import Conflict, InvalidState, ShuttingDown, StorageError, Unauthorized
 from protocol.status import WAITING
+from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core import model
 from pyrexisd.core.admission import Admission, Admitted, decode_cursor, encode_cursor
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
+from pyrexisd.core.owners import Owners
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
@@ -51,6 +59,7 @@ class Service:
         metrics: Metrics,
         hub: EventHub,
         clock: Callable[[], float],
+        owners: Owners | None = None,
     ) -> None:
         self.config = config
         self._store = store
@@ -63,8 +72,9 @@ class Service:
         self.metrics = metrics
         self.hub = hub
         self.clock = clock
-        self.admission = Admission(registry, config, clock)
-        self.schedules = Recurring(store, self.submit, self.check_spec, clock)
+        self.owners = owners if owners is not None else ledger.owners
+        self.admission = Admission(registry, config, clock, self.owners, metrics)
+        self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -77,31 +87,32 @@ class Service:
             raise ShuttingDown("the daemon is stopping and takes no new work")
 
     # -- submit -------------------------------------------------------------------------
-    def check_spec(self, raw: Any) -> None:
+    def check_spec(self, caller: Caller, raw: Any) -> None:
         """Validate a spec as ``submit`` would (task, mode, args), without storing it."""
-        self.admission.prepare(raw)
+        self.admission.prepare(caller, raw)
 
-    async def submit(self, raw: Any) -> dict[str, Any]:
-        """Validate, store and schedule one job; its record once it is durable."""
-        return (await self.submit_many([raw], batch=False))[0]
+    async def submit(self, caller: Caller, raw: Any) -> dict[str, Any]:
+        """Validate, store and schedule one job of ``caller``; its record once it is durable."""
+        return (await self.submit_many(caller, [raw], batch=False))[0]
 
-    async def submit_many(self, raws: Sequence[Any], batch: bool = True) -> list[dict[str, Any]]:
+    async def submit_many(self, caller: Caller, raws: Sequence[Any], batch: bool = True) -> list[dict[str, Any]]:
         """All-or-nothing: every spec is valid and stored, or none is."""
         self.check_open()
-        admitted = self.admission.prepare_batch(raws, batch)
+        admitted = self.admission.prepare_batch(caller, raws, batch)
         known: dict[str, str] = {}
         if any(a.spec.depends_on for a in admitted):
             external = Admission.external_dependencies(admitted)
             found = await self._store.get_jobs_by_id(external) if external else {}
-            known = Admission.check_dependencies(admitted, found, batch)
-        existing = await self._resubmits(admitted, batch)
+            known = self.admission.check_dependencies(caller, admitted, found, batch)
+        existing = await self._resubmits(caller, admitted, batch)
         self.check_open()
         fresh = [a.row for i, a in enumerate(admitted) if i not in existing]
         if fresh:
-            await self._accept(fresh, known)
+            with self.admission.quotas.reserve(caller.uid, len(fresh)):
+                await self._accept(fresh, known)
         return [existing[i] if i in existing else a.row.record() for i, a in enumerate(admitted)]
 
-    async def _resubmits(self, admitted: list[Admitted], batch: bool) -> dict[int, dict[str, Any]]:
+    async def _resubmits(self, caller: Caller, admitted: list[Admitted], batch: bool) -> dict[int, dict[str, Any]]:
         """Specs whose client id is in use already: their records (same spec) or conflict."""
         wanted = Admission.client_ids(admitted)
         if not wanted:
@@ -111,7 +122,7 @@ class Service:
         rows = await self._store.get_jobs_by_id(list(wanted))
         while await self.ledger.claims_settled(wanted):
             rows = await self._store.get_jobs_by_id(list(wanted))
-        out = Admission.resubmits(admitted, rows, batch)
+        out = self.admission.resubmits(caller, admitted, rows, batch)
         for job_id, i in wanted.items():
             if i not in out and self.ledger.claimed(job_id):
                 raise Conflict(f"job_id {job_id!r} is being submitted concurrently", {"job_id": job_id})
@@ -137,7 +148,7 @@ class Service:
                         starting.append(row)
         except StorageError:
             for row in starting:
-                self.scheduler.release(row.queue, row.mode)
+                self.dispatch.release_slot(row)
             self.dispatch.kick()
             raise
         finally:
@@ -150,9 +161,15 @@ class Service:
         self.dispatch.kick()
 
     # -- commands on one job ------------------------------------------------------------
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        self.check_open()
+    async def _current(self, caller: Caller, job_id: str) -> JobRow:
+        """The job's committed state, if ``caller`` may see it (else ``not_found``)."""
         row = await self.ledger.current(job_id)
+        self.owners.check(caller, row.owner, job_id)
+        return row
+
+    async def cancel(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        self.check_open()
+        row = await self._current(caller, job_id)
         if row.terminal:
             raise InvalidState(f"job {job_id!r} is already {row.status}", {"status": row.status})
         if row.status == "running":
@@ -161,37 +178,39 @@ class Service:
             return row.record()
         return (await self.waiting.change(row, lambda r: model.cancel_waiting(r, self.clock()))).record()
 
-    async def retry(self, job_id: str) -> dict[str, Any]:
-        """A failed or cancelled job waits again, with a fresh round of retries."""
+    async def retry(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        """A failed or cancelled job waits again, with a fresh round of retries (within
+        its owner's waiting quota)."""
         self.check_open()
-        row = await self.ledger.current(job_id)
+        row = await self._current(caller, job_id)
         if row.status not in ("failed", "cancelled"):
             raise InvalidState(
                 f"only a failed or cancelled job can be retried; {job_id!r} is {row.status}",
                 {"status": row.status},
             )
-        return (await self.waiting.change(row, lambda r: model.reopen(r, self.clock()))).record()
+        with self.admission.quotas.reserve(self.owners.of(row.owner), 1):
+            return (await self.waiting.change(row, lambda r: model.reopen(r, self.clock()))).record()
 
-    async def hold(self, job_id: str) -> dict[str, Any]:
+    async def hold(self, caller: Caller, job_id: str) -> dict[str, Any]:
         """A waiting job stays waiting until released."""
         self.check_open()
-        row = await self.ledger.current(job_id)
+        row = await self._current(caller, job_id)
         if row.status not in WAITING or row.status == "held":
             raise InvalidState(f"only a waiting job can be held; {job_id!r} is {row.status}", {"status": row.status})
         return (await self.waiting.change(row, lambda r: r.move("held"))).record()
 
-    async def release(self, job_id: str) -> dict[str, Any]:
+    async def release(self, caller: Caller, job_id: str) -> dict[str, Any]:
         """A held job goes back to the waiting status that now applies."""
         self.check_open()
-        row = await self.ledger.current(job_id)
+        row = await self._current(caller, job_id)
         if row.status != "held":
             raise InvalidState(f"only a held job can be released; {job_id!r} is {row.status}", {"status": row.status})
         return (await self.waiting.change(row, lambda r: model.unhold(r, self.clock()))).record()
 
-    async def update(self, job_id: str, priority: int | None, queue: str | None) -> dict[str, Any]:
+    async def update(self, caller: Caller, job_id: str, priority: int | None, queue: str | None) -> dict[str, Any]:
         """Change a waiting job's priority or queue (it keeps its time waited, for aging)."""
         self.check_open()
-        row = await self.ledger.current(job_id)
+        row = await self._current(caller, job_id)
         if row.status not in WAITING:
             raise InvalidState(f"only a waiting job can be updated; {job_id!r} is {row.status}", {"status": row.status})
 
@@ -204,30 +223,43 @@ class Service:
         return (await self.waiting.change(row, change)).record()
 
     # -- queries ------------------------------------------------------------------------
-    async def get(self, job_id: str) -> dict[str, Any]:
-        return await self.ledger.record(job_id)
+    async def get(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        return await self.ledger.record(job_id, self.owners.lets(caller))
 
-    async def current(self, job_id: str) -> JobRow:
+    async def current(self, caller: Caller, job_id: str) -> JobRow:
         """The job's committed state now, with no change in flight (a stream's opening)."""
-        return await self.ledger.current(job_id)
+        return await self._current(caller, job_id)
 
-    async def find(self, job_id: str) -> JobRow | None:
-        """The job's stored row, or None."""
-        return await self._store.get_job(job_id)
+    async def find(self, caller: Caller, job_id: str) -> JobRow | None:
+        """The job's stored row, or None (also when ``caller`` may not see it)."""
+        row = await self._store.get_job(job_id)
+        return row if row is not None and self.owners.sees(caller, row.owner) else None
 
-    async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
-        return await self.ledger.wait(job_id, timeout)
+    async def wait(self, caller: Caller, job_id: str, timeout: float | None) -> dict[str, Any]:
+        return await self.ledger.wait(job_id, timeout, self.owners.lets(caller))
 
     async def list_jobs(
-        self, statuses: Sequence[str] | None, task: str | None, queue: str | None, limit: int, after: str | None
+        self,
+        caller: Caller,
+        statuses: Sequence[str] | None,
+        task: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
+        all_users: bool = False,
     ) -> dict[str, Any]:
         """A page of records, oldest first, and the cursor of the next page (or None).
 
-        A page is cut short where its records would not fit in one frame; one record
-        always fits (submit refuses specs whose record could not).
+        The caller's own jobs, or with ``all_users`` every user's (admins only). A page is
+        cut short where its records would not fit in one frame; one record always fits
+        (submit refuses specs whose record could not).
         """
+        if all_users and not caller.admin:
+            raise Unauthorized("only an admin may list every user's jobs")
         cursor = decode_cursor(after) if after else None
-        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor)
+        owner = None if all_users else caller.uid
+        unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
+        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned)
         more = len(rows) > limit
         rows = rows[:limit]
         budget = self.config.max_frame - FRAME_ENVELOPE
@@ -252,14 +284,17 @@ class Service:
         """Resolves at the next commit of log lines or of an end of ``job_seq``."""
         return self.ledger.log_signal(job_seq)
 
-    def subscribe(self, flt: EventFilter) -> Subscription:
-        return self.hub.subscribe(flt)
+    def subscribe(self, caller: Caller, flt: EventFilter) -> Subscription:
+        """A subscription to the events ``flt`` matches, of the jobs ``caller`` may see."""
+        visible = self.owners.lets(caller)
+        return self.hub.subscribe(flt if visible is None else replace(flt, visible=visible))
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.hub.unsubscribe(sub)
 
-    def stats(self) -> dict[str, Any]:
-        out = self.metrics.snapshot(self.clock(), self.scheduler.slots)
+    def stats(self, caller: Caller) -> dict[str, Any]:
+        """The daemon's counters; the job counts are only the caller's own unless it is an admin."""
+        out = self.metrics.snapshot(self.clock(), self.scheduler.slots, None if caller.admin else caller.uid)
         store = self._store
         commits = store.commits
         out["store"] = {
@@ -273,28 +308,41 @@ class Service:
         }
         return out
 
-    def task_list(self) -> list[dict[str, Any]]:
-        return [t.describe() for t in self.registry.all()]
+    def task_list(self, caller: Caller) -> list[dict[str, Any]]:
+        """The tasks ``caller`` may submit (every task, for an admin)."""
+        allowed = None if caller.admin else self.admission.user_tasks
+        return [t.describe() for t in self.registry.all() if allowed is None or t.name in allowed]
 
     # -- queues and schedules -------------------------------------------------------------
-    def queue_rows(self) -> list[dict[str, Any]]:
-        return self.queues.rows()
+    def queue_rows(self, caller: Caller) -> list[dict[str, Any]]:
+        """Every queue's settings, with the caller's own job counts unless it is an admin."""
+        return self.queues.rows(None if caller.admin else caller.uid)
 
-    async def set_paused(self, queue: str | None, paused: bool) -> list[dict[str, Any]]:
+    @staticmethod
+    def _admin_only(caller: Caller, what: str) -> None:
+        if not caller.admin:
+            raise Unauthorized(f"only an admin may {what}: the queues are shared by every user")
+
+    async def set_paused(self, caller: Caller, queue: str | None, paused: bool) -> list[dict[str, Any]]:
         """Pause or resume one queue, or every queue (including later ones). Durable."""
+        self._admin_only(caller, "pause or resume queues")
         self.check_open()
         return await self.queues.set_paused(queue, paused)
 
-    async def configure_queue(self, queue: str, changes: QueueChanges) -> dict[str, Any]:
+    async def configure_queue(self, caller: Caller, queue: str, changes: QueueChanges) -> dict[str, Any]:
+        self._admin_only(caller, "configure queues")
         self.check_open()
         return await self.queues.configure(queue, changes)
 
-    async def add_schedule(self, name: str, cron: str | None, every: float | None, job: dict[str, Any]) -> dict[str, Any]:
+    async def add_schedule(
+        self, caller: Caller, name: str, cron: str | None, every: float | None, job: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A schedule of ``caller``'s: its runs are ``caller``'s jobs."""
         self.check_open()
-        return await self.schedules.add(name, cron, every, job)
+        return await self.schedules.add(caller, name, cron, every, job)
 
-    def list_schedules(self) -> list[dict[str, Any]]:
-        return self.schedules.list()
+    def list_schedules(self, caller: Caller) -> list[dict[str, Any]]:
+        return self.schedules.list(self.owners.lets(caller))
 
-    async def remove_schedule(self, name: str) -> None:
-        await self.schedules.remove(name)
+    async def remove_schedule(self, caller: Caller, name: str) -> None:
+        await self.schedules.remove(name, self.owners.lets(caller))

@@ -11,12 +11,18 @@ The rows of blocked and held jobs stay in memory (they are few and need evaluati
 the jobs in the scheduler, only the first :data:`ROW_CACHE_LIMIT` keep their row in
 memory, the scheduler holding a small key for every one: the others are read back when
 they start.
+
+A ``pending`` job whose owner already runs ``max_running_per_user`` jobs is *parked*
+here by dispatch: out of the scheduler (so it takes no slot and blocks nobody), still
+``pending``, kept as a small key like the scheduler's. :meth:`unpark` gives the owner's
+best parked jobs back to the scheduler when the owner's slots free up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 from collections.abc import Callable, Iterable
 
@@ -33,6 +39,10 @@ log = logging.getLogger(__name__)
 
 ROW_CACHE_LIMIT = 4_096  # waiting rows kept in memory; beyond, they are read back on start
 STORAGE_RETRY = 2.0  # seconds before a change that failed to commit is tried again
+
+# A parked job: (-priority, enqueued_at, seq, queue, mode), so an owner's heap yields its
+# highest priority first, then its oldest.
+Parked = tuple[int, float, int, str, str]
 
 
 class Waiting:
@@ -57,6 +67,8 @@ class Waiting:
         self._blocked: dict[int, JobRow] = {}
         self._held: dict[int, JobRow] = {}
         self._dependents: dict[str, set[int]] = {}  # dependency job_id -> blocked seqs
+        self._parked: dict[int, list[Parked]] = {}  # owner -> heap of parked jobs
+        self._parked_seqs: dict[int, Parked] = {}  # seq -> its live heap entry
         self._to_evaluate: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -106,11 +118,40 @@ class Waiting:
             self.ledger.pin(row)
 
     def withdraw(self, row: JobRow) -> None:
-        """A waiting job leaves wherever it waits (scheduler, blocked or held set)."""
+        """A waiting job leaves wherever it waits (scheduler, parked, blocked or held set)."""
         self.scheduler.discard(row.seq, row.queue)
+        self._parked_seqs.pop(row.seq, None)  # its heap entry is skipped from now on
         for place in (self._cached, self._blocked, self._held):
             if place.pop(row.seq, None) is not None:
                 self.ledger.unpin(row)
+
+    # -- jobs held back by their owner's running cap ------------------------------------
+    def park(self, owner: int, row: JobRow) -> None:
+        """A pending job picked while its owner is at its running cap waits here, out of
+        the scheduler, until :meth:`unpark` (its row is read back when it starts)."""
+        entry: Parked = (-row.priority, row.enqueued_at, row.seq, row.queue, row.mode)
+        heapq.heappush(self._parked.setdefault(owner, []), entry)
+        self._parked_seqs[row.seq] = entry
+
+    def is_parked(self, seq: int) -> bool:
+        return seq in self._parked_seqs
+
+    def unpark(self, owner: int, count: int) -> bool:
+        """Give up to ``count`` of ``owner``'s parked jobs back to the scheduler, best first;
+        whether any went."""
+        heap = self._parked.get(owner)
+        moved = 0
+        while heap and moved < count:
+            entry = heapq.heappop(heap)
+            neg_priority, enqueued_at, seq, queue, mode = entry
+            if self._parked_seqs.get(seq) is not entry:
+                continue  # withdrawn (cancelled, held, updated) since it was parked
+            del self._parked_seqs[seq]
+            self.scheduler.add(seq, queue, mode, -neg_priority, enqueued_at)
+            moved += 1
+        if heap is not None and not heap:
+            del self._parked[owner]
+        return moved > 0
 
     def take(self, seq: int) -> JobRow | None:
         """The cached row of a job the scheduler picked (None: read it from the store)."""
