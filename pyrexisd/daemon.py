@@ -169,7 +169,8 @@ def make_executors(
         "async": AsyncExecutor(config.async_slots),
     }
     if config.enable_shell:
-        executors["shell"] = ShellExecutor(config.shell_slots, config.kill_grace)
+        # Nothing larger than a frame could be a job's result: the output file is read up to that.
+        executors["shell"] = ShellExecutor(config.shell_slots, config.kill_grace, max_output=config.max_frame)
     return executors
 
 

@@ -32,7 +32,7 @@ from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
-from pyrexisd.executors.base import Executor, JobCall, Outcome
+from pyrexisd.executors.base import Executor, JobCall, Outcome, RunAs
 from pyrexisd.metrics import Metrics
 from pyrexisd.retry import Backoff
 from pyrexisd.scheduler import Scheduler, Start
@@ -254,11 +254,32 @@ class Dispatch:
             return
         attempt.call = JobCall(row.job_id, row.attempts, definition, row.args, events, row.kwargs)
         row.kwargs = None  # a later attempt validates afresh: this one may change what it got
+        if row.mode == "shell":
+            account = self._account(row)
+            if isinstance(account, Outcome):
+                attempt.task = self.background.spawn(self._settle(attempt, account))
+                return
+            attempt.call.run_as = account
         # From becoming ready to really starting: includes the commit of its running row.
         self.metrics.started_after(max(0.0, self.clock() - row.enqueued_at))
         if row.timeout is not None:
             attempt.timer = asyncio.get_running_loop().call_later(row.timeout, self._on_timeout, attempt)
         attempt.task = self.background.spawn(self._run(attempt, self.executors[row.mode], attempt.call))
+
+    def _account(self, row: JobRow) -> RunAs | None | Outcome:
+        """Whose account a shell job's command runs in: a root daemon runs another user's
+        command as that user (None: as the daemon itself); a failure when the owner has no
+        account to run as. A daemon that is not root cannot switch: it runs what it runs
+        as itself, which is why others may not submit shell jobs to it by default."""
+        owner = self.owners.of(row.owner)
+        if self.owners.daemon_uid != 0 or owner == 0:
+            return None
+        account = RunAs.account(owner)
+        if account is None:
+            return Outcome.failure(
+                "exception", f"the job's owner, uid {owner}, has no account here: its command is not run", retryable=False
+            )
+        return account
 
     async def _run(self, attempt: Attempt, executor: Executor, call: JobCall) -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import threading
 import traceback
 from abc import ABC, abstractmethod
@@ -62,10 +64,42 @@ async def contained(awaitable: Any) -> Any:
         raise TaskExit(exc) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The account a command runs as when it is not the daemon's own: set by the job core
+    for a root daemon running another user's shell job, and applied by the shell
+    executor when it spawns the command (the process gets exactly these ids and groups,
+    and its environment's HOME, USER, LOGNAME and SHELL)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    user: str
+    home: str
+    shell: str
+
+    @classmethod
+    def account(cls, uid: int) -> RunAs | None:
+        """The account of ``uid`` from the user database (its primary group and every
+        group it belongs to), or None when it has none."""
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return None
+        try:
+            groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        except OSError:
+            groups = (entry.pw_gid,)
+        return cls(uid, entry.pw_gid, groups, entry.pw_name, entry.pw_dir or "/", entry.pw_shell or "/bin/sh")
+
+
 class JobCall:
     """One attempt of one job, as an executor sees it."""
 
-    __slots__ = ("job_id", "attempt", "task", "args", "events", "env", "inputs", "kwargs", "_cancelled", "_event", "_on_cancel")
+    __slots__ = (
+        "job_id", "attempt", "task", "args", "events", "env", "inputs", "kwargs", "run_as",
+        "_cancelled", "_event", "_on_cancel",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -83,6 +117,7 @@ class JobCall:
         self.events = events
         self.env: dict[str, str] = {}
         self.inputs: dict[str, Any] = {}  # dependency job_id -> result
+        self.run_as: RunAs | None = None  # another account to run a command as (shell mode)
         # The args as the task's model made them at submit, when still fresh (first attempt
         # in this daemon): the function's keyword arguments without validating again.
         self.kwargs = kwargs

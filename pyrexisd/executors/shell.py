@@ -4,6 +4,15 @@ The command runs with ``start_new_session=True`` so the whole tree can be signal
 one process group: cancel and timeout send SIGTERM to the group, then SIGKILL after the
 kill grace period. Lines longer than :data:`MAX_LINE` bytes are split into several lines;
 invalid UTF-8 becomes U+FFFD.
+
+A call with a ``run_as`` account (a root daemon running another user's job) is spawned
+with that account's uid, gid and groups, and none of the daemon's environment but the
+locale, the time zone and a standard PATH; HOME, USER, LOGNAME and SHELL are the
+account's. Its working directory is entered *after* the switch (a small ``sh``
+trampoline: ``cd`` as the user, then ``exec``), so a job can only start in a directory
+its user may enter. The ``$PYREXIS_OUTPUT`` and ``$PYREXIS_INPUTS`` files are handed to
+the account, and the output is read back only if it is still a regular file of that
+account (not a link to somebody else's file) and no larger than ``max_output``.
 """
 
 from __future__ import annotations
@@ -12,11 +21,12 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import tempfile
 from typing import Any
 
 from pyrexisd import procs
-from pyrexisd.executors.base import CANCELLED, MAX_LINE, Executor, JobCall, Outcome
+from pyrexisd.executors.base import CANCELLED, MAX_LINE, Executor, JobCall, Outcome, RunAs
 from pyrexisd.tasks.builtin import ShellCommand
 
 READ_CHUNK = 64 * 1024
@@ -24,15 +34,26 @@ READ_CHUNK = 64 * 1024
 # may still hold open, before the attempt ends without it.
 DRAIN_AFTER_EXIT = 1.0
 DRAIN_EVERY = 512  # lines between waits for the store (backpressure)
+MAX_OUTPUT = 16 * 1024 * 1024  # bytes of $PYREXIS_OUTPUT read back, by default
+# What a command run as another account keeps of the daemon's environment: nothing that
+# could carry the operator's secrets.
+KEPT_FOR_OTHERS = ("LANG", "LANGUAGE", "TZ", "TERM")
+STANDARD_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Run as another account, the command is started through this: ``cd`` with the
+# account's rights, then ``exec`` the command itself (same pid, same process group).
+CD_THEN_EXEC = 'cd -- "$1" || exit 126; shift; exec "$@"'
 
 
 class ShellExecutor(Executor):
     mode = "shell"
 
-    def __init__(self, slots: int, kill_grace: float = 5.0, workdir: str | None = None) -> None:
+    def __init__(
+        self, slots: int, kill_grace: float = 5.0, workdir: str | None = None, max_output: int = MAX_OUTPUT
+    ) -> None:
         super().__init__(slots)
         self.kill_grace = kill_grace
         self.workdir = workdir or tempfile.gettempdir()
+        self.max_output = max_output
 
     async def run(self, call: JobCall) -> Outcome:
         try:
@@ -41,14 +62,21 @@ class ShellExecutor(Executor):
                 raise TypeError(f"a shell-mode task must return a ShellCommand, not {type(command).__name__}")
         except Exception as exc:
             return Outcome.from_exception(exc)
+        run_as = call.run_as
         fd, output_path = tempfile.mkstemp(prefix="pyrexis-output-", suffix=".json", dir=self.workdir)
-        os.close(fd)
+        try:
+            if run_as is not None:
+                os.fchown(fd, run_as.uid, run_as.gid)  # the command writes it as its own user
+        finally:
+            os.close(fd)
         inputs_path: str | None = None
         if call.inputs:
             fd, inputs_path = tempfile.mkstemp(prefix="pyrexis-inputs-", suffix=".json", dir=self.workdir)
+            if run_as is not None:
+                os.fchown(fd, run_as.uid, run_as.gid)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(call.inputs, fh, default=repr)
-        env = dict(os.environ)
+        env = _environment(run_as)
         if command.env:
             env.update(command.env)
         env.update(call.env)
@@ -70,15 +98,27 @@ class ShellExecutor(Executor):
     async def _run_process(
         self, call: JobCall, command: ShellCommand, env: dict[str, str], output_path: str
     ) -> Outcome:
+        run_as = call.run_as
+        argv = list(command.argv)
+        cwd = command.cwd
+        switch: dict[str, Any] = {}
+        if run_as is not None:
+            # The daemon would enter ``cwd`` as root, before the switch: the user could
+            # then start in (and read below) a directory it may not enter. So cd after.
+            where = cwd if cwd is not None else (run_as.home if os.path.isdir(run_as.home) else "/")
+            argv = ["/bin/sh", "-c", CD_THEN_EXEC, "pyrexis-cd", where, *argv]
+            cwd = None
+            switch = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
         try:
             proc = await asyncio.create_subprocess_exec(
-                *command.argv,
-                cwd=command.cwd,
+                *argv,
+                cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                **switch,
             )
         except OSError as exc:
             return Outcome.failure("exception", f"cannot start {command.argv[0]!r}: {exc}", retryable=False)
@@ -111,10 +151,9 @@ class ShellExecutor(Executor):
             return Outcome.failure("exit_code", f"command {how}", retryable=True)
         result: dict[str, Any] = {"exit_code": 0}
         try:
-            with open(output_path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError:
-            text = ""
+            text = _read_output(output_path, run_as, self.max_output)
+        except ValueError as exc:
+            return Outcome.failure("exception", f"$PYREXIS_OUTPUT {exc}", retryable=False)
         if text.strip():
             try:
                 result["output"] = json.loads(text)
@@ -167,6 +206,39 @@ class ShellExecutor(Executor):
         if pending:
             for piece in _cut(pending.removesuffix(b"\r")):
                 events.log(name, piece)
+
+
+def _environment(run_as: RunAs | None) -> dict[str, str]:
+    """The environment a command starts from: the daemon's own, or for another account
+    a clean one (see the module docstring)."""
+    if run_as is None:
+        return dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k in KEPT_FOR_OTHERS or k.startswith("LC_")}
+    env.update(
+        PATH=STANDARD_PATH, HOME=run_as.home, USER=run_as.user, LOGNAME=run_as.user, SHELL=run_as.shell
+    )
+    return env
+
+
+def _read_output(path: str, run_as: RunAs | None, limit: int) -> str:
+    """What the command wrote to ``$PYREXIS_OUTPUT`` ("" when nothing is there), or
+    ValueError saying why it is not read: not a regular file of the command's own account
+    (a link swapped in to make the daemon read another file), or larger than ``limit``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        owner = os.geteuid() if run_as is None else run_as.uid
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
+            raise ValueError("was replaced by something other than the command's own regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"holds more than {limit} bytes")
+    return data.decode("utf-8", "replace")
 
 
 def _cut(raw: bytes) -> list[str]:
