@@ -147,9 +147,12 @@ def expect_error(code: str, fn: Callable[[], Any]) -> WireError:
 class Daemon:
     """A ``pyrexisd`` subprocess and the paths it uses."""
 
-    def __init__(self, workdir: str, args: tuple[str, ...], db: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: str, args: tuple[str, ...], db: str | None = None, env: dict[str, str] | None = None,
+        socket: str | None = None,
+    ) -> None:
         self.workdir = workdir
-        self.socket = os.path.join(workdir, "s.sock")
+        self.socket = socket or os.path.join(workdir, "s.sock")
         self.db = db or os.path.join(workdir, "d.db")
         self.args = args
         self.env = env
@@ -245,13 +248,18 @@ def workdir() -> Iterator[str]:
 
 @pytest.fixture
 def start_daemon(workdir: str) -> Iterator[Callable[..., Daemon]]:
-    """A factory: ``start_daemon("--threads", "2")``; every daemon is stopped at teardown."""
+    """A factory: ``start_daemon("--threads", "2")``; every daemon is stopped at teardown.
+    ``socket`` puts the socket elsewhere than ``workdir/s.sock`` (its directory is then
+    the daemon's to create, with the modes its access policy needs)."""
     started: list[Daemon] = []
 
-    def start(*args: str, db: str | None = None, env: dict[str, str] | None = None, wait: bool = True, subdir: str | None = None) -> Daemon:
+    def start(
+        *args: str, db: str | None = None, env: dict[str, str] | None = None, wait: bool = True,
+        subdir: str | None = None, socket: str | None = None,
+    ) -> Daemon:
         where = workdir if subdir is None else os.path.join(workdir, subdir)
         os.makedirs(where, exist_ok=True)
-        d = Daemon(where, args, db=db, env=env)
+        d = Daemon(where, args, db=db, env=env, socket=socket)
         started.append(d)
         return d.start(wait=wait)
 

@@ -5,14 +5,16 @@ one process group: cancel and timeout send SIGTERM to the group, then SIGKILL af
 kill grace period. Lines longer than :data:`MAX_LINE` bytes are split into several lines;
 invalid UTF-8 becomes U+FFFD.
 
-A call with a ``run_as`` account (a root daemon running another user's job) is spawned
-with that account's uid, gid and groups, and none of the daemon's environment but the
+A call with a ``run_as`` account (a root daemon running another user's job) runs with
+that account's uid, gid and groups, and none of the daemon's environment but the
 locale, the time zone and a standard PATH; HOME, USER, LOGNAME and SHELL are the
-account's. Its working directory is entered *after* the switch (a small ``sh``
-trampoline: ``cd`` as the user, then ``exec``), so a job can only start in a directory
-its user may enter. The ``$PYREXIS_OUTPUT`` and ``$PYREXIS_INPUTS`` files are handed to
-the account, and the output is read back only if it is still a regular file of that
-account (not a link to somebody else's file) and no larger than ``max_output``.
+account's. The switch is made by a small trampoline (:data:`SWITCH`, run by this
+Python, isolated): it drops to the account, *then* enters the working directory (so a
+job can only start in a directory its user may enter), then ``exec``s the command, which
+keeps the trampoline's pid and its own session. The ``$PYREXIS_OUTPUT`` and
+``$PYREXIS_INPUTS`` files are handed to the account, and the output is read back only if
+it is still a regular file of that account (not a link to somebody else's file) and no
+larger than ``max_output``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import tempfile
 from typing import Any
 
@@ -39,9 +42,31 @@ MAX_OUTPUT = 16 * 1024 * 1024  # bytes of $PYREXIS_OUTPUT read back, by default
 # could carry the operator's secrets.
 KEPT_FOR_OTHERS = ("LANG", "LANGUAGE", "TZ", "TERM")
 STANDARD_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Run as another account, the command is started through this: ``cd`` with the
-# account's rights, then ``exec`` the command itself (same pid, same process group).
-CD_THEN_EXEC = 'cd -- "$1" || exit 126; shift; exec "$@"'
+# Run as another account, the command is started through this trampoline (argv: uid gid
+# groups cwd keep-LC_CTYPE command...): every id is dropped (real, effective and saved),
+# then the directory is entered with the account's rights, then the command replaces
+# the trampoline (same pid, same session). Python's start-up may add LC_CTYPE to the
+# environment (PEP 538); it is removed again unless the job's environment had it.
+# Exit 126: the directory cannot be entered; 127: the command cannot be started.
+SWITCH = """\
+import os, sys
+uid, gid, groups, cwd, keep_ctype, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+os.setgroups([int(g) for g in groups.split(",") if g])
+os.setresgid(gid, gid, gid)
+os.setresuid(uid, uid, uid)
+if keep_ctype != "1":
+    os.environ.pop("LC_CTYPE", None)
+try:
+    os.chdir(cwd)
+except OSError as exc:
+    sys.stderr.write(f"pyrexis: cannot enter {cwd}: {exc.strerror}\\n")
+    os._exit(126)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.stderr.write(f"pyrexis: cannot start {argv[0]}: {exc.strerror}\\n")
+    os._exit(127)
+"""
 
 
 class ShellExecutor(Executor):
@@ -101,14 +126,14 @@ class ShellExecutor(Executor):
         run_as = call.run_as
         argv = list(command.argv)
         cwd = command.cwd
-        switch: dict[str, Any] = {}
         if run_as is not None:
-            # The daemon would enter ``cwd`` as root, before the switch: the user could
-            # then start in (and read below) a directory it may not enter. So cd after.
+            # Entered after the switch (by the trampoline): entered by the daemon, as
+            # root, it would let the user start in a directory it may not enter.
             where = cwd if cwd is not None else (run_as.home if os.path.isdir(run_as.home) else "/")
-            argv = ["/bin/sh", "-c", CD_THEN_EXEC, "pyrexis-cd", where, *argv]
+            groups = ",".join(str(g) for g in run_as.groups)
+            keep_ctype = "1" if "LC_CTYPE" in env else "0"
+            argv = [sys.executable, "-I", "-S", "-c", SWITCH, str(run_as.uid), str(run_as.gid), groups, where, keep_ctype, *argv]
             cwd = None
-            switch = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -118,7 +143,6 @@ class ShellExecutor(Executor):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                **switch,
             )
         except OSError as exc:
             return Outcome.failure("exception", f"cannot start {command.argv[0]!r}: {exc}", retryable=False)
