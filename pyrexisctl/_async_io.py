@@ -27,6 +27,7 @@ from pyrexisctl._wire import (
     _closed,
     _connect_error,
     _Incoming,
+    _ListenQueueFull,
     _StreamBase,
     _Wire,
 )
@@ -128,12 +129,20 @@ class _AsyncConnection(_ClientBase[AsyncStream]):
         async with self._connecting:
             if self._writer is not None:
                 return
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(self.socket_path), self.connect_timeout
-                )
-            except OSError as exc:
-                raise _connect_error(self.socket_path, exc) from None
+            queue_full = _ListenQueueFull(self.connect_timeout)
+            while True:
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_unix_connection(self.socket_path), queue_full.remaining()
+                    )
+                    break
+                except BlockingIOError as exc:  # the daemon's listen queue is full for now
+                    pause = queue_full.pause()
+                    if pause is None:
+                        raise _connect_error(self.socket_path, exc) from None
+                    await asyncio.sleep(pause)
+                except OSError as exc:
+                    raise _connect_error(self.socket_path, exc) from None
             self._wire = _Wire(self._max_frame)
             self._writer = writer
             self._reader_task = asyncio.create_task(

@@ -10,6 +10,7 @@ streams stay fed while the client waits for other answers.
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -25,6 +26,7 @@ from pyrexisctl._wire import (
     _closed,
     _connect_error,
     _Incoming,
+    _ListenQueueFull,
     _StreamBase,
     _Wire,
 )
@@ -123,15 +125,24 @@ class _SyncConnection(_ClientBase[Stream], _ClosedOnExit):
         """Open the connection (no-op when open). Raises :class:`DaemonUnreachable`."""
         if self._sock is not None:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.connect_timeout)
-            sock.connect(self.socket_path)
-            # Answers may take as long as the op does (``wait``): no read timeout.
-            sock.settimeout(None)
-        except OSError as exc:
-            sock.close()
-            raise _connect_error(self.socket_path, exc) from None
+        queue_full = _ListenQueueFull(self.connect_timeout)
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(queue_full.remaining())
+                sock.connect(self.socket_path)
+                # Answers may take as long as the op does (``wait``): no read timeout.
+                sock.settimeout(None)
+                break
+            except BlockingIOError as exc:
+                sock.close()
+                pause = queue_full.pause()
+                if pause is None:
+                    raise _connect_error(self.socket_path, exc) from None
+                time.sleep(pause)
+            except OSError as exc:
+                sock.close()
+                raise _connect_error(self.socket_path, exc) from None
         self._sock = sock
         self._wire = _Wire(self._max_frame)
 

@@ -11,6 +11,7 @@ socket or an event loop, so importing it costs neither ``socket`` nor ``asyncio`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
@@ -278,7 +279,30 @@ def _closed(result: Any) -> bool:
     return bool(isinstance(result, dict) and result.get("closed"))
 
 
+class _ListenQueueFull:
+    """When to try a connect again that the daemon's listen queue refused (EAGAIN: full
+    for a moment, under a burst of connections), until the connect timeout runs out."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._pause = 0.005
+
+    def remaining(self) -> float | None:
+        """Seconds left for one attempt (None: no limit)."""
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+
+    def pause(self) -> float | None:
+        """How long to wait before the next attempt, or None to give up."""
+        pause = self._pause
+        if self.deadline is not None and time.monotonic() + pause > self.deadline:
+            return None
+        self._pause = min(0.1, pause * 2)
+        return pause
+
+
 def _connect_error(socket_path: str, exc: OSError) -> DaemonUnreachable:
+    if isinstance(exc, BlockingIOError):
+        return DaemonUnreachable(socket_path, "its listen queue stayed full (the daemon is swamped with connections)")
     if isinstance(exc, FileNotFoundError):
         reason = "no such socket"
     elif isinstance(exc, ConnectionRefusedError):
