@@ -68,9 +68,14 @@ class _AsyncOps(_AsyncConnection):
         queue: str | None = None,
         limit: int | None = None,
         after: str | None = None,
+        all_users: bool = False,
     ) -> Record:
-        """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``."""
-        return _record(await self.request("list", _list_args(status, task, queue, limit, after)))
+        """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``.
+
+        Only the caller's own jobs, unless ``all_users`` (an admin's right: root and the
+        daemon's uid; anyone else gets ``Unauthorized``)."""
+        args = _list_args(status, task, queue, limit, after, all_users)
+        return _record(await self.request("list", args))
 
     async def iter_jobs(
         self,
@@ -78,11 +83,12 @@ class _AsyncOps(_AsyncConnection):
         task: str | None = None,
         queue: str | None = None,
         page_size: int | None = None,
+        all_users: bool = False,
     ) -> AsyncIterator[Record]:
         """Every matching job, oldest first, walking all pages of ``list``."""
         after: str | None = None
         while True:
-            page = await self.list(status, task, queue, page_size, after)
+            page = await self.list(status, task, queue, page_size, after, all_users)
             # No "yield from" in an asynchronous generator, so the generated copy loops too.
             for job in page.get("jobs") or []:  # noqa: UP028
                 yield job

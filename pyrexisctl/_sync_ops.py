@@ -61,9 +61,14 @@ class _SyncOps(_SyncConnection):
         queue: str | None = None,
         limit: int | None = None,
         after: str | None = None,
+        all_users: bool = False,
     ) -> Record:
-        """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``."""
-        return _record(self.request("list", _list_args(status, task, queue, limit, after)))
+        """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``.
+
+        Only the caller's own jobs, unless ``all_users`` (an admin's right: root and the
+        daemon's uid; anyone else gets ``Unauthorized``)."""
+        args = _list_args(status, task, queue, limit, after, all_users)
+        return _record(self.request("list", args))
 
     def iter_jobs(
         self,
@@ -71,11 +76,12 @@ class _SyncOps(_SyncConnection):
         task: str | None = None,
         queue: str | None = None,
         page_size: int | None = None,
+        all_users: bool = False,
     ) -> Iterator[Record]:
         """Every matching job, oldest first, walking all pages of ``list``."""
         after: str | None = None
         while True:
-            page = self.list(status, task, queue, page_size, after)
+            page = self.list(status, task, queue, page_size, after, all_users)
             # No "yield from" in an asynchronous generator, so the generated copy loops too.
             for job in page.get("jobs") or []:  # noqa: UP028
                 yield job

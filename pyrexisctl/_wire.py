@@ -225,12 +225,14 @@ def _list_args(
     queue: str | None,
     limit: int | None,
     after: str | None,
+    all_users: bool = False,
 ) -> dict[str, Any]:
     if status is not None and not isinstance(status, str):
         status = [str(s) for s in status]
-    return _drop_none(
-        {"status": status, "task": task, "queue": queue, "limit": limit, "after": after}
-    )
+    args = _drop_none({"status": status, "task": task, "queue": queue, "limit": limit, "after": after})
+    if all_users:  # sent only when asked: a daemon older than ownership ignores it anyway
+        args["all_users"] = True
+    return args
 
 
 def _update_args(job_id: str, priority: int | None, queue: str | None) -> dict[str, Any]:

@@ -710,20 +710,31 @@ def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **option
     help="At most N jobs (default 100); with --all, the page size.",
 )
 @click.option("--all", "all_pages", is_flag=True, help="Every matching job, page after page.")
+@click.option(
+    "--all-users",
+    "-u",
+    is_flag=True,
+    help="Every user's jobs, not only your own (root and the daemon's user only).",
+)
 @json_option
 def list_jobs(
-    statuses: list[str], queue: str | None, task: str | None, limit: int | None, all_pages: bool
+    statuses: list[str],
+    queue: str | None,
+    task: str | None,
+    limit: int | None,
+    all_pages: bool,
+    all_users: bool,
 ) -> None:
-    """List jobs, oldest first."""
+    """List your jobs, oldest first (with --all-users, everybody's)."""
     settings = _settings()
     status_filter = statuses or None
     with settings.client() as client:
         more = False
         jobs: Iterator[Record]
         if all_pages:
-            jobs = client.iter_jobs(status_filter, task, queue, limit or 1000)
+            jobs = client.iter_jobs(status_filter, task, queue, limit or 1000, all_users)
         else:
-            page = client.list(status_filter, task, queue, limit)
+            page = client.list(status_filter, task, queue, limit, all_users=all_users)
             jobs = iter(page.get("jobs") or [])
             more = page.get("next") is not None
         if settings.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pwd
 import shutil
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 
 import click
 
-JOB_HEADERS = ("ID", "TASK", "QUEUE", "PRI", "STATUS", "ATTEMPTS", "AGE", "ELAPSED")
+JOB_HEADERS = ("ID", "TASK", "QUEUE", "PRI", "STATUS", "ATTEMPTS", "AGE", "ELAPSED", "OWNER")
 _JOB_RIGHT = frozenset({3, 5, 6, 7})
 
 MAX_VALUE_CHARS = 400
@@ -176,7 +177,19 @@ def job_row(job: Mapping[str, Any], now: float) -> list[str]:
         "-" if attempts is None else str(attempts),
         format_age(None if created is None else now - created),
         format_duration(job_elapsed(job, now)),
+        format_owner(job.get("owner")),
     ]
+
+
+def format_owner(owner: Any) -> str:
+    """A job's ``owner`` uid as its user name when this machine knows it (the daemon is on
+    the same machine: Unix sockets are local), else the number; ``-`` for none."""
+    if not isinstance(owner, int) or isinstance(owner, bool):
+        return "-"
+    try:
+        return pwd.getpwuid(owner).pw_name
+    except (KeyError, OverflowError):
+        return str(owner)
 
 
 def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float | None = None) -> str:
@@ -218,6 +231,7 @@ def job_detail(job: Mapping[str, Any], now: float | None = None) -> str:
         ("task", f"{job.get('task', '?')} ({job.get('mode') or 'default mode'})"),
         ("status", str(job.get("status", "?"))),
         ("queue", f"{job.get('queue', '?')}, priority {job.get('priority', 0)}"),
+        ("owner", format_owner(job.get("owner"))),
         ("attempts", attempts),
         ("created", format_time(created, now)),
     ]

@@ -350,3 +350,43 @@ def test_a_refused_peer_does_not_disturb_the_others(start_daemon: Callable[..., 
         job = c.submit("echo", {"value": "still here"})
         assert c.wait(job["job_id"])["result"] == "still here"
     expect_error("not_found", lambda: RawClient(d.socket).get("nope"))
+
+
+def test_the_cli_lists_your_own_jobs_with_their_owner_and_all_users_for_admins(
+    start_daemon: Callable[..., Daemon], open_dir: str
+) -> None:
+    """Given jobs of root and of nobody, then ``pyrexisctl list`` shows each user its own
+    jobs with an OWNER column, ``list --all-users`` shows root everybody's and is refused
+    to nobody (exit 1, unauthorized), and ``status`` names the owner."""
+    from click.testing import CliRunner
+
+    from pyrexisctl.cli import main
+
+    d = start(start_daemon, open_dir, "--allow-user", "nobody")
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, ["--socket", d.socket, *args], env={"COLUMNS": "200"})
+        return result.exit_code, result.output
+
+    with d.client() as c:
+        roots = c.submit("echo", {"value": 1}, delay=600)["job_id"]
+
+    def as_user() -> dict[str, Any]:
+        with RawClient(d.socket, timeout=10) as c:
+            mine = c.submit("echo", {"value": 2}, delay=600)["job_id"]
+        return {"mine": mine, "list": cli("list"), "all": cli("list", "--all-users"), "status": cli("status", mine)}
+
+    seen = as_nobody(as_user)
+    code, out = seen["list"]
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[-1] == "OWNER", out
+    assert [ln.split()[0] for ln in lines[1:]] == [seen["mine"]] and lines[1].split()[-1] == "nobody"
+    code, out = seen["all"]
+    assert code == 1 and "unauthorized" in out.lower(), out
+    code, out = seen["status"]
+    assert code == 0 and any(ln.split() == ["owner", "nobody"] for ln in out.splitlines()), out
+    code, out = cli("list", "--all-users")
+    owners = {ln.split()[0]: ln.split()[-1] for ln in out.splitlines()[1:]}
+    assert code == 0 and owners == {roots: "root", seen["mine"]: "nobody"}, out
+    code, out = cli("list")
+    assert [ln.split()[0] for ln in out.splitlines()[1:]] == [roots]
