@@ -150,15 +150,22 @@ def encode_frame(message: Mapping[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+def decode_body(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
     """The map in a frame body, or :class:`BadFrame` saying why it is not one.
 
     The body is checked first (:func:`check_body`): nothing is unpacked from a body that
     is truncated, declares more than it holds, or nests deeper than ``max_depth``.
+    ``max_depth=None`` skips the walk, for a peer the reader started itself (the daemon's
+    worker processes): msgpack's own checks still apply.
     """
-    check_body(body, max_depth)
+    if max_depth is not None:
+        check_body(body, max_depth)
     try:
         value = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except msgpack.ExtraData:
+        raise BadFrame("trailing bytes after the msgpack value") from None
+    except msgpack.StackError:
+        raise BadFrame(f"nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # TypeError: a map key that cannot be hashed (a list or a map); ValueError: text
         # that is not UTF-8. Whatever the walk let through is refused the same way.
