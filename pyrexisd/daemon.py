@@ -174,6 +174,26 @@ def make_executors(
     return executors
 
 
+def _warn_if_backlog_capped(backlog: int) -> None:
+    """The kernel silently caps a listen backlog at ``net.core.somaxconn``: say so, since a
+    burst of connections past the cap is refused (EAGAIN) before the daemon sees it."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as fh:
+            cap = int(fh.read().strip())
+    except (OSError, ValueError):
+        return
+    if cap < backlog:
+        log.warning("net.core.somaxconn is %d: the listen backlog (%d, for --max-connections) is cut to it", cap, backlog)
+
+
+def _warn_of_unknown_user_tasks(config: Config, registry: Registry) -> None:
+    """--user-tasks naming a task that is not loaded is most likely a typo."""
+    if config.user_tasks is not None:
+        unknown = sorted(set(config.user_tasks) - {t.name for t in registry.all()})
+        if unknown:
+            log.warning("--user-tasks names tasks that are not loaded: %s", ", ".join(unknown))
+
+
 def _remove_socket(where: SocketDir) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(where.name, dir_fd=where.fd)
@@ -224,6 +244,7 @@ class Daemon:
                 try:
                     modules = discover_task_modules(config)
                     load_tasks(REGISTRY, config, modules)
+                    _warn_of_unknown_user_tasks(config, REGISTRY)
                     store = Store(config.db, config.sync)
                     try:
                         await store.open()
@@ -261,9 +282,11 @@ class Daemon:
             directory = open_socket_dir(path, layout)
         except (UnsafeSocketPath, OSError) as exc:
             raise StartupError(f"cannot use the socket path {path}: {exc}") from None
+        backlog = server_limits(self.config).backlog
+        _warn_if_backlog_capped(backlog)
         try:
             claim_socket_path(directory, path)
-            return bind_in(directory, layout, server_limits(self.config).backlog), directory
+            return bind_in(directory, layout, backlog), directory
         except OSError as exc:
             directory.close()
             raise StartupError(f"cannot bind the socket {path}: {exc.strerror or exc}") from None
