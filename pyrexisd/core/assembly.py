@@ -18,7 +18,7 @@ from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor
 from pyrexisd.metrics import Metrics
-from pyrexisd.scheduler import Scheduler
+from pyrexisd.scheduler import DEFAULT_WINDOW, Scheduler
 from pyrexisd.store import Store
 from pyrexisd.tasks.registry import Registry
 
@@ -56,19 +56,21 @@ def build_core(
     registry: Registry,
     executors: dict[str, Executor],
     clock: Callable[[], float] = time.time,
+    window: int = DEFAULT_WINDOW,
 ) -> Core:
-    """A core on ``store``, running work on ``executors`` (mode → executor)."""
-    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging)
+    """A core on ``store``, running work on ``executors`` (mode → executor); ``window``
+    ready jobs per queue and mode are held in memory, the others paged in from the store."""
+    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
     background = Background()
-    ledger = Ledger(store, hub, metrics, scheduler.is_waiting, clock)
+    ledger = Ledger(store, hub, metrics, scheduler, clock)
     waiting = Waiting(store, ledger, scheduler, background, clock)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
         config.kill_grace, clock,
     )  # fmt: skip
-    queues = Queues(store, scheduler, metrics, dispatch.kick)
+    queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
     service = Service(config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock)
     return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics)

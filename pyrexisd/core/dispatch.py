@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from protocol.errors import StorageError
@@ -71,6 +71,7 @@ class Dispatch:
         self._active: dict[int, Attempt] = {}
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
         self._kick_pending = False
+        self._picked: dict[int, asyncio.Future[None]] = {}  # seq -> its pick's lock
         self._progress_timer: asyncio.TimerHandle | None = None
         waiting.on_ready = self.kick
 
@@ -113,20 +114,37 @@ class Dispatch:
             self.background.spawn(self.begin(rows))
         if missing:
             self.background.spawn(self._load_and_begin(missing))
+        self.waiting.fill_windows()
 
     def take_starts(self) -> tuple[list[JobRow], list[Start]]:
-        """Jobs the free slots allow: rows in hand, and starts whose rows must be read."""
+        """Jobs the free slots allow: rows in hand, and starts whose rows must be read.
+
+        Every one is locked from this moment until its start is committed (or put back):
+        its row still says pending in the store, and must not be paged in again meanwhile.
+        """
         if self.ledger.stopping.is_set():
             return [], []
         rows: list[JobRow] = []
         missing: list[Start] = []
-        for start in self.scheduler.pick():
+        picked = self.scheduler.pick()
+        if not picked:
+            return rows, missing
+        gate = self.ledger.lock(start.seq for start in picked)
+        for start in picked:
+            self._picked[start.seq] = gate
             row = self.waiting.take(start.seq)
             if row is None:
                 missing.append(start)
             else:
                 rows.append(row)
         return rows, missing
+
+    def _started(self, seqs: Iterable[int]) -> None:
+        """These picks are committed as running, or put back: their pick locks go."""
+        for seq in seqs:
+            gate = self._picked.pop(seq, None)
+            if gate is not None:
+                self.ledger.unlock((seq,), gate)
 
     def try_start_now(self, row: JobRow) -> bool:
         """Take a slot for a job being submitted, if it may start at once."""
@@ -135,8 +153,7 @@ class Dispatch:
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
         try:
-            async with self.ledger.hold(seqs):
-                found = await self.store.get_jobs(seqs)
+            found = await self.store.get_jobs(seqs)
         except StorageError as exc:
             log.error("cannot read jobs to start: %s", exc)
             found = {}
@@ -147,6 +164,7 @@ class Dispatch:
                 # Only if the read failed or the database was changed behind our back.
                 log.error("job %d was picked but could not be read as pending", start.seq)
                 self.scheduler.release(start.queue, start.mode)
+                self._started((start.seq,))
                 if row is None:
                     self._retry_dispatch_later()
                 continue
@@ -166,11 +184,13 @@ class Dispatch:
             log.error("could not start %d jobs: %s", len(rows), exc)
             self._put_back(rows)
             return
+        self._started(row.seq for row in rows)
         for row in rows:
             self.launch(row)
 
     def _put_back(self, rows: Sequence[JobRow]) -> None:
         """Starts that could not be committed: their slots are freed, they wait again."""
+        self._started(row.seq for row in rows)
         for row in rows:
             self.scheduler.release(row.queue, row.mode)
             self.waiting.enqueue(row)
@@ -291,6 +311,7 @@ class Dispatch:
                     await asyncio.sleep(pause)
                     pause = min(STORAGE_RETRY[1], pause * 2)
         self._ended(attempt)
+        self._started(start.seq for start in starts)
         for start in starts:
             self.launch(start)
         self.kick()

@@ -36,6 +36,7 @@ from protocol.errors import Internal, NotFound, ShuttingDown, Timeout
 from pyrexisd.core.model import WAITING_IN_SCHEDULER, JobRow, LogLine, OutputItem
 from pyrexisd.events import EventHub, StoredRange, state_event
 from pyrexisd.metrics import Metrics
+from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import Store
 
 RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
@@ -85,6 +86,10 @@ class Change:
         ledger = self._ledger
         try:
             if exc_type is None:
+                key_of = ledger.scheduler.key_of
+                for row in self.rows:
+                    if row.status == "pending":
+                        row.sched_key = key_of(row.queue, row.priority, row.enqueued_at)
                 await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
         except BaseException:
             self._undo()
@@ -122,18 +127,12 @@ class Hold:
         self._gate: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Hold:
-        self._gate = gate = asyncio.get_running_loop().create_future()
-        for seq in self._seqs:
-            self._ledger._locks[seq] = gate
+        self._gate = self._ledger.lock(self._seqs)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        locks = self._ledger._locks
-        for seq in self._seqs:
-            if locks.get(seq) is self._gate:
-                del locks[seq]
-        if self._gate is not None and not self._gate.done():
-            self._gate.set_result(None)
+        if self._gate is not None:
+            self._ledger.unlock(self._seqs, self._gate)
 
 
 _STORED_STATUSES_MOVE = frozenset({"blocked", "held"})
@@ -147,14 +146,16 @@ class Ledger:
         store: Store,
         hub: EventHub,
         metrics: Metrics,
-        is_waiting: Callable[[int], bool],
+        scheduler: Scheduler,
         clock: Callable[[], float],
     ) -> None:
         self.store = store
         self.hub = hub
         self.metrics = metrics
         self.clock = clock
-        self._is_waiting = is_waiting  # the scheduler's: is this seq ready or deferred there
+        # Asked where a stored waiting job is (it agrees or the job moved), and for the key
+        # a pending job is stored with (the store pages pending jobs in that order).
+        self.scheduler = scheduler
         self.stopping = asyncio.Event()  # set when the daemon stops taking work
         # Called with each row whose end has committed (the waiting room re-evaluates the
         # jobs that depend on it).
@@ -197,6 +198,22 @@ class Ledger:
     def hold(self, seqs: Iterable[int]) -> Hold:
         """Keep these rows locked for the block's length, across the changes made in it."""
         return Hold(self, seqs)
+
+    def lock(self, seqs: Iterable[int]) -> asyncio.Future[None]:
+        """Lock these rows now (no change of them may begin) until :meth:`unlock`."""
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        locks = self._locks
+        for seq in seqs:
+            locks[seq] = gate
+        return gate
+
+    def unlock(self, seqs: Iterable[int], gate: asyncio.Future[None]) -> None:
+        locks = self._locks
+        for seq in seqs:
+            if locks.get(seq) is gate:
+                del locks[seq]
+        if not gate.done():
+            gate.set_result(None)
 
     def locked(self, seq: int) -> asyncio.Future[None] | None:
         """The future a change of ``seq`` in flight resolves, if one is in flight."""
@@ -322,7 +339,9 @@ class Ledger:
                 continue
             if job_id in self._pinned:
                 continue  # it was pinned after the read
-            waiting_here = self._is_waiting(stored.seq)
+            waiting_here = self.scheduler.holds(
+                stored.seq, stored.queue, stored.mode, stored.priority, stored.enqueued_at, stored.status
+            )
             if stored.status in _STORED_STATUSES_MOVE:
                 pass  # always pinned: it moved after the read
             elif stored.status in WAITING_IN_SCHEDULER:
