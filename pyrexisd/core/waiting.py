@@ -80,14 +80,25 @@ class Waiting:
 
     async def _key_pending(self) -> None:
         """Store the scheduler's key of pending jobs whose queue's aging rate differs from
-        the one their keys were stored with (older rows have none)."""
+        the one their keys were stored with (older rows have none).
+
+        The setting maps each queue given its own rate to it, and ``"*"`` to the default
+        rate the other queues' keys were made with.
+        """
         stored: dict[str, float] = (await self.store.settings()).get(AGING_SETTING) or {}
+        default = self.scheduler.default_aging
         unkeyed = set(await self.store.unkeyed_queues())
         queues = {q for q, _mode, _n in await self.store.pending_counts()} | unkeyed
-        now = {q: self.scheduler.queue(q).aging for q in queues}
-        stale = {q: aging for q, aging in now.items() if q in unkeyed or stored.get(q) != aging}
+        stale: dict[str, float] = {}
+        for q in queues:
+            aging = self.scheduler.queue(q).aging
+            if q in unkeyed or stored.get(q, stored.get("*")) != aging:
+                stale[q] = aging
+        keyed = {**stored, "*": default}
+        keyed.update({q: aging for q, aging in stale.items() if aging != default})
+        if stale or keyed != stored:
+            await self.store.write(rekeys=list(stale.items()), settings=[(AGING_SETTING, keyed)])
         if stale:
-            await self.store.write(rekeys=list(stale.items()), settings=[(AGING_SETTING, {**stored, **now})])
             log.info("stored the scheduler's keys of the pending jobs of %d queues", len(stale))
 
     def rekeyed(self) -> None:
