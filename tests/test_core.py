@@ -73,7 +73,7 @@ async def test_a_change_that_cannot_commit_is_undone_and_tells_nobody(h: CoreHar
     assert row.memento() == before
     assert sub.take() == []
     assert h.core.scheduler.is_waiting(row.seq)
-    assert h.core.ledger.locked(row.seq) is None
+    assert not h.core.ledger.is_locked(row.seq)
     assert (await h.service.hold(job["job_id"]))["status"] == "held"
 
 
@@ -376,7 +376,7 @@ async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_h
         await asyncio.sleep(0.01)
         commits = h.store.commits
         h.executor.finish(job["job_id"], Outcome.success(5))
-        await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
+        await h.until(lambda: h.core.ledger.is_locked(seq), what="the end to be queued")
         await asyncio.sleep(0.1)  # an urgent write would have committed long since
         assert h.store.commits == commits
         assert (await h.stored(job["job_id"])).status == "running"
@@ -391,7 +391,7 @@ async def test_an_end_rides_with_the_next_submit(tmp_path: Any) -> None:
         await h.started(job["job_id"])
         seq = (await h.stored(job["job_id"])).seq
         h.executor.finish(job["job_id"])
-        await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
+        await h.until(lambda: h.core.ledger.is_locked(seq), what="the end to be queued")
         commits = h.store.commits
         await h.service.submit({"task": "work"})
         assert h.store.commits == commits + 1

@@ -20,7 +20,7 @@ from pyrexisd import procs
 from pyrexisd.core import model
 from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, log_write_failure
 from pyrexisd.core.background import Background
-from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
@@ -71,7 +71,7 @@ class Dispatch:
         self._active: dict[int, Attempt] = {}
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
         self._kick_pending = False
-        self._picked: dict[int, asyncio.Future[None]] = {}  # seq -> its pick's lock
+        self._picked: dict[int, Gate] = {}  # seq -> its pick's lock
         self._progress_timer: asyncio.TimerHandle | None = None
         waiting.on_ready = self.kick
 
@@ -286,35 +286,45 @@ class Dispatch:
     ) -> None:
         row = attempt.row
         now = self.clock()
-        pause = STORAGE_RETRY[0]
-        # Locked until the end is durable, across retries: until then no op may act on
-        # (or show) an outcome that could still be lost.
-        async with self.ledger.hold([row.seq]):
-            while True:
-                try:
-                    # One commit for "this one finished" and "these started". An end that
-                    # starts nothing and that nobody waits for need not commit alone: it
-                    # rides with the next commit (a waiter that comes meanwhile hurries it).
-                    lazy = not starts and not self.ledger.awaited(row.job_id)
-                    async with self.ledger.change([row, *starts], lazy=lazy) as change:
-                        model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
-                        for stream, text in notes:
-                            change.log(row, stream, text, now)
-                        for start in starts:
-                            model.start_attempt(start, now)
-                    break
-                except StorageError as exc:
-                    if starts:
-                        self._put_back(starts)
-                        starts = []
-                    log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+        try:
+            await self._write_end(row, outcome, notes, starts, now)
+        except StorageError as exc:
+            if starts:
+                self._put_back(starts)
+                starts = []
+            log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+            # Locked until the end is durable, across retries: until then no op may act on
+            # (or show) an outcome that could still be lost. (The failed change unlocked
+            # the row and no other coroutine ran since, so the hold follows it unbroken.)
+            async with self.ledger.hold([row.seq]):
+                pause = STORAGE_RETRY[0]
+                while True:
                     await asyncio.sleep(pause)
                     pause = min(STORAGE_RETRY[1], pause * 2)
+                    try:
+                        await self._write_end(row, outcome, notes, [], now)
+                        break
+                    except StorageError as again:
+                        log.error("could not record the end of job %s, retrying: %s", row.job_id, again)
         self._ended(attempt)
         self._started(start.seq for start in starts)
         for start in starts:
             self.launch(start)
         self.kick()
+
+    async def _write_end(
+        self, row: JobRow, outcome: Outcome, notes: list[tuple[str, str]], starts: list[JobRow], now: float
+    ) -> None:
+        # One commit for "this one finished" and "these started". An end that starts
+        # nothing and that nobody waits for need not commit alone: it rides with the next
+        # commit (a waiter that comes meanwhile hurries it).
+        lazy = not starts and not self.ledger.awaited(row.job_id)
+        async with self.ledger.change([row, *starts], lazy=lazy) as change:
+            model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
+            for stream, text in notes:
+                change.log(row, stream, text, now)
+            for start in starts:
+                model.start_attempt(start, now)
 
     def _ended(self, attempt: Attempt) -> None:
         """An attempt's end is committed: it leaves the running set; a retry waits."""
@@ -355,7 +365,7 @@ class Dispatch:
         self._progress_timer = None
         rows = []
         for attempt in self._active.values():
-            if attempt.progress_dirty and not attempt.ended and self.ledger.locked(attempt.row.seq) is None:
+            if attempt.progress_dirty and not attempt.ended and not self.ledger.is_locked(attempt.row.seq):
                 attempt.progress_dirty = False
                 rows.append(attempt.row)
         if rows:

@@ -42,6 +42,26 @@ from pyrexisd.store import Store
 RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
 
 
+class Gate:
+    """The lock of rows while a change of them is in flight. Its future is made only when
+    someone has to wait for it: most changes end with nobody waiting."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def future(self) -> asyncio.Future[None]:
+        """Resolves when the gate opens."""
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+    def open(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+
 class Change:
     """One durable change of some rows; made by :meth:`Ledger.change`, used with ``async with``."""
 
@@ -55,7 +75,7 @@ class Change:
         self.lines: list[LogLine] = []
         self._mementos: list[tuple[Any, ...]] = []
         self._olds: list[tuple[str, str]] = []  # (status, queue) before the change
-        self._gate: asyncio.Future[None] | None = None
+        self._gate: Gate | None = None
         self._locked: list[int] = []
 
     def log(self, row: JobRow, stream: str, text: str, now: float) -> None:
@@ -66,7 +86,7 @@ class Change:
     async def __aenter__(self) -> Change:
         ledger = self._ledger
         locks = ledger._locks
-        self._gate = gate = asyncio.get_running_loop().create_future()
+        self._gate = gate = Gate()
         recent = ledger._recent_ends
         for row in self.rows:
             # A caller that holds the row across retries (see Ledger.hold) keeps its lock.
@@ -107,13 +127,8 @@ class Change:
             row.restore(memento)
 
     def _unlock(self) -> None:
-        locks = self._ledger._locks
-        gate = self._gate
-        for seq in self._locked:
-            if locks.get(seq) is gate:
-                del locks[seq]
-        if gate is not None and not gate.done():
-            gate.set_result(None)
+        if self._gate is not None:
+            self._ledger.unlock(self._locked, self._gate)
 
 
 class Hold:
@@ -124,7 +139,7 @@ class Hold:
     def __init__(self, ledger: Ledger, seqs: Iterable[int]) -> None:
         self._ledger = ledger
         self._seqs = list(seqs)
-        self._gate: asyncio.Future[None] | None = None
+        self._gate: Gate | None = None
 
     async def __aenter__(self) -> Hold:
         self._gate = self._ledger.lock(self._seqs)
@@ -161,7 +176,7 @@ class Ledger:
         # jobs that depend on it).
         self.on_end: Callable[[JobRow], None] = lambda row: None
         self._seq = 0
-        self._locks: dict[int, asyncio.Future[None]] = {}
+        self._locks: dict[int, Gate] = {}
         self._pinned: dict[str, JobRow] = {}
         self._claims: dict[str, asyncio.Future[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
@@ -190,34 +205,37 @@ class Ledger:
         """
         return Change(self, rows, created, lazy)
 
-    async def _until_unlocked(self, lock: asyncio.Future[None]) -> None:
-        if not lock.done():
-            self.store.hurry()  # the change may be a lazy one: someone waits on it now
-            await asyncio.gather(lock, return_exceptions=True)
+    async def _until_unlocked(self, gate: Gate) -> None:
+        self.store.hurry()  # the change may be a lazy one: someone waits on it now
+        await gate.future()
 
     def hold(self, seqs: Iterable[int]) -> Hold:
         """Keep these rows locked for the block's length, across the changes made in it."""
         return Hold(self, seqs)
 
-    def lock(self, seqs: Iterable[int]) -> asyncio.Future[None]:
+    def lock(self, seqs: Iterable[int]) -> Gate:
         """Lock these rows now (no change of them may begin) until :meth:`unlock`."""
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        gate = Gate()
         locks = self._locks
         for seq in seqs:
             locks[seq] = gate
         return gate
 
-    def unlock(self, seqs: Iterable[int], gate: asyncio.Future[None]) -> None:
+    def unlock(self, seqs: Iterable[int], gate: Gate) -> None:
         locks = self._locks
         for seq in seqs:
             if locks.get(seq) is gate:
                 del locks[seq]
-        if not gate.done():
-            gate.set_result(None)
+        gate.open()
+
+    def is_locked(self, seq: int) -> bool:
+        """Whether a change of ``seq`` is in flight."""
+        return seq in self._locks
 
     def locked(self, seq: int) -> asyncio.Future[None] | None:
-        """The future a change of ``seq`` in flight resolves, if one is in flight."""
-        return self._locks.get(seq)
+        """A future that resolves when the change of ``seq`` in flight is over (None: none is)."""
+        gate = self._locks.get(seq)
+        return None if gate is None else gate.future()
 
     async def settle_changes(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until no change is in flight."""
@@ -225,7 +243,7 @@ class Ledger:
         deadline = loop.time() + timeout
         while self._locks and loop.time() < deadline:
             self.store.hurry()
-            await asyncio.wait(set(self._locks.values()), timeout=deadline - loop.time())
+            await asyncio.wait({gate.future() for gate in self._locks.values()}, timeout=deadline - loop.time())
 
     def _committed(self, change: Change, olds: list[tuple[str, str]]) -> None:
         """After a change's commit: lines, then moves, then ends, in that order, so a

@@ -177,8 +177,8 @@ class Waiting:
             return
         # A job being changed right now (picked and starting, cancelled, moved) is not
         # taken from the page: its change puts it where it belongs.
-        locked = self.ledger.locked
-        fresh = [row for row in rows if locked(row.seq) is None]
+        locked = self.ledger.is_locked
+        fresh = [row for row in rows if not locked(row.seq)]
         taken = self.scheduler.page_in(
             request, [(row.seq, row.priority, row.enqueued_at) for row in fresh], len(rows) < request.limit
         )
