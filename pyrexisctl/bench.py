@@ -6,7 +6,13 @@ starts from an empty store. Scenarios, all with the built-in ``echo`` task:
 
 - ``serial``: one client submits a job and waits for it, then the next (latency bound);
 - ``pipelined``: one connection keeps up to ``inflight`` submits in flight, then waits for
-  every job with pipelined ``wait`` requests (throughput bound); once per mode.
+  every job with pipelined ``wait`` requests (throughput bound); once per mode;
+- ``queued`` (``--queued N``): N jobs left waiting in a paused queue, filled with
+  ``submit_many``: the fill rate and the daemon's memory with them waiting;
+- ``restart`` (with ``--restart``): the daemon holding those N jobs is stopped and started
+  again: seconds until the first of them has run (the queue resumed as soon as the daemon
+  answers), the time to answer in the DAEMON P99 column, and the highest RSS seen from
+  the start to that first job.
 
 For each: jobs/s over the whole scenario, submit-to-start latency p50/p99 from the records
 (``started_at - created_at``), the daemon's own p99 over its last 1,000 starts (from
@@ -42,7 +48,8 @@ STOP_TIMEOUT = 30.0
 OVERLOAD_GIVE_UP = 60.0
 """Seconds a request may keep being answered ``overloaded`` before the benchmark fails."""
 
-SCENARIO_ORDER = ("serial", "pipelined", "queued")
+SCENARIO_ORDER = ("serial", "pipelined", "queued", "restart")
+QUEUED_NAME = "bench-queued"
 QUEUED_BATCH = 5000  # specs per submit_many when filling the queue
 ECHO_MODES = ("thread", "process", "async")
 """The modes the built-in ``echo`` task runs in, so the modes a scenario can measure."""
@@ -64,6 +71,7 @@ class BenchConfig:
     daemon_args: tuple[str, ...] = ()
     start_timeout: float = START_TIMEOUT
     queued: int = 0  # jobs to leave waiting (in a paused queue) to measure memory; 0: skip
+    restart: bool = False  # then restart the daemon holding them and time its recovery
 
 
 @dataclass
@@ -170,7 +178,7 @@ class BenchDaemon:
         root = _project_root()
         if root is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
             )
@@ -209,16 +217,20 @@ class BenchDaemon:
         except OSError:
             return "(no output)"
 
+    def terminate(self) -> None:
+        """SIGTERM, and SIGKILL if it hangs; the database stays."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
     def stop(self) -> None:
-        """SIGTERM (SIGKILL if it hangs), then remove the temporary directory."""
+        """Terminate the daemon, then remove the temporary directory."""
         try:
-            if self.process is not None and self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            self.terminate()
         finally:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
@@ -293,7 +305,7 @@ async def pipelined(
 
 async def queued(client: AsyncClient, jobs: int) -> float:
     """Fill a paused queue with ``jobs`` waiting echo jobs; the time it took."""
-    queue = "bench-queued"
+    queue = QUEUED_NAME
     await client.pause(queue)
     started = time.perf_counter()
     for first in range(0, jobs, QUEUED_BATCH):
@@ -342,7 +354,34 @@ async def _run_scenarios(
             result = ScenarioResult("queued", "-", daemon.sync, config.queued, seconds, 0, [], daemon.rss_kib())
             log(f"  daemon RSS {result.rss_kib} KiB with {config.queued} jobs waiting")
             results.append(result)
+    if config.queued and config.restart:
+        log(f"sync={daemon.sync}: restart with {config.queued} jobs waiting ...")
+        results.append(await asyncio.to_thread(restart, daemon, config))
     return results
+
+
+def restart(daemon: BenchDaemon, config: BenchConfig) -> ScenarioResult:
+    """Stop the daemon holding the queued jobs, start it again, resume their queue at once:
+    the seconds until the first of them has run; the highest RSS seen until then."""
+    daemon.terminate()
+    peak = 0
+    started = time.perf_counter()
+    daemon.start(config.start_timeout)
+    answered = time.perf_counter() - started
+    with Client(daemon.socket_path) as client:
+        before = client.stats()["by_status"].get("completed", 0)
+        client.resume(QUEUED_NAME)
+        while client.stats()["by_status"].get("completed", 0) == before:
+            peak = max(peak, daemon.rss_kib() or 0)
+            if time.perf_counter() - started > config.start_timeout:
+                raise BenchError("no queued job ran after the restart")
+            time.sleep(0.005)
+        seconds = time.perf_counter() - started
+        client.pause(QUEUED_NAME)
+    peak = max(peak, daemon.rss_kib() or 0)
+    result = ScenarioResult("restart", "-", daemon.sync, config.queued, seconds, 0, [], peak or None)
+    result.daemon_p99_ms = answered * 1000  # the time to answer, shown in that column
+    return result
 
 
 def run(
@@ -399,7 +438,7 @@ def results_table(results: Iterable[ScenarioResult]) -> str:
                 result.sync,
                 str(result.jobs),
                 format_duration(result.seconds),
-                f"{result.jobs_per_s:.0f}",
+                "-" if result.scenario == "restart" else f"{result.jobs_per_s:.0f}",
                 "-" if p50 is None else f"{p50:.2f}",
                 "-" if p99 is None else f"{p99:.2f}",
                 "-" if result.daemon_p99_ms is None else f"{result.daemon_p99_ms:.2f}",

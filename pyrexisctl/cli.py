@@ -1198,6 +1198,11 @@ def ping() -> None:
     show_default=True,
     help="Also leave this many jobs waiting in a paused queue and report the daemon's memory.",
 )
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="With --queued: then restart the daemon and time it until the first of them has run.",
+)
 @json_option
 def bench(
     jobs: int,
@@ -1207,6 +1212,7 @@ def bench(
     serial_jobs: int | None,
     daemon_args: tuple[str, ...],
     queued: int,
+    restart: bool,
 ) -> None:
     """Benchmark fresh daemons of its own: jobs/s, latency, memory.
 
@@ -1230,7 +1236,10 @@ def bench(
         inflight=inflight,
         daemon_args=daemon_args,
         queued=queued,
+        restart=restart,
     )
+    if restart and not queued:
+        raise click.BadParameter("--restart needs --queued N (the jobs the restart recovers)", param_hint="--restart")
     try:
         results = bench_module.run(config, log=lambda text: click.echo(text, err=True))
     except bench_module.BenchError as exc:

@@ -19,17 +19,33 @@ Order
 * A slot is per execution mode: jobs of one mode never wait for slots of another.
   A paused queue, or one at its ``max_concurrency``, is skipped and never blocks the rest.
 
-Memory per waiting job is one 4-tuple, two floats and one dict entry (about 190 bytes: a
-million waiting jobs take about 190 MB); the job's record lives in the store.
+Paging
+------
+Per queue and mode, only a *window* of the ready jobs is held in memory: every one whose
+``(key, seq)`` is at most the window's ``bound``. The others are counted (``beyond``) and
+live in the store only, where an index orders pending jobs by the same static key. When
+a window runs low while jobs wait beyond it, :meth:`Scheduler.pages_needed` asks the
+caller to read the next page (the jobs just past the bound, in key order) and
+:meth:`Scheduler.page_in` takes it. A window that grows past twice its size is trimmed
+back, its largest keys going beyond. So memory does not grow with the number of waiting
+jobs (a million of them cost the counts), and the order is exactly that of one heap
+holding them all: jobs beyond a window are never better than any job inside it.
+While a page is being read, jobs that become ready beyond the bound and jobs discarded
+beyond it are noted, so the page and those changes are merged without loss or repeat.
+
+Memory per job in a window is one 4-tuple, two floats and one dict entry (about 190
+bytes); the job's record lives in the store.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_AGING = 1.0
+DEFAULT_WINDOW = 2048
 PRIORITY_SPAN = 2000  # max priority - min priority
 
 # (static key, seq, priority, enqueued_at): ordered by the first two, which are unique
@@ -54,7 +70,7 @@ class QueueState:
     running: int = 0
     waiting: int = 0
     vpass: float = 0.0
-    heaps: dict[str, list[HeapItem]] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)
 
     def key(self, priority: int, enqueued_at: float) -> float:
         # Min-heap: the smallest key is the highest effective priority. Always a new float
@@ -63,6 +79,40 @@ class QueueState:
 
     def has_room(self) -> bool:
         return self.max_concurrency is None or self.running < self.max_concurrency
+
+
+_INF: tuple[float, int] = (math.inf, 0)
+_NONE: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class Window:
+    """The ready jobs of one (queue, mode) held in memory: all those with ``(key, seq)``
+    up to ``bound``; ``beyond`` more wait in the store only."""
+
+    heap: list[HeapItem] = field(default_factory=list)
+    live: int = 0  # valid items in ``heap`` (stale ones are dropped when they surface)
+    beyond: int = 0
+    bound: tuple[float, int] = _INF
+    generation: int = 0  # bumped when keys change (aging): a page read before is stale
+    # While a page is read: jobs that became ready beyond the bound meanwhile, and jobs
+    # beyond it that were discarded meanwhile (the page may still hold them).
+    paging: bool = False
+    arrivals: list[HeapItem] = field(default_factory=list)
+    dropped: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Read, from the store, up to ``limit`` pending jobs of ``queue`` in ``mode`` whose
+    ``(sched_key, seq)`` is greater than ``after``, in that order; give them to
+    :meth:`Scheduler.page_in` with this request."""
+
+    queue: str
+    mode: str
+    after: tuple[float, int]
+    limit: int
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +138,11 @@ class Scheduler:
         clock: Callable[[], float],
         default_aging: float = DEFAULT_AGING,
         paused_by_default: bool = False,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window  # ready jobs kept in memory per queue and mode, after a trim
         self.slots: dict[str, int] = dict(slots)
         self.busy: dict[str, int] = {mode: 0 for mode in slots}
         self.clock = clock
@@ -139,17 +193,32 @@ class Scheduler:
             if aging < 0:
                 raise ValueError("aging must be >= 0")
             q.aging = aging
-            for mode, heap in q.heaps.items():
-                fresh: list[HeapItem] = []
-                for key, seq, p, enqueued in heap:
-                    if self._ready.get(seq) is not key:
-                        continue  # stale
-                    new_key = q.key(p, enqueued)
-                    self._ready[seq] = new_key
-                    fresh.append((new_key, seq, p, enqueued))
-                heapq.heapify(fresh)
-                q.heaps[mode] = fresh
+            for w in q.windows.values():
+                w.generation += 1  # a page read with the old keys is stale
+                if w.beyond == 0 and not w.paging:
+                    self._rekey(q, w)  # all of them are here: re-keyed in place
+                    continue
+                # Jobs wait beyond the window, ordered by the old keys in the store (which
+                # re-keys its rows in the same commit): empty the window, page in anew.
+                for key, seq, _p, _enqueued in w.heap:
+                    if self._ready.get(seq) is key:
+                        del self._ready[seq]
+                w.beyond += w.live + len(w.arrivals)
+                w.heap, w.live, w.arrivals, w.dropped = [], 0, [], set()
+                w.bound = (-math.inf, 0)
+                w.paging = False
         return q
+
+    def _rekey(self, q: QueueState, w: Window) -> None:
+        fresh: list[HeapItem] = []
+        for key, seq, p, enqueued in w.heap:
+            if self._ready.get(seq) is not key:
+                continue  # stale
+            new_key = q.key(p, enqueued)
+            self._ready[seq] = new_key
+            fresh.append((new_key, seq, p, enqueued))
+        heapq.heapify(fresh)
+        w.heap = fresh
 
     def pause_all(self, paused: bool) -> None:
         """Pause or resume every queue, including the ones created later."""
@@ -160,18 +229,40 @@ class Scheduler:
             q.paused = paused
 
     # -- waiting jobs -----------------------------------------------------------------
-    def add(self, seq: int, queue: str, mode: str, priority: int, enqueued_at: float) -> None:
-        """A job became ``pending``: it may start when a slot allows."""
+    def key_of(self, queue: str, priority: int, enqueued_at: float) -> float:
+        """The static key a pending job of ``queue`` is ordered by (the store keeps it)."""
+        return self.queue(queue).key(priority, enqueued_at)
+
+    def add(self, seq: int, queue: str, mode: str, priority: int, enqueued_at: float) -> tuple[int, ...]:
+        """A job became ``pending``: it may start when a slot allows.
+
+        Returns the jobs that the window let go to the store to make room (usually none):
+        their rows need not be kept in memory any more.
+        """
         if mode not in self.slots:
             raise ValueError(f"no slots for mode {mode!r}")
         q = self.queue(queue)
         self._wake(q)
         if seq in self._ready or seq in self._timer_at:
             raise ValueError(f"job {seq} is already waiting")
-        key = q.key(priority, enqueued_at)
-        heapq.heappush(q.heaps.setdefault(mode, []), (key, seq, priority, enqueued_at))
-        self._ready[seq] = key
         q.waiting += 1
+        w = q.windows.get(mode)
+        if w is None:
+            w = q.windows[mode] = Window()
+        key = q.key(priority, enqueued_at)
+        item = (key, seq, priority, enqueued_at)
+        if (key, seq) > w.bound:
+            if w.paging:
+                w.arrivals.append(item)
+            else:
+                w.beyond += 1
+            return _NONE
+        heapq.heappush(w.heap, item)
+        self._ready[seq] = key
+        w.live += 1
+        if w.live > 2 * self.window and not w.paging:
+            return self._trim(w)
+        return _NONE
 
     def defer(self, seq: int, at: float) -> None:
         """A job waits until ``at`` (``scheduled`` or ``retrying``); :meth:`due` returns it."""
@@ -180,22 +271,168 @@ class Scheduler:
         self._timer_at[seq] = at
         heapq.heappush(self._timers, (at, seq))
 
-    def discard(self, seq: int, queue: str | None = None) -> bool:
+    def discard(
+        self,
+        seq: int,
+        queue: str | None = None,
+        mode: str | None = None,
+        priority: int | None = None,
+        enqueued_at: float | None = None,
+    ) -> bool:
         """Forget a waiting or deferred job (cancelled, held, moved). False if not here.
 
         Pass the job's ``queue`` when known: the scheduler keeps no seq → queue map (that
-        would cost memory per job), so without it the queues are searched.
+        would cost memory per job), so without it the queues are searched. A pending job
+        beyond its window is known only by its place in the order: pass ``mode``,
+        ``priority`` and ``enqueued_at`` too, or it is not found.
         """
         key = self._ready.pop(seq, None)
         if key is not None:
-            q = self.queues[queue] if queue is not None else self._queue_holding(seq, key)
-            q.waiting -= 1  # its heap item is dropped when it reaches the top
+            q, w = self._window_holding(seq, key, queue, mode)
+            q.waiting -= 1
+            w.live -= 1  # its heap item is dropped when it reaches the top
             return True
-        return self._timer_at.pop(seq, None) is not None
+        if self._timer_at.pop(seq, None) is not None:
+            return True
+        if queue is None or mode is None or priority is None or enqueued_at is None:
+            return False
+        found = self._window_of(queue, mode)
+        if found is None:
+            return False
+        q, w = found
+        key = q.key(priority, enqueued_at)
+        if (key, seq) <= w.bound:
+            return False
+        for i, item in enumerate(w.arrivals):
+            if item[1] == seq:
+                del w.arrivals[i]
+                q.waiting -= 1
+                return True
+        if w.beyond <= 0:
+            return False
+        w.beyond -= 1
+        q.waiting -= 1
+        if w.paging:
+            w.dropped.add(seq)  # the page being read may hold it: skip it there
+        return True
 
     def is_waiting(self, seq: int) -> bool:
-        """Whether ``seq`` is ready or deferred here (not yet picked)."""
+        """Whether ``seq`` is ready or deferred here, in memory (not yet picked)."""
         return seq in self._ready or seq in self._timer_at
+
+    def holds(self, seq: int, queue: str, mode: str, priority: int, enqueued_at: float, status: str) -> bool:
+        """Whether a job in ``status`` waits here: in memory, or (pending) beyond its window."""
+        if seq in self._ready or seq in self._timer_at:
+            return True
+        if status != "pending":
+            return False
+        found = self._window_of(queue, mode)
+        if found is None:
+            return False
+        q, w = found
+        if w.beyond <= 0 and not w.arrivals:
+            return False
+        return (q.key(priority, enqueued_at), seq) > w.bound
+
+    def _window_of(self, queue: str, mode: str) -> tuple[QueueState, Window] | None:
+        q = self.queues.get(queue)
+        if q is None:
+            return None
+        w = q.windows.get(mode)
+        return None if w is None else (q, w)
+
+    # -- paging -----------------------------------------------------------------------
+    def pages_needed(self) -> list[PageRequest]:
+        """Windows that run low while jobs wait beyond them: read these pages now."""
+        low = max(1, self.window // 2)
+        out: list[PageRequest] = []
+        for q in self.queues.values():
+            for mode, w in q.windows.items():
+                if w.beyond > 0 and not w.paging and w.live < low:
+                    w.paging = True
+                    out.append(PageRequest(q.name, mode, w.bound, self.window, w.generation))
+        return out
+
+    def page_in(self, request: PageRequest, items: Iterable[tuple[int, int, float]], complete: bool) -> list[int]:
+        """Take a page read for ``request``: ``(seq, priority, enqueued_at)`` in key order,
+        ``complete`` when it held every job past the bound (fewer than asked). Returns the
+        seqs now held in memory from the page."""
+        q = self.queues[request.queue]
+        w = q.windows[request.mode]
+        if request.generation != w.generation or not w.paging:
+            return []  # the keys changed since the read: a fresh page will be asked for
+        w.paging = False
+        arrivals = {item[1]: item for item in w.arrivals}
+        dropped = w.dropped
+        w.arrivals, w.dropped = [], set()
+        taken: list[int] = []
+        last: tuple[float, int] | None = None
+        for seq, priority, enqueued_at in items:
+            key = q.key(priority, enqueued_at)
+            last = (key, seq)
+            if seq in dropped or seq in self._ready or seq in self._timer_at:
+                continue
+            if arrivals.pop(seq, None) is None:
+                w.beyond -= 1
+            heapq.heappush(w.heap, (key, seq, priority, enqueued_at))
+            self._ready[seq] = key
+            w.live += 1
+            taken.append(seq)
+        if complete or last is None:
+            w.bound = _INF
+            w.beyond = 0  # everything past the old bound was in the page
+        else:
+            w.bound = max(w.bound, last)
+        for item in arrivals.values():
+            if (item[0], item[1]) <= w.bound:
+                heapq.heappush(w.heap, item)
+                self._ready[item[1]] = item[0]
+                w.live += 1
+                taken.append(item[1])
+            else:
+                w.beyond += 1
+        return taken
+
+    def beyond(self, queue: str, mode: str, count: int) -> None:
+        """``count`` pending jobs of ``queue`` in ``mode`` wait in the store (start-up):
+        nothing of theirs is in memory until a page is read."""
+        if count <= 0:
+            return
+        if mode not in self.slots:
+            raise ValueError(f"no slots for mode {mode!r}")
+        q = self.queue(queue)
+        self._wake(q)
+        w = q.windows.get(mode)
+        if w is None:
+            w = q.windows[mode] = Window(bound=(-math.inf, 0))
+        elif w.live == 0 and w.beyond == 0:
+            w.bound = (-math.inf, 0)
+        if w.bound == _INF:
+            raise ValueError("jobs beyond a window that holds every job")
+        w.beyond += count
+        q.waiting += count
+
+    def page_failed(self, request: PageRequest) -> None:
+        """The page of ``request`` could not be read: it may be asked for again."""
+        w = self.queues[request.queue].windows[request.mode]
+        if request.generation != w.generation or not w.paging:
+            return
+        w.paging = False
+        w.beyond += len(w.arrivals)  # they are past the bound, which did not move
+        w.arrivals, w.dropped = [], set()
+
+    def _trim(self, w: Window) -> tuple[int, ...]:
+        """Keep the window's best ``window`` jobs in memory; the rest go beyond it."""
+        ready = self._ready
+        valid = sorted(item for item in w.heap if ready.get(item[1]) is item[0])
+        keep, gone = valid[: self.window], valid[self.window :]
+        for item in gone:
+            del ready[item[1]]
+        w.heap = keep  # a sorted list is a heap
+        w.live = len(keep)
+        w.beyond += len(gone)
+        w.bound = (keep[-1][0], keep[-1][1]) if keep else (-math.inf, 0)
+        return tuple(item[1] for item in gone)
 
     def due(self, now: float | None = None) -> list[int]:
         """Deferred jobs whose time has come, in time order; they are forgotten here."""
@@ -232,14 +469,18 @@ class Scheduler:
         if q.paused or not q.has_room():
             return False
         for other in self.queues.values():
-            if other.waiting and not other.paused and other.has_room() and self._head(other, mode):
+            if other.waiting and not other.paused and other.has_room() and self._has_ready(other, mode):
                 return False
         self._wake(q)
         self._take(q, mode)
         return True
 
     def pick(self) -> list[Start]:
-        """Every start the free slots allow right now, slots taken, in start order."""
+        """Every start the free slots allow right now, slots taken, in start order.
+
+        It stops early where the next start may be a job beyond a window that ran dry:
+        after that page is in (:meth:`pages_needed`, :meth:`page_in`), pick again.
+        """
         starts: list[Start] = []
         if not self._ready:
             return starts
@@ -248,11 +489,15 @@ class Scheduler:
             while busy.get(mode, 0) < slots:
                 best: QueueState | None = None
                 best_item: HeapItem | None = None
+                unknown = math.inf  # the lowest pass of a queue whose next job is not paged in
                 for q in self.queues.values():
                     if not q.waiting or q.paused or not q.has_room():
                         continue
                     item = self._head(q, mode)
                     if item is None:
+                        w = q.windows.get(mode)
+                        if w is not None and (w.beyond > 0 or w.arrivals):
+                            unknown = min(unknown, q.vpass)
                         continue
                     if best is None or best_item is None or (q.vpass, item[0], item[1]) < (
                         best.vpass,
@@ -260,9 +505,15 @@ class Scheduler:
                         best_item[1],
                     ):
                         best, best_item = q, item
+                if unknown < math.inf and (best is None or unknown <= best.vpass):
+                    # The best may wait beyond a window: page it in first, then pick on
+                    # (other modes too, so the order of starts is that of one big heap).
+                    return starts
                 if best is None or best_item is None:
                     break
-                heapq.heappop(best.heaps[mode])
+                window = best.windows[mode]
+                heapq.heappop(window.heap)
+                window.live -= 1
                 del self._ready[best_item[1]]
                 best.waiting -= 1
                 self._take(best, mode)
@@ -277,12 +528,17 @@ class Scheduler:
             raise AssertionError(f"slot released twice: {queue}/{mode}")
 
     # -- internals --------------------------------------------------------------------
-    def _queue_holding(self, seq: int, key: float) -> QueueState:
-        for q in self.queues.values():
-            for heap in q.heaps.values():
-                if any(item[1] == seq and item[0] is key for item in heap):
-                    return q
-        raise AssertionError(f"ready job {seq} is in no heap")
+    def _window_holding(
+        self, seq: int, key: float, queue: str | None, mode: str | None
+    ) -> tuple[QueueState, Window]:
+        if queue is not None and mode is not None:
+            q = self.queues[queue]
+            return q, q.windows[mode]
+        for q in self.queues.values() if queue is None else (self.queues[queue],):
+            for w in q.windows.values():
+                if any(item[1] == seq and item[0] is key for item in w.heap):
+                    return q, w
+        raise AssertionError(f"ready job {seq} is in no window")
 
     def _rejoin(self, q: QueueState) -> None:
         # A resumed queue joins at the current virtual time: no burst for its pause.
@@ -301,9 +557,10 @@ class Scheduler:
         q.vpass += 1.0 / q.weight
 
     def _head(self, q: QueueState, mode: str) -> HeapItem | None:
-        heap = q.heaps.get(mode)
-        if not heap:
+        w = q.windows.get(mode)
+        if w is None or not w.heap:
             return None
+        heap = w.heap
         ready = self._ready
         while heap:
             item = heap[0]
@@ -312,5 +569,12 @@ class Scheduler:
             heapq.heappop(heap)  # discarded or re-added earlier
         return None
 
+    def _has_ready(self, q: QueueState, mode: str) -> bool:
+        """Whether a job of ``mode`` waits ready in ``q``, in memory or beyond its window."""
+        w = q.windows.get(mode)
+        return w is not None and (w.beyond > 0 or bool(w.arrivals) or self._head(q, mode) is not None)
+
     def waiting_count(self) -> int:
-        return len(self._ready) + len(self._timer_at)
+        """Jobs waiting here: ready (in memory or beyond their window) and deferred."""
+        beyond = sum(w.beyond + len(w.arrivals) for q in self.queues.values() for w in q.windows.values())
+        return len(self._ready) + len(self._timer_at) + beyond

@@ -46,7 +46,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
     "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
-    "owner",
+    "sched_key", "owner",
 )  # fmt: skip
 _BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
 _ARGS_INDEX = JOB_COLUMNS.index("args")
@@ -153,6 +153,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN pid INTEGER;
     ALTER TABLE jobs ADD COLUMN pid_start INTEGER;
     """,
+    # The scheduler's static key of a pending job, so that the jobs beyond its windows are
+    # read back in its order (a partial index: only pending jobs are ever paged in).
+    # Filled in for older rows at start-up, where the queues' aging rates are known.
+    """
+    ALTER TABLE jobs ADD COLUMN sched_key REAL;
+    CREATE INDEX jobs_ready ON jobs (queue, mode, sched_key, seq) WHERE status = 'pending';
+    """,
     # Ownership: the submitter's uid (NULL for older jobs and schedules, which belong to
     # whoever runs the daemon); "my jobs" pages through the owner's index.
     """
@@ -230,19 +237,6 @@ class Schedule:
         return f"{name}@{self.created_at:.0f}:{slot:.6f}"
 
 
-@dataclass(frozen=True, slots=True)
-class WaitingKey:
-    """What the scheduler needs of a waiting job at start-up: no args, no result."""
-
-    seq: int
-    queue: str
-    mode: str
-    priority: int
-    enqueued_at: float
-    status: str
-    run_at: float | None
-
-
 def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -289,7 +283,7 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 class _Batch:
     __slots__ = (
-        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "waiters",
+        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "waiters",
         "first_at", "started", "on_thread", "statements_done", "committed",
     )  # fmt: skip
 
@@ -304,6 +298,7 @@ class _Batch:
         self.schedules: list[tuple[Any, ...]] = []
         self.removed: list[tuple[str]] = []
         self.pids: list[tuple[int | None, int | None, int]] = []
+        self.rekeys: list[tuple[float, str]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
 
@@ -399,6 +394,7 @@ class Store:
         schedules: Sequence[Any] = (),
         removed_schedules: Sequence[str] = (),
         pids: Sequence[tuple[int, int | None, int | None]] = (),
+        rekeys: Sequence[tuple[str, float]] = (),
         lazy: bool = False,
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
@@ -428,6 +424,8 @@ class Store:
             batch.removed.extend((name,) for name in removed_schedules)
         if pids:
             batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
+        if rekeys:  # (queue, aging): its pending jobs' keys follow a new aging rate
+            batch.rekeys.extend((aging, queue) for queue, aging in rekeys)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         if not batch.waiters:
@@ -534,6 +532,11 @@ class Store:
             if batch.pids:
                 # Only these two columns: the rest of the row may be mid-change in memory.
                 conn.executemany("UPDATE jobs SET pid = ?, pid_start = ? WHERE seq = ?", batch.pids)
+            if batch.rekeys:
+                conn.executemany(
+                    "UPDATE jobs SET sched_key = ? * enqueued_at - priority WHERE queue = ? AND status = 'pending'",
+                    batch.rekeys,
+                )
             batch.statements_done = time.perf_counter()
             conn.execute("COMMIT")
             batch.committed = time.perf_counter()
@@ -676,15 +679,49 @@ class Store:
 
         return await self._read(q)
 
-    async def waiting_keys(self) -> list[WaitingKey]:
-        """Every waiting job's scheduling key, oldest first, without args or results."""
+    async def deferred(self) -> list[tuple[int, float]]:
+        """``(seq, run_at)`` of every scheduled and retrying job."""
 
-        def q(conn: sqlite3.Connection) -> list[WaitingKey]:
+        def q(conn: sqlite3.Connection) -> list[tuple[int, float]]:
+            rows = conn.execute("SELECT seq, run_at FROM jobs WHERE status IN ('scheduled', 'retrying')")
+            return [(seq, run_at or 0.0) for seq, run_at in rows]
+
+        return await self._read(q)
+
+    async def pending_counts(self) -> list[tuple[str, str, int]]:
+        """``(queue, mode, count)`` of the pending jobs (from the ready index alone)."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            return conn.execute(
+                "SELECT queue, mode, count(*) FROM jobs INDEXED BY jobs_ready "
+                "WHERE status = 'pending' GROUP BY queue, mode"
+            ).fetchall()
+
+        return await self._read(q)
+
+    async def unkeyed_queues(self) -> list[str]:
+        """Queues with pending jobs whose scheduler key is not stored (older rows)."""
+
+        def q(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(
-                "SELECT seq, queue, mode, priority, enqueued_at, status, run_at FROM jobs "
-                "WHERE status IN ('pending', 'scheduled', 'retrying') ORDER BY seq"
+                "SELECT DISTINCT queue FROM jobs INDEXED BY jobs_ready "
+                "WHERE status = 'pending' AND sched_key IS NULL"
             )
-            return [WaitingKey(*r) for r in rows]
+            return [r[0] for r in rows]
+
+        return await self._read(q)
+
+    async def read_page(self, queue: str, mode: str, after: tuple[float, int], limit: int) -> list[JobRow]:
+        """Up to ``limit`` pending jobs of ``queue`` in ``mode`` past ``after`` in the
+        scheduler's order (``(sched_key, seq)``), in that order."""
+
+        def q(conn: sqlite3.Connection) -> list[JobRow]:
+            rows = conn.execute(
+                f"{_SELECT_JOB} INDEXED BY jobs_ready WHERE status = 'pending' AND queue = ? AND mode = ? "
+                "AND (sched_key, seq) > (?, ?) ORDER BY sched_key, seq LIMIT ?",
+                (queue, mode, after[0], after[1], limit),
+            )
+            return [job_from_db(r) for r in rows]
 
         return await self._read(q)
 

@@ -689,3 +689,23 @@ def test_watch_json_with_filters(daemon: Daemon, client: RawClient, background: 
 
     proc = ctl(daemon.socket, "watch", "--job", "no-such-job")
     assert proc.returncode == 1 and "not_found" in proc.stderr
+
+
+def test_bench_runs_its_scenarios_on_a_daemon_of_its_own_and_times_a_restart(workdir: str) -> None:
+    """bench starts its own daemon (never the one on --socket), runs every scenario asked
+    for, restarts the daemon holding the queued jobs, and reports a row per scenario."""
+    nowhere = os.path.join(workdir, "none.sock")
+    proc = ctl(
+        nowhere, "--json", "bench", "-n", "20", "--serial-jobs", "5", "--sync", "normal",
+        "--modes", "async", "--queued", "300", "--restart", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["scenario"]: row for row in ndjson(proc.stdout)}
+    assert set(rows) == {"serial", "pipelined", "queued", "restart"}
+    assert all(row["failed"] == 0 for row in rows.values())
+    assert rows["queued"]["jobs"] == rows["restart"]["jobs"] == 300
+    assert rows["restart"]["seconds"] > 0 and rows["restart"]["daemon_rss_kib"] > 0
+    assert not os.path.exists(nowhere)
+
+    usage = ctl(nowhere, "bench", "--restart")
+    assert usage.returncode == 2 and "--queued" in usage.stderr

@@ -73,7 +73,7 @@ async def test_a_change_that_cannot_commit_is_undone_and_tells_nobody(h: CoreHar
     assert row.memento() == before
     assert sub.take() == []
     assert h.core.scheduler.is_waiting(row.seq)
-    assert h.core.ledger.locked(row.seq) is None
+    assert not h.core.ledger.is_locked(row.seq)
     assert (await h.service.hold(ADMIN, job["job_id"]))["status"] == "held"
 
 
@@ -376,7 +376,7 @@ async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_h
         await asyncio.sleep(0.01)
         commits = h.store.commits
         h.executor.finish(job["job_id"], Outcome.success(5))
-        await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
+        await h.until(lambda: h.core.ledger.is_locked(seq), what="the end to be queued")
         await asyncio.sleep(0.1)  # an urgent write would have committed long since
         assert h.store.commits == commits
         assert (await h.stored(job["job_id"])).status == "running"
@@ -391,7 +391,7 @@ async def test_an_end_rides_with_the_next_submit(tmp_path: Any) -> None:
         await h.started(job["job_id"])
         seq = (await h.stored(job["job_id"])).seq
         h.executor.finish(job["job_id"])
-        await h.until(lambda: h.core.ledger.locked(seq) is not None, what="the end to be queued")
+        await h.until(lambda: h.core.ledger.is_locked(seq), what="the end to be queued")
         commits = h.store.commits
         await h.service.submit(ADMIN, {"task": "work"})
         assert h.store.commits == commits + 1
@@ -427,3 +427,80 @@ async def test_stats_split_a_commit_and_measure_the_loop_lag(h: CoreHarness) -> 
     parts = split["handover"] + split["statements"] + split["commit"] + split["handback"]
     assert abs(parts - store["commit_ms"]) < 0.01 + 0.01 * store["commit_ms"]
     assert set(stats["loop_lag_ms"]) == {"p50", "p99", "max"}
+
+
+# ----------------------------------------------------------------- pending jobs paged in
+
+
+async def _run_all(h: CoreHarness, count: int) -> list[str]:
+    """Finish every job as it starts until ``count`` have run; the start order."""
+    done: list[str] = []
+    while len(done) < count:
+        await h.until(lambda: h.executor.running - set(done), what=f"job {len(done) + 1} of {count} to start")
+        for job_id in sorted(h.executor.running - set(done)):
+            h.executor.finish(job_id)
+            done.append(job_id)
+    return h.executor.started[-count:]
+
+
+async def test_pending_jobs_beyond_the_window_start_in_priority_order(tmp_path: Any) -> None:
+    """Given 40 jobs of mixed priority in a paused queue and a window of 3, when the queue
+    resumes, then all start, in the order of one big priority heap (aging off), and the
+    scheduler never held more than twice its window of them."""
+    async with running_core(os.path.join(tmp_path, "core.db"), window=3, aging=0.0) as h:
+        await h.service.set_paused(ADMIN, "q", True)
+        ids = []
+        for i in range(40):
+            job = await h.service.submit(ADMIN, {"task": "work", "queue": "q", "priority": (i * 7) % 5, "job_id": f"j{i:02d}"})
+            ids.append((-((i * 7) % 5), i, job["job_id"]))
+            held = sum(1 for seq in range(1, 200) if h.core.scheduler.is_waiting(seq))
+            assert held <= 6
+        await h.service.set_paused(ADMIN, "q", False)
+        order = await _run_all(h, 40)
+        assert order == [job_id for _p, _i, job_id in sorted(ids)]
+
+
+async def test_a_restarted_core_pages_its_pending_jobs_in_and_runs_them_all(tmp_path: Any) -> None:
+    """Given 30 pending jobs left in a paused queue, when a new core loads the file with a
+    window of 2, then it holds none of them in memory until needed, and once resumed runs
+    them all in submission order (equal priorities)."""
+    path = os.path.join(tmp_path, "core.db")
+    async with running_core(path, window=2) as first:
+        await first.service.set_paused(ADMIN, "q", True)
+        ids = [(await first.service.submit(ADMIN, {"task": "work", "queue": "q"}))["job_id"] for _ in range(30)]
+    async with running_core(path, window=2) as second:
+        assert second.core.scheduler.waiting_count() == 30
+        await second.service.set_paused(ADMIN, "q", False)
+        assert await _run_all(second, 30) == ids
+
+
+async def test_a_job_beyond_the_window_can_be_cancelled_and_moved_to_the_front(tmp_path: Any) -> None:
+    """Given jobs beyond the window, a cancel of one of them takes (it never starts), and a
+    priority raise of another brings it to the front."""
+    async with running_core(os.path.join(tmp_path, "core.db"), window=2, aging=0.0) as h:
+        await h.service.set_paused(ADMIN, "q", True)
+        ids = [(await h.service.submit(ADMIN, {"task": "work", "queue": "q"}))["job_id"] for _ in range(12)]
+        assert (await h.service.cancel(ADMIN, ids[9]))["status"] == "cancelled"
+        assert (await h.service.update(ADMIN, ids[10], priority=9, queue=None))["priority"] == 9
+        await h.service.set_paused(ADMIN, "q", False)
+        order = await _run_all(h, 11)
+        assert order == [ids[10], *ids[:9], ids[11]]
+        assert (await h.stored(ids[9])).status == "cancelled"
+
+
+async def test_a_new_aging_rate_reorders_the_jobs_beyond_the_window(tmp_path: Any) -> None:
+    """Given old low-priority jobs and newer high-priority ones beyond the window, the order
+    follows the queue's aging rate: without aging the high priorities go first; with a
+    strong aging the old jobs do."""
+    async with running_core(os.path.join(tmp_path, "core.db"), window=2, aging=0.0) as h:
+        await h.service.set_paused(ADMIN, "q", True)
+        old = []
+        for _ in range(5):
+            old.append((await h.service.submit(ADMIN, {"task": "work", "queue": "q", "priority": 0}))["job_id"])
+        h.clock.advance(100)
+        new = []
+        for _ in range(5):
+            new.append((await h.service.submit(ADMIN, {"task": "work", "queue": "q", "priority": 10}))["job_id"])
+        await h.service.configure_queue(ADMIN, "q", {"aging": 1.0})  # 100 s of waiting outweigh 10 points
+        await h.service.set_paused(ADMIN, "q", False)
+        assert await _run_all(h, 10) == old + new

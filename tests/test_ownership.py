@@ -335,3 +335,28 @@ async def test_a_root_daemon_runs_another_users_shell_job_in_that_users_account(
         dispatch.owners.daemon_uid = DAEMON_UID
         row.owner = nobody.pw_uid
         assert dispatch._account(row) is None  # noqa: SLF001
+
+
+async def test_the_running_cap_holds_with_jobs_paged_in_from_the_store(tmp_path: Any) -> None:
+    """Given a window of 2 ready jobs per queue (the rest paged in from the store), two
+    slots and max_running_per_user 1, when Alice submits 12 jobs and Bob 4, then every job
+    runs to its end, never two of Alice's at once, and Bob's are not held behind hers."""
+    async with running_core(
+        os.path.join(tmp_path, "c.db"), slots=2, window=2, user_tasks=("work",), max_running_per_user=1
+    ) as h:
+        alice = [(await h.service.submit(ALICE, {"task": "work", "priority": i % 3}))["job_id"] for i in range(12)]
+        bob = [(await h.service.submit(BOB, {"task": "work"}))["job_id"] for _ in range(4)]
+        owners = {**{j: "alice" for j in alice}, **{j: "bob" for j in bob}}
+        done: list[str] = []
+        while len(done) < 16:
+            await h.until(lambda: h.executor.running - set(done), what="a job to run")
+            running = sorted(h.executor.running)
+            assert [owners[j] for j in running].count("alice") <= 1, running
+            for job_id in running:
+                h.executor.finish(job_id)
+                done.append(job_id)
+            await asyncio.sleep(0.005)
+        for job_id in alice + bob:
+            assert (await h.service.wait(ADMIN, job_id, 5))["status"] == "completed"
+        order = [owners[j] for j in h.executor.started]
+        assert order.index("bob") < 4, order  # Bob did not wait for Alice's twelve

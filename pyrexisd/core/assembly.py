@@ -19,7 +19,7 @@ from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor
 from pyrexisd.metrics import Metrics
-from pyrexisd.scheduler import Scheduler
+from pyrexisd.scheduler import DEFAULT_WINDOW, Scheduler
 from pyrexisd.store import Store
 from pyrexisd.tasks.registry import Registry
 
@@ -57,30 +57,25 @@ def build_core(
     registry: Registry,
     executors: dict[str, Executor],
     clock: Callable[[], float] = time.time,
+    window: int = DEFAULT_WINDOW,
     daemon_uid: int | None = None,
 ) -> Core:
     """A core on ``store``, running work on ``executors`` (mode → executor), for a daemon
-    running as ``daemon_uid`` (this process's effective uid by default)."""
-    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging)
+    running as ``daemon_uid`` (this process's effective uid by default); ``window`` ready
+    jobs per queue and mode are held in memory, the others paged in from the store."""
+    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
     background = Background()
     owners = Owners(daemon_uid)
-    parked: list[Waiting] = []  # the waiting room, once built (the ledger is built first)
-
-    def is_waiting(seq: int) -> bool:
-        # Waiting here means: in the scheduler, or parked by its owner's running cap.
-        return scheduler.is_waiting(seq) or (bool(parked) and parked[0].is_parked(seq))
-
-    ledger = Ledger(store, hub, metrics, is_waiting, clock, owners)
+    ledger = Ledger(store, hub, metrics, scheduler, clock, owners)
     waiting = Waiting(store, ledger, scheduler, background, clock)
-    parked.append(waiting)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
         config.kill_grace, clock, owners, config.max_running_per_user,
     )  # fmt: skip
-    queues = Queues(store, scheduler, metrics, dispatch.kick)
+    queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
     service = Service(
         config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from protocol.errors import StorageError
@@ -27,7 +27,7 @@ from pyrexisd import procs
 from pyrexisd.core import model
 from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, log_write_failure
 from pyrexisd.core.background import Background
-from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.waiting import Waiting
@@ -84,6 +84,7 @@ class Dispatch:
         self._active: dict[int, Attempt] = {}
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
         self._kick_pending = False
+        self._picked: dict[int, Gate] = {}  # seq -> its pick's lock
         self._progress_timer: asyncio.TimerHandle | None = None
         waiting.on_ready = self.kick
 
@@ -126,15 +127,25 @@ class Dispatch:
             self.background.spawn(self.begin(rows))
         if missing:
             self.background.spawn(self._load_and_begin(missing))
+        self.waiting.fill_windows()
 
     def take_starts(self) -> tuple[list[JobRow], list[Start]]:
-        """Jobs the free slots allow: rows in hand, and starts whose rows must be read."""
+        """Jobs the free slots allow: rows in hand, and starts whose rows must be read.
+
+        Every one is locked from this moment until its start is committed (or put back):
+        its row still says pending in the store, and must not be paged in again meanwhile.
+        """
         if self.ledger.stopping.is_set():
             return [], []
         rows: list[JobRow] = []
         missing: list[Start] = []
+        picked = self.scheduler.pick()
+        if not picked:
+            return rows, missing
+        gate = self.ledger.lock(start.seq for start in picked)
         parked = False
-        for start in self.scheduler.pick():
+        for start in picked:
+            self._picked[start.seq] = gate
             row = self.waiting.take(start.seq)
             if row is None:
                 missing.append(start)
@@ -145,6 +156,13 @@ class Dispatch:
         if parked:
             self.kick()  # the slots they gave back may suit other users' jobs
         return rows, missing
+
+    def _started(self, seqs: Iterable[int]) -> None:
+        """These picks are committed as running, or put back: their pick locks go."""
+        for seq in seqs:
+            gate = self._picked.pop(seq, None)
+            if gate is not None:
+                self.ledger.unlock((seq,), gate)
 
     def try_start_now(self, row: JobRow) -> bool:
         """Take a slot for a job being submitted, if it may start at once."""
@@ -167,6 +185,7 @@ class Dispatch:
         if self._at_cap(owner):
             self.scheduler.release(row.queue, row.mode)
             self.waiting.park(owner, row)
+            self._started((row.seq,))  # not starting: it waits, parked, unlocked
             return False
         self._occupied[owner] += 1
         return True
@@ -186,8 +205,7 @@ class Dispatch:
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
         try:
-            async with self.ledger.hold(seqs):
-                found = await self.store.get_jobs(seqs)
+            found = await self.store.get_jobs(seqs)
         except StorageError as exc:
             log.error("cannot read jobs to start: %s", exc)
             found = {}
@@ -199,6 +217,7 @@ class Dispatch:
                 # Only if the read failed or the database was changed behind our back.
                 log.error("job %d was picked but could not be read as pending", start.seq)
                 self.scheduler.release(start.queue, start.mode)
+                self._started((start.seq,))
                 if row is None:
                     self._retry_dispatch_later()
                 continue
@@ -223,11 +242,13 @@ class Dispatch:
             log.error("could not start %d jobs: %s", len(rows), exc)
             self._put_back(rows)
             return
+        self._started(row.seq for row in rows)
         for row in rows:
             self.launch(row)
 
     def _put_back(self, rows: Sequence[JobRow]) -> None:
         """Starts that could not be committed: their slots are freed, they wait again."""
+        self._started(row.seq for row in rows)
         for row in rows:
             self.release_slot(row)
             self.waiting.enqueue(row)
@@ -344,34 +365,45 @@ class Dispatch:
     ) -> None:
         row = attempt.row
         now = self.clock()
-        pause = STORAGE_RETRY[0]
-        # Locked until the end is durable, across retries: until then no op may act on
-        # (or show) an outcome that could still be lost.
-        async with self.ledger.hold([row.seq]):
-            while True:
-                try:
-                    # One commit for "this one finished" and "these started". An end that
-                    # starts nothing and that nobody waits for need not commit alone: it
-                    # rides with the next commit (a waiter that comes meanwhile hurries it).
-                    lazy = not starts and not self.ledger.awaited(row.job_id)
-                    async with self.ledger.change([row, *starts], lazy=lazy) as change:
-                        model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
-                        for stream, text in notes:
-                            change.log(row, stream, text, now)
-                        for start in starts:
-                            model.start_attempt(start, now)
-                    break
-                except StorageError as exc:
-                    if starts:
-                        self._put_back(starts)
-                        starts = []
-                    log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+        try:
+            await self._write_end(row, outcome, notes, starts, now)
+        except StorageError as exc:
+            if starts:
+                self._put_back(starts)
+                starts = []
+            log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+            # Locked until the end is durable, across retries: until then no op may act on
+            # (or show) an outcome that could still be lost. (The failed change unlocked
+            # the row and no other coroutine ran since, so the hold follows it unbroken.)
+            async with self.ledger.hold([row.seq]):
+                pause = STORAGE_RETRY[0]
+                while True:
                     await asyncio.sleep(pause)
                     pause = min(STORAGE_RETRY[1], pause * 2)
+                    try:
+                        await self._write_end(row, outcome, notes, [], now)
+                        break
+                    except StorageError as again:
+                        log.error("could not record the end of job %s, retrying: %s", row.job_id, again)
         self._ended(attempt)
+        self._started(start.seq for start in starts)
         for start in starts:
             self.launch(start)
         self.kick()
+
+    async def _write_end(
+        self, row: JobRow, outcome: Outcome, notes: list[tuple[str, str]], starts: list[JobRow], now: float
+    ) -> None:
+        # One commit for "this one finished" and "these started". An end that starts
+        # nothing and that nobody waits for need not commit alone: it rides with the next
+        # commit (a waiter that comes meanwhile hurries it).
+        lazy = not starts and not self.ledger.awaited(row.job_id)
+        async with self.ledger.change([row, *starts], lazy=lazy) as change:
+            model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
+            for stream, text in notes:
+                change.log(row, stream, text, now)
+            for start in starts:
+                model.start_attempt(start, now)
 
     def _ended(self, attempt: Attempt) -> None:
         """An attempt's end is committed: it leaves the running set; a retry waits."""
@@ -412,7 +444,7 @@ class Dispatch:
         self._progress_timer = None
         rows = []
         for attempt in self._active.values():
-            if attempt.progress_dirty and not attempt.ended and self.ledger.locked(attempt.row.seq) is None:
+            if attempt.progress_dirty and not attempt.ended and not self.ledger.is_locked(attempt.row.seq):
                 attempt.progress_dirty = False
                 rows.append(attempt.row)
         if rows:

@@ -37,9 +37,30 @@ from pyrexisd.core.model import WAITING_IN_SCHEDULER, JobRow, LogLine, OutputIte
 from pyrexisd.core.owners import Owners, no_such_job
 from pyrexisd.events import EventHub, StoredRange, state_event
 from pyrexisd.metrics import Metrics
+from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import Store
 
 RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
+
+
+class Gate:
+    """The lock of rows while a change of them is in flight. Its future is made only when
+    someone has to wait for it: most changes end with nobody waiting."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def future(self) -> asyncio.Future[None]:
+        """Resolves when the gate opens."""
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+    def open(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
 
 
 class Change:
@@ -55,7 +76,7 @@ class Change:
         self.lines: list[LogLine] = []
         self._mementos: list[tuple[Any, ...]] = []
         self._olds: list[tuple[str, str]] = []  # (status, queue) before the change
-        self._gate: asyncio.Future[None] | None = None
+        self._gate: Gate | None = None
         self._locked: list[int] = []
 
     def log(self, row: JobRow, stream: str, text: str, now: float) -> None:
@@ -66,7 +87,7 @@ class Change:
     async def __aenter__(self) -> Change:
         ledger = self._ledger
         locks = ledger._locks
-        self._gate = gate = asyncio.get_running_loop().create_future()
+        self._gate = gate = Gate()
         recent = ledger._recent_ends
         for row in self.rows:
             # A caller that holds the row across retries (see Ledger.hold) keeps its lock.
@@ -86,6 +107,10 @@ class Change:
         ledger = self._ledger
         try:
             if exc_type is None:
+                key_of = ledger.scheduler.key_of
+                for row in self.rows:
+                    if row.status == "pending":
+                        row.sched_key = key_of(row.queue, row.priority, row.enqueued_at)
                 await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
         except BaseException:
             self._undo()
@@ -103,13 +128,8 @@ class Change:
             row.restore(memento)
 
     def _unlock(self) -> None:
-        locks = self._ledger._locks
-        gate = self._gate
-        for seq in self._locked:
-            if locks.get(seq) is gate:
-                del locks[seq]
-        if gate is not None and not gate.done():
-            gate.set_result(None)
+        if self._gate is not None:
+            self._ledger.unlock(self._locked, self._gate)
 
 
 class Hold:
@@ -120,21 +140,15 @@ class Hold:
     def __init__(self, ledger: Ledger, seqs: Iterable[int]) -> None:
         self._ledger = ledger
         self._seqs = list(seqs)
-        self._gate: asyncio.Future[None] | None = None
+        self._gate: Gate | None = None
 
     async def __aenter__(self) -> Hold:
-        self._gate = gate = asyncio.get_running_loop().create_future()
-        for seq in self._seqs:
-            self._ledger._locks[seq] = gate
+        self._gate = self._ledger.lock(self._seqs)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        locks = self._ledger._locks
-        for seq in self._seqs:
-            if locks.get(seq) is self._gate:
-                del locks[seq]
-        if self._gate is not None and not self._gate.done():
-            self._gate.set_result(None)
+        if self._gate is not None:
+            self._ledger.unlock(self._seqs, self._gate)
 
 
 _STORED_STATUSES_MOVE = frozenset({"blocked", "held"})
@@ -148,7 +162,7 @@ class Ledger:
         store: Store,
         hub: EventHub,
         metrics: Metrics,
-        is_waiting: Callable[[int], bool],
+        scheduler: Scheduler,
         clock: Callable[[], float],
         owners: Owners | None = None,
     ) -> None:
@@ -157,13 +171,18 @@ class Ledger:
         self.metrics = metrics
         self.clock = clock
         self.owners = owners if owners is not None else Owners()
-        self._is_waiting = is_waiting  # the scheduler's: is this seq ready or deferred there
+        # Asked where a stored waiting job is (it agrees or the job moved), and for the key
+        # a pending job is stored with (the store pages pending jobs in that order).
+        self.scheduler = scheduler
+        # Whether a pending job is parked by its owner's running cap (out of the
+        # scheduler, still waiting): the waiting room installs its own test.
+        self.is_parked: Callable[[int], bool] = lambda seq: False
         self.stopping = asyncio.Event()  # set when the daemon stops taking work
         # Called with each row whose end has committed (the waiting room re-evaluates the
         # jobs that depend on it).
         self.on_end: Callable[[JobRow], None] = lambda row: None
         self._seq = 0
-        self._locks: dict[int, asyncio.Future[None]] = {}
+        self._locks: dict[int, Gate] = {}
         self._pinned: dict[str, JobRow] = {}
         self._claims: dict[str, asyncio.Future[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
@@ -192,18 +211,37 @@ class Ledger:
         """
         return Change(self, rows, created, lazy)
 
-    async def _until_unlocked(self, lock: asyncio.Future[None]) -> None:
-        if not lock.done():
-            self.store.hurry()  # the change may be a lazy one: someone waits on it now
-            await asyncio.gather(lock, return_exceptions=True)
+    async def _until_unlocked(self, gate: Gate) -> None:
+        self.store.hurry()  # the change may be a lazy one: someone waits on it now
+        await gate.future()
 
     def hold(self, seqs: Iterable[int]) -> Hold:
         """Keep these rows locked for the block's length, across the changes made in it."""
         return Hold(self, seqs)
 
+    def lock(self, seqs: Iterable[int]) -> Gate:
+        """Lock these rows now (no change of them may begin) until :meth:`unlock`."""
+        gate = Gate()
+        locks = self._locks
+        for seq in seqs:
+            locks[seq] = gate
+        return gate
+
+    def unlock(self, seqs: Iterable[int], gate: Gate) -> None:
+        locks = self._locks
+        for seq in seqs:
+            if locks.get(seq) is gate:
+                del locks[seq]
+        gate.open()
+
+    def is_locked(self, seq: int) -> bool:
+        """Whether a change of ``seq`` is in flight."""
+        return seq in self._locks
+
     def locked(self, seq: int) -> asyncio.Future[None] | None:
-        """The future a change of ``seq`` in flight resolves, if one is in flight."""
-        return self._locks.get(seq)
+        """A future that resolves when the change of ``seq`` in flight is over (None: none is)."""
+        gate = self._locks.get(seq)
+        return None if gate is None else gate.future()
 
     async def settle_changes(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until no change is in flight."""
@@ -211,7 +249,7 @@ class Ledger:
         deadline = loop.time() + timeout
         while self._locks and loop.time() < deadline:
             self.store.hurry()
-            await asyncio.wait(set(self._locks.values()), timeout=deadline - loop.time())
+            await asyncio.wait({gate.future() for gate in self._locks.values()}, timeout=deadline - loop.time())
 
     def _committed(self, change: Change, olds: list[tuple[str, str]]) -> None:
         """After a change's commit: lines, then moves, then ends, in that order, so a
@@ -325,7 +363,9 @@ class Ledger:
                 continue
             if job_id in self._pinned:
                 continue  # it was pinned after the read
-            waiting_here = self._is_waiting(stored.seq)
+            waiting_here = self.scheduler.holds(
+                stored.seq, stored.queue, stored.mode, stored.priority, stored.enqueued_at, stored.status
+            ) or (stored.status == "pending" and self.is_parked(stored.seq))
             if stored.status in _STORED_STATUSES_MOVE:
                 pass  # always pinned: it moved after the read
             elif stored.status in WAITING_IN_SCHEDULER:

@@ -59,6 +59,7 @@ class JobRow:
     output_seq: int = 0
     pid: int | None = None  # the process running the attempt (shell and process modes)
     pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
+    sched_key: float | None = None  # the scheduler's static key while pending (the store pages by it)
     owner: int | None = None  # the submitter's uid; None for jobs older than ownership
     # ``args`` never change after submit: packed once, written as is on every change.
     args_blob: bytes | None = field(default=None, repr=False, compare=False)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, Unpack
 
 from protocol.status import WAITING
+from pyrexisd.core.waiting import AGING_SETTING, Waiting
 from pyrexisd.metrics import Metrics
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import QueueChanges, QueueSettings, Store
@@ -22,10 +23,13 @@ _RUNNING = frozenset({"running"})
 class Queues:
     """The queues' settings and their rows for ``queues``, ``pause``, ``resume``."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, metrics: Metrics, kick: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, scheduler: Scheduler, metrics: Metrics, waiting: Waiting, kick: Callable[[], None]
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
+        self.waiting = waiting
         self.kick = kick
 
     async def load(self) -> None:
@@ -82,13 +86,29 @@ class Queues:
         return [self.row(queue)]
 
     async def configure(self, queue: str, changes: QueueChanges) -> dict[str, Any]:
-        """Change some of a queue's settings (``max_concurrency=None`` removes the cap)."""
-        await self.store.write(queues=[self._settings_of(queue, **changes)])
+        """Change some of a queue's settings (``max_concurrency=None`` removes the cap).
+
+        A new aging rate changes the order of the queue's pending jobs: their stored keys
+        are rewritten in the same commit, and the scheduler's windows paged in anew.
+        """
+        aging = changes.get("aging")
+        rekey = aging is not None and aging != self.scheduler.queue(queue).aging
+        if rekey:
+            assert aging is not None
+            keyed = dict((await self.store.settings()).get(AGING_SETTING) or {})
+            keyed[queue] = aging
+            await self.store.write(
+                queues=[self._settings_of(queue, **changes)], rekeys=[(queue, aging)], settings=[(AGING_SETTING, keyed)]
+            )
+        else:
+            await self.store.write(queues=[self._settings_of(queue, **changes)])
         self.scheduler.configure(
             queue,
             weight=changes.get("weight"),
             max_concurrency=changes["max_concurrency"] if "max_concurrency" in changes else False,
-            aging=changes.get("aging"),
+            aging=aging,
         )
+        if rekey:
+            self.waiting.rekeyed()
         self.kick()
         return self.row(queue)

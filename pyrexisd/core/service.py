@@ -131,8 +131,10 @@ class Service:
     async def _accept(self, rows: list[JobRow], known: dict[str, str]) -> None:
         """Commit new jobs, each already ``running`` when a slot is free for it now."""
         ledger = self.ledger
-        ids = [row.job_id for row in rows]
-        claim = ledger.claim(ids)
+        # Only a client's own ids can be resubmitted while these commit (generated ids are
+        # new), so only those are claimed.
+        ids = [row.job_id for row in rows if row.spec_digest]
+        claim = ledger.claim(ids) if ids else None
         for row in rows:
             row.seq = ledger.next_seq()
         starting: list[JobRow] = []
@@ -152,7 +154,8 @@ class Service:
             self.dispatch.kick()
             raise
         finally:
-            ledger.unclaim(ids, claim)
+            if claim is not None:
+                ledger.unclaim(ids, claim)
         for row in rows:
             if row.status == "running":
                 self.dispatch.launch(row)

@@ -32,12 +32,13 @@ from pyrexisd.core import model
 from pyrexisd.core.background import Background
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow
-from pyrexisd.scheduler import Scheduler
+from pyrexisd.scheduler import PageRequest, Scheduler
 from pyrexisd.store import Store
 
 log = logging.getLogger(__name__)
 
 ROW_CACHE_LIMIT = 4_096  # waiting rows kept in memory; beyond, they are read back on start
+AGING_SETTING = "sched_aging"  # queue -> the aging rate its pending jobs' stored keys follow
 STORAGE_RETRY = 2.0  # seconds before a change that failed to commit is tried again
 
 # A parked job: (-priority, enqueued_at, seq, queue, mode), so an owner's heap yields its
@@ -73,20 +74,54 @@ class Waiting:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         ledger.on_end = self._dependency_ended
+        ledger.is_parked = self.is_parked
 
     async def load(self) -> None:
-        """At start-up: blocked and held rows into memory, the other waiting jobs' keys
-        into the scheduler."""
+        """At start-up: blocked and held rows into memory, scheduled and retrying jobs on
+        the timers, and for pending jobs only their counts: each queue's best ones are
+        paged in from the store, in order, as dispatch needs them."""
         for status in ("blocked", "held"):
             for row in await self.store.jobs_with_status(status):
                 self.enqueue(row)
-        for key in await self.store.waiting_keys():
-            if key.status == "pending":
-                self.scheduler.add(key.seq, key.queue, key.mode, key.priority, key.enqueued_at)
-            else:
-                self.scheduler.defer(key.seq, key.run_at or 0.0)
+        for seq, run_at in await self.store.deferred():
+            self.scheduler.defer(seq, run_at)
+        await self._key_pending()
+        for queue, mode, count in await self.store.pending_counts():
+            self.scheduler.beyond(queue, mode, count)
         self.arm_timer()
+        self.fill_windows()
 
+    async def _key_pending(self) -> None:
+        """Store the scheduler's key of pending jobs whose queue's aging rate differs from
+        the one their keys were stored with (older rows have none).
+
+        The setting maps each queue given its own rate to it, and ``"*"`` to the default
+        rate the other queues' keys were made with.
+        """
+        stored: dict[str, float] = (await self.store.settings()).get(AGING_SETTING) or {}
+        default = self.scheduler.default_aging
+        unkeyed = set(await self.store.unkeyed_queues())
+        queues = {q for q, _mode, _n in await self.store.pending_counts()} | unkeyed
+        stale: dict[str, float] = {}
+        for q in queues:
+            aging = self.scheduler.queue(q).aging
+            if q in unkeyed or stored.get(q, stored.get("*")) != aging:
+                stale[q] = aging
+        keyed = {**stored, "*": default}
+        keyed.update({q: aging for q, aging in stale.items() if aging != default})
+        if stale or keyed != stored:
+            await self.store.write(rekeys=list(stale.items()), settings=[(AGING_SETTING, keyed)])
+        if stale:
+            log.info("stored the scheduler's keys of the pending jobs of %d queues", len(stale))
+
+    def rekeyed(self) -> None:
+        """After a re-key commit: cached rows the scheduler let go are dropped, and the
+        windows are paged in again in the new order."""
+        for seq in [seq for seq in self._cached if not self.scheduler.is_waiting(seq)]:
+            row = self._cached.pop(seq)
+            self.ledger.unpin(row)
+        self.fill_windows()
+        self.on_ready()
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -98,7 +133,13 @@ class Waiting:
         the blocked set (to be evaluated) or the held set."""
         status = row.status
         if status == "pending":
-            self.scheduler.add(row.seq, row.queue, row.mode, row.priority, row.enqueued_at)
+            let_go = self.scheduler.add(row.seq, row.queue, row.mode, row.priority, row.enqueued_at)
+            for seq in let_go:
+                gone = self._cached.pop(seq, None)
+                if gone is not None:
+                    self.ledger.unpin(gone)
+            if not self.scheduler.is_waiting(row.seq):
+                return  # it waits beyond its queue's window: in the store only
         elif status in ("scheduled", "retrying"):
             self.scheduler.defer(row.seq, row.run_at or 0.0)
             self.arm_timer()
@@ -119,8 +160,10 @@ class Waiting:
 
     def withdraw(self, row: JobRow) -> None:
         """A waiting job leaves wherever it waits (scheduler, parked, blocked or held set)."""
-        self.scheduler.discard(row.seq, row.queue)
-        self._parked_seqs.pop(row.seq, None)  # its heap entry is skipped from now on
+        # A parked job is not the scheduler's (not even beyond a window): its heap entry
+        # here is skipped from now on.
+        if self._parked_seqs.pop(row.seq, None) is None:
+            self.scheduler.discard(row.seq, row.queue, row.mode, row.priority, row.enqueued_at)
         for place in (self._cached, self._blocked, self._held):
             if place.pop(row.seq, None) is not None:
                 self.ledger.unpin(row)
@@ -147,7 +190,11 @@ class Waiting:
             if self._parked_seqs.get(seq) is not entry:
                 continue  # withdrawn (cancelled, held, updated) since it was parked
             del self._parked_seqs[seq]
-            self.scheduler.add(seq, queue, mode, -neg_priority, enqueued_at)
+            # Into its window, or beyond it (in the store only, paged in in its turn).
+            for gone in self.scheduler.add(seq, queue, mode, -neg_priority, enqueued_at):
+                row = self._cached.pop(gone, None)
+                if row is not None:
+                    self.ledger.unpin(row)
             moved += 1
         if heap is not None and not heap:
             del self._parked[owner]
@@ -159,6 +206,41 @@ class Waiting:
         if row is not None:
             self.ledger.unpin(row)
         return row
+
+    # -- paging ---------------------------------------------------------------------------
+    def fill_windows(self) -> None:
+        """Read the pages the scheduler's windows need (in the background)."""
+        if self.ledger.stopping.is_set():
+            return
+        for request in self.scheduler.pages_needed():
+            self.background.spawn(self._page(request))
+
+    async def _page(self, request: PageRequest) -> None:
+        try:
+            rows = await self.store.read_page(request.queue, request.mode, request.after, request.limit)
+        except StorageError as exc:
+            log.error("could not read waiting jobs of queue %s: %s", request.queue, exc)
+            self.scheduler.page_failed(request)
+            asyncio.get_running_loop().call_later(STORAGE_RETRY, self.fill_windows)
+            return
+        # A job being changed right now (picked and starting, cancelled, moved) is not
+        # taken from the page: its change puts it where it belongs.
+        locked = self.ledger.is_locked
+        parked = self._parked_seqs
+        # A parked job is pending in the store too, but waits here, not in the scheduler.
+        fresh = [row for row in rows if not locked(row.seq) and row.seq not in parked]
+        taken = self.scheduler.page_in(
+            request, [(row.seq, row.priority, row.enqueued_at) for row in fresh], len(rows) < request.limit
+        )
+        if taken:
+            by_seq = {row.seq: row for row in fresh}
+            for seq in taken:
+                row = by_seq.get(seq)
+                if row is not None and len(self._cached) < ROW_CACHE_LIMIT and seq not in self._cached:
+                    self._cached[seq] = row
+                    self.ledger.pin(row)
+            self.on_ready()
+        self.fill_windows()
 
     # -- client commands ----------------------------------------------------------------
     async def change(self, row: JobRow, change: Callable[[JobRow], None]) -> JobRow:
