@@ -9,6 +9,7 @@ streams stay fed while the client waits for other answers.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections import deque
@@ -165,6 +166,10 @@ class _SyncConnection(_ClientBase[Stream], _ClosedOnExit):
         self._finals.clear()
 
     def _send(self, op: str, args: Mapping[str, Any] | None) -> int:
+        if self._sock is not None and not self._expected and not self._streams and self._ended_while_idle():
+            # The daemon closes connections idle for --idle-timeout: nothing was lost, so
+            # the request goes on a new one (as the asyncio client's does).
+            self._drop(ConnectionLost(self.socket_path, "the daemon closed the idle connection"))
         self.connect()
         assert self._sock is not None
         request_id, frame = self._wire.encode(op, args)
@@ -175,6 +180,28 @@ class _SyncConnection(_ClientBase[Stream], _ClosedOnExit):
             self._drop(error)
             raise error from None
         return request_id
+
+    def _ended_while_idle(self) -> bool:
+        """Whether the daemon closed this connection while nothing was in flight on it
+        (what it sent before closing, its reason, is read and kept)."""
+        sock = self._sock
+        assert sock is not None
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        sock.setblocking(False)
+        try:
+            while True:
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    return True
+                self._wire.feed(data)  # with nothing in flight, only an orphan error
+        except BlockingIOError:
+            return False
+        except (OSError, PyrexisError):
+            return True
+        finally:
+            if self._sock is sock:
+                sock.setblocking(True)
 
     def _pump(self) -> None:
         """Read at least one chunk from the socket and route every complete frame in it."""

@@ -29,7 +29,7 @@ LOOPS = ("auto", "asyncio", "uvloop")
 # daemon is root, because then a user's command runs as that user (a daemon that is not
 # root cannot switch, so it would run other users' commands as itself: not by default).
 DEFAULT_USER_TASKS = ("echo", "sleep", "shell")
-DEFAULT_MAX_WAITING = 1_000_000
+DEFAULT_MAX_WAITING = 10_000_000  # far above the million the scheduler pages with ease
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_STREAMS = 128
 DEFAULT_FRAME_TIMEOUT = 30.0

@@ -427,3 +427,29 @@ def test_any_request_gets_one_well_formed_answer_and_never_an_internal_error(fuz
             assert reply["error"]["code"] in ERROR_CODES, reply
             assert reply["error"]["code"] != "internal", (request, reply)
         assert c.request("hello", {"protocol": 1})["protocol"] == 1
+
+
+def test_the_clients_carry_on_after_the_daemon_closes_their_idle_connection(start_daemon: Callable[..., Daemon]) -> None:
+    """Given --idle-timeout 0.3, when a blocking and an asyncio client sit idle past it,
+    then their next requests simply go on a new connection."""
+    import asyncio
+
+    from pyrexisctl.aio import AsyncClient
+
+    d = start_daemon(*SAMPLE_ARGS, "--idle-timeout", "0.3")
+    with Client(d.socket) as c:
+        c.hello()
+        sock = c._sock  # noqa: SLF001 - only to see that it was really replaced
+        time.sleep(1.0)
+        job = c.submit("echo", {"value": "again"})
+        assert c.wait(job["job_id"])["result"] == "again"
+        assert c._sock is not sock  # noqa: SLF001
+
+    async def idle_async() -> Any:
+        async with AsyncClient(d.socket) as ac:
+            await ac.hello()
+            await asyncio.sleep(1.0)
+            job = await ac.submit("echo", {"value": "async"})
+            return (await ac.wait(job["job_id"]))["result"]
+
+    assert asyncio.run(idle_async()) == "async"
