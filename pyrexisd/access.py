@@ -190,6 +190,7 @@ def open_socket_dir(path: str, layout: SocketLayout) -> SocketDir:
     it first, or swap it for a link to a directory of their choosing.
     """
     parent, name = os.path.split(os.path.abspath(path))
+    _refuse_planted_links(parent)
     created = False
     if not os.path.lexists(parent):
         grand = os.path.dirname(parent)
@@ -228,6 +229,28 @@ def open_socket_dir(path: str, layout: SocketLayout) -> SocketDir:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_planted_links(directory: str) -> None:
+    """Refuse a path whose components include a symlink somebody else could have put
+    there: one owned by another user, or in a directory others may write (``/tmp``). Such
+    a link would make the daemon create and bind where that user chose. Links the system
+    made (``/var/run`` → ``/run``) are fine."""
+    euid = os.geteuid()
+    current = os.sep
+    for part in directory.strip(os.sep).split(os.sep):
+        if not part:
+            continue
+        here = os.path.join(current, part)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return  # what does not exist yet, the daemon creates itself
+        if stat.S_ISLNK(st.st_mode):
+            holder = os.stat(current)
+            if st.st_uid not in (0, euid) or holder.st_mode & 0o022:
+                raise UnsafeSocketPath(f"{here} is a symlink another user could have made; refusing to follow it")
+        current = os.path.realpath(here)
 
 
 def _warn_if_unreachable(parent: str, st: os.stat_result, layout: SocketLayout) -> None:

@@ -273,7 +273,10 @@ class Connection(asyncio.Protocol):
         if buffered != self.held:
             server.hold_bytes(buffered - self.held)
             self.held = buffered
-            if buffered and server.buffered > server.limits.max_buffered and not self._budget_paused:
+            # Only while others hold bytes too: a frame of its own is bounded by max_frame,
+            # and pausing its only holder would wait on nobody.
+            over = server.buffered > server.limits.max_buffered and server.buffered > buffered
+            if buffered and over and not self._budget_paused:
                 self._budget_paused = True
                 server.wait_for_budget(self)
                 self._update_reading()
@@ -482,7 +485,8 @@ class Server:
         self.buffered += delta
         if delta < 0:
             waiters = self._budget_waiters
-            while waiters and self.buffered <= self.limits.max_buffered:
+            # Room again, or only the first waiter's own bytes are left: read it again.
+            while waiters and (self.buffered <= self.limits.max_buffered or self.buffered <= waiters[0].held):
                 conn = waiters.popleft()
                 if not conn.closed:
                     conn.budget_freed()

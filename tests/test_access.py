@@ -86,6 +86,21 @@ def test_a_directory_others_can_write_or_a_symlink_is_refused(tmp_path: str) -> 
         open_socket_dir(os.path.join(tmp_path, "link", "s.sock"), layout)
 
 
+def test_a_symlink_planted_in_a_directory_others_can_write_is_never_followed(tmp_path: str) -> None:
+    """Given a world-writable sticky directory (like /tmp) holding a symlink to a
+    directory of ours, then a socket path through that link is refused, and nothing is
+    created where it points."""
+    shared = os.path.join(tmp_path, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    target = os.path.join(tmp_path, "target")
+    os.mkdir(target, 0o700)
+    os.symlink(target, os.path.join(shared, "planted"))
+    with pytest.raises(UnsafeSocketPath, match="symlink another user could have made"):
+        open_socket_dir(os.path.join(shared, "planted", "sub", "s.sock"), AccessPolicy().layout())
+    assert os.listdir(target) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
 def test_a_directory_of_another_uid_is_refused(tmp_path: str) -> None:
     theirs = os.path.join(tmp_path, "theirs")
