@@ -225,7 +225,11 @@ class Daemon:
         config = self.config
         workers = WorkerRegistry(store)
         await workers.kill_survivors()
-        core = build_core(config, store, REGISTRY, make_executors(config, modules, workers.started))
+        executors = make_executors(config, modules, workers.started)
+        if "shell" in executors:
+            # Its spawn helper starts now, while the daemon is small: before the jobs load.
+            await executors["shell"].start()
+        core = build_core(config, store, REGISTRY, executors)
         self.core = core
         await core.load()  # the committed view, queues, interrupted jobs recovered, waiting jobs
         await core.dispatch.start()
