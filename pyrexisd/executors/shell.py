@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import tempfile
 from typing import Any
@@ -60,16 +61,17 @@ class ShellExecutor(Executor):
                 raise TypeError(f"a shell-mode task must return a ShellCommand, not {type(command).__name__}")
         except Exception as exc:
             return Outcome.from_exception(exc)
-        fd, output_path = tempfile.mkstemp(prefix="pyrexis-output-", suffix=".json", dir=self.workdir)
-        os.close(fd)
+        # Random names, as mkstemp's, but the helper creates the output file (exclusively,
+        # owner-only): it is created where the command runs, and costs the loop nothing.
+        output_path = os.path.join(self.workdir, f"pyrexis-output-{secrets.token_hex(8)}.json")
         inputs_path: str | None = None
         if call.inputs:
-            fd, inputs_path = tempfile.mkstemp(prefix="pyrexis-inputs-", suffix=".json", dir=self.workdir)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            inputs_path = os.path.join(self.workdir, f"pyrexis-inputs-{secrets.token_hex(8)}.json")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            with os.fdopen(os.open(inputs_path, flags, 0o600), "w", encoding="utf-8") as fh:
                 json.dump(call.inputs, fh, default=repr)
-        env = dict(os.environ)
-        if command.env:
-            env.update(command.env)
+        # Laid over the environment the helper has from the daemon.
+        env = dict(command.env) if command.env else {}
         env.update(call.env)
         env["PYREXIS_JOB_ID"] = call.job_id
         env["PYREXIS_ATTEMPT"] = str(call.attempt)
@@ -89,7 +91,7 @@ class ShellExecutor(Executor):
     async def _run_process(
         self, call: JobCall, command: ShellCommand, env: dict[str, str], output_path: str
     ) -> Outcome:
-        request = SpawnRequest(command.argv, env, command.cwd)
+        request = SpawnRequest(command.argv, env, command.cwd, output_path)
         try:
             child = await self.spawner.spawn(request)
         except OSError as exc:
@@ -132,8 +134,12 @@ class ShellExecutor(Executor):
             return Outcome.failure("exit_code", f"command {how}", retryable=True)
         result: dict[str, Any] = {"exit_code": 0}
         try:
-            with open(output_path, encoding="utf-8") as fh:
-                text = fh.read()
+            # Most commands write no output: one stat instead of an open and a read.
+            if os.stat(output_path).st_size:
+                with open(output_path, encoding="utf-8") as fh:
+                    text = fh.read()
+            else:
+                text = ""
         except OSError:
             text = ""
         if text.strip():

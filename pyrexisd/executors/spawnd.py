@@ -8,8 +8,10 @@ no asyncio and opens no database: it owns one socket to the daemon and its child
 
 For each request it starts the command with ``posix_spawn`` in a session of its own (the
 command leads a new process group, so the daemon can signal the whole tree), stdin from
-``/dev/null``, stdout and stderr on two fresh pipes, and every signal at its default
-disposition and unblocked. It answers with the pid, the start time and, attached with
+``/dev/null``, stdout and stderr on two fresh pipes, every signal at its default
+disposition and unblocked, and the environment the helper inherited from the daemon with
+the request's variables laid over it. It first creates the request's output file (empty,
+owner-only, never an existing file). It answers with the pid, the start time and, attached with
 ``SCM_RIGHTS``, the read ends of the two pipes; the daemon reads them in its own event
 loop. Being the commands' parent, it reaps them and reports each exit status. It never
 signals a command: cancel and timeout are the daemon's, sent to the process group.
@@ -23,10 +25,12 @@ The wire (both sides are this interpreter, so the format needs no versioning):
 than one record: every record but the last starts with :data:`MORE`, the last with
 :data:`LAST`. Messages from the helper are one record each, without that byte.
 
-- daemon → helper: ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": str|null}``
+- daemon → helper: ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": str|null,
+  "output": str|null}`` (``env``: the variables laid over the helper's environment).
   Running a command as another user would add ``uid``, ``gid``, ``groups`` and ``home``
-  to this request; the helper refuses fields it does not know, so a request asking for
-  a user switch can never run as the helper's own user by mistake.
+  to this request (and own the output file to that user); the helper refuses fields it
+  does not know, so a request asking for a user switch can never run as the helper's own
+  user by mistake.
 - helper → daemon: ``{"op": "ready", "pid": P}`` once, first;
   ``{"op": "spawned", "id": N, "pid": P, "started": T|null}`` with the two pipe ends;
   ``{"op": "failed", "id": N, "errno": E, "error": "...", "filename": str|null}`` when the
@@ -51,7 +55,7 @@ LAST = b"."
 RECORD = 32 * 1024  # bytes of a message per record (well under the socket's buffer)
 RECV_SIZE = RECORD + 1
 EXITS_PER_MESSAGE = 1000  # keeps a helper → daemon message within one record
-SPAWN_FIELDS = frozenset({"op", "id", "argv", "env", "cwd"})
+SPAWN_FIELDS = frozenset({"op", "id", "argv", "env", "cwd", "output"})
 PR_SET_PDEATHSIG = 1
 # Every signal a command could find ignored or handled here goes back to its default.
 DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -94,10 +98,12 @@ def find_program(name: str, env: dict[str, str]) -> str:
 
 
 class Helper:
-    """The helper's state: its socket to the daemon and the directory it started in."""
+    """The helper's state: its socket to the daemon, the environment and the directory it
+    started with."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.env = dict(os.environ)
         self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.cwd: str | None = None  # where the last command started (None: home)
         self.partial: list[bytes] = []
@@ -160,7 +166,7 @@ class Helper:
             unknown = set(request) - SPAWN_FIELDS
             if unknown:
                 raise OSError(errno.EINVAL, f"unsupported spawn fields {sorted(unknown)}")
-            pid, out_r, err_r = self.spawn(request["argv"], request["env"], request.get("cwd"))
+            pid, out_r, err_r = self.spawn(request["argv"], request["env"], request.get("cwd"), request.get("output"))
         except (OSError, ValueError, TypeError) as exc:
             code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
             text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -176,7 +182,9 @@ class Helper:
             os.close(out_r)
             os.close(err_r)
 
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[int, int, int]:
+    def spawn(
+        self, argv: list[str], overlay: dict[str, str], cwd: str | None, output: str | None
+    ) -> tuple[int, int, int]:
         """Start one command; its pid and the read ends of its stdout and stderr."""
         # Single-threaded, so the helper may move itself: the command inherits the
         # directory (posix_spawn cannot set one), and relative paths resolve from there.
@@ -186,7 +194,22 @@ class Helper:
             else:
                 os.chdir(cwd)
             self.cwd = cwd
-        program = find_program(argv[0], env)
+        env = {**self.env, **overlay} if overlay else self.env
+        if "/" in argv[0] or env.get("PATH") == self.env.get("PATH"):
+            # posix_spawnp searches the helper's own PATH, the command's too here.
+            program, spawn = argv[0], os.posix_spawnp
+        else:
+            program, spawn = find_program(argv[0], env), os.posix_spawn
+        if output is not None:
+            os.close(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            return self._start(spawn, program, argv, env)
+        except BaseException:
+            if output is not None:
+                os.unlink(output)
+            raise
+
+    def _start(self, spawn: Any, program: str, argv: list[str], env: dict[str, str]) -> tuple[int, int, int]:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -199,7 +222,7 @@ class Helper:
             # command's ends do, as programs expect of their stdout.
             os.set_blocking(out_r, False)
             os.set_blocking(err_r, False)
-            pid = os.posix_spawn(
+            pid: int = spawn(
                 program,
                 argv,
                 env,

@@ -54,12 +54,18 @@ class SpawnerError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SpawnRequest:
-    """One command to start. ``env`` is its whole environment: nothing is inherited.
-    ``cwd`` None starts it in the directory the daemon had when the helper started."""
+    """One command to start.
+
+    ``env`` is laid over the environment the daemon had when the helper started. ``cwd``
+    None starts it in the directory the daemon had then. ``output``, when set, is a file
+    the helper creates (empty, owner-only, failing if anything is there) before starting
+    the command; removing it is the caller's.
+    """
 
     argv: list[str]
     env: dict[str, str]
     cwd: str | None = None
+    output: str | None = None
 
 
 class Child:
@@ -132,7 +138,9 @@ class Spawner:
         assert self._loop is not None
         ident = next(self._ids)
         future: asyncio.Future[Child] = self._loop.create_future()
-        message = {"op": "spawn", "id": ident, "argv": request.argv, "env": request.env, "cwd": request.cwd}
+        message = {
+            "op": "spawn", "id": ident, "argv": request.argv, "env": request.env, "cwd": request.cwd, "output": request.output,
+        }
         pending = _Request(future, spawnd.records(message))
         self._requests[ident] = pending
         self._queue(ident, pending.records)
@@ -230,6 +238,18 @@ class Spawner:
 
     # -- the socket ---------------------------------------------------------------------
     def _queue(self, ident: int, records: list[bytes]) -> None:
+        if not self._outbox and len(records) == 1 and self._sock is not None:
+            # The usual case, sent at once: nothing queued ahead of it, one record.
+            try:
+                self._sock.send(records[0])
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._lost()  # unsent: a new helper gets it
+                return
+            else:
+                self._requests[ident].sent = True
+                return
         last = len(records) - 1
         for i, record in enumerate(records):
             self._outbox.append((ident, record, i == last))
