@@ -48,6 +48,8 @@ import select
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 MORE = b"+"
@@ -57,6 +59,7 @@ RECV_SIZE = RECORD + 1
 EXITS_PER_MESSAGE = 1000  # keeps a helper → daemon message within one record
 SPAWN_FIELDS = frozenset({"op", "id", "argv", "env", "cwd", "output"})
 PR_SET_PDEATHSIG = 1
+TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")  # a clock tick of /proc/PID/stat
 # Every signal a command could find ignored or handled here goes back to its default.
 DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -166,7 +169,9 @@ class Helper:
             unknown = set(request) - SPAWN_FIELDS
             if unknown:
                 raise OSError(errno.EINVAL, f"unsupported spawn fields {sorted(unknown)}")
-            pid, out_r, err_r = self.spawn(request["argv"], request["env"], request.get("cwd"), request.get("output"))
+            pid, started, out_r, err_r = self.spawn(
+                request["argv"], request["env"], request.get("cwd"), request.get("output")
+            )
         except (OSError, ValueError, TypeError) as exc:
             code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
             text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -175,17 +180,16 @@ class Helper:
                        "filename": None if filename is None else str(filename)})
             return
         try:
-            # Read now: the command cannot be reaped (so its pid reused) before the
-            # helper waits for it, even if it has already exited.
-            self.send({"op": "spawned", "id": ident, "pid": pid, "started": start_time(pid)}, [out_r, err_r])
+            self.send({"op": "spawned", "id": ident, "pid": pid, "started": started}, [out_r, err_r])
         finally:
             os.close(out_r)
             os.close(err_r)
 
     def spawn(
         self, argv: list[str], overlay: dict[str, str], cwd: str | None, output: str | None
-    ) -> tuple[int, int, int]:
-        """Start one command; its pid and the read ends of its stdout and stderr."""
+    ) -> tuple[int, int | None, int, int]:
+        """Start one command: its pid, start time, and the read ends of its stdout and
+        stderr."""
         # Single-threaded, so the helper may move itself: the command inherits the
         # directory (posix_spawn cannot set one), and relative paths resolve from there.
         if cwd != self.cwd:
@@ -209,7 +213,9 @@ class Helper:
                 os.unlink(output)
             raise
 
-    def _start(self, spawn: Any, program: str, argv: list[str], env: dict[str, str]) -> tuple[int, int, int]:
+    def _start(
+        self, spawn: Callable[..., int], program: str, argv: list[str], env: dict[str, str]
+    ) -> tuple[int, int | None, int, int]:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         try:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -222,7 +228,8 @@ class Helper:
             # command's ends do, as programs expect of their stdout.
             os.set_blocking(out_r, False)
             os.set_blocking(err_r, False)
-            pid: int = spawn(
+            before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            pid = spawn(
                 program,
                 argv,
                 env,
@@ -238,7 +245,13 @@ class Helper:
         finally:
             os.close(out_w)
             os.close(err_w)
-        return pid, out_r, err_r
+        # The start time /proc shows is the boot-time clock at the fork, in ticks. When no
+        # tick began while posix_spawn ran, it is known without reading /proc/PID/stat,
+        # which waits for the command's exec to finish. (The command cannot be reaped, so
+        # its pid reused, before the helper waits for it.)
+        after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        started = before // TICK_NS if before // TICK_NS == after // TICK_NS else start_time(pid)
+        return pid, started, out_r, err_r
 
     def reap(self) -> None:
         """Collect the exit status of every command that ended, in one message."""
