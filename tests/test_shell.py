@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 from collections.abc import Callable
+from typing import Any
 
 from conftest import Daemon, RawClient, wait_until
 from e2e_helpers import (
@@ -102,7 +103,7 @@ def test_a_command_that_cannot_start_fails_clearly(start_daemon: Callable[..., D
     with open(plain, "w") as fh:
         fh.write("echo hi\n")
     with d.client() as c:
-        cases = {
+        cases: dict[str, tuple[dict[str, Any], str]] = {
             "pyrexis-no-such-program": (
                 {"cmd": ["pyrexis-no-such-program", "x"]},
                 "cannot start 'pyrexis-no-such-program': [Errno 2] No such file or directory: 'pyrexis-no-such-program'",

@@ -1,4 +1,5 @@
-"""The spawn helper and its client in-process: a real helper process, real commands.
+"""The spawn helper, its client and the shell executor in-process: a real helper
+process, real commands.
 
 What the shell executor relies on: the pid and start time it records, the pipes it reads,
 the exit status it turns into an outcome, a session per command, default signals, no
@@ -12,14 +13,19 @@ import asyncio
 import os
 import signal
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_helpers import pid_alive
 
 from pyrexisd import procs
+from pyrexisd.executors.base import JobCall
+from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.spawner import Child, Spawner, SpawnerLost, SpawnRequest
+from pyrexisd.tasks import builtin
+from pyrexisd.tasks.registry import make_task
 
 
 @pytest.fixture
@@ -61,6 +67,15 @@ async def run(spawner: Spawner, request: SpawnRequest) -> tuple[int, bytes, byte
     out, err = await asyncio.gather(read_all(child.stdout), read_all(child.stderr))
     code = await asyncio.wait_for(child.exited, 10)
     return code, out, err
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` on the loop until it holds; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def close_pipes(child: Child) -> None:
@@ -111,9 +126,7 @@ async def test_stdin_is_dev_null_and_no_descriptor_leaks_into_the_command(spawne
     assert sorted(int(x) for x in out.split()) == [0, 1, 2, 3]
 
 
-async def test_environment_is_laid_over_the_daemons_and_cwd_is_honoured(
-    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_environment_is_laid_over_the_daemons_and_cwd_is_honoured(spawner: Spawner, tmp_path: Path) -> None:
     request = SpawnRequest(["sh", "-c", 'echo "$PYREXIS_T_A|$HOME"; pwd'], {"PYREXIS_T_A": "a b"}, str(tmp_path))
     _, out, _ = await run(spawner, request)
     assert out.decode().splitlines() == [f"a b|{os.environ.get('HOME', '')}", str(tmp_path)]
@@ -229,8 +242,75 @@ async def test_a_cancelled_spawn_kills_the_command_it_started(spawner: Spawner) 
         await task
     # The helper answers in order: once a later command ran, the first answer was read.
     assert (await run(spawner, SpawnRequest(["true"], {})))[0] == 0
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while running():
-        assert loop.time() < deadline, "the abandoned command still runs"
-        await asyncio.sleep(0.02)
+    await until(lambda: not running(), "the abandoned command to be killed")
+
+
+# --------------------------------------------------------------- the shell executor on top
+
+
+class Events:
+    """The core's side of an attempt, reduced to what the shell executor calls."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+        self.pids: list[int] = []
+
+    def log(self, stream: str, line: str) -> None:
+        self.lines.append((stream, line))
+
+    def progress(self, fraction: float | None, message: str | None) -> None:
+        pass
+
+    def output(self, value: Any) -> None:
+        pass
+
+    def keeps_logs(self) -> bool:
+        return True
+
+    def skipped_lines(self, count: int) -> None:
+        pass
+
+    def spawned(self, pid: int, started: int | None) -> None:
+        self.pids.append(pid)
+
+    async def drain(self) -> None:
+        pass
+
+
+SHELL = make_task(builtin.shell, mode="shell", on_interrupt="fail")
+
+
+class ForgetfulSpawner(Spawner):
+    """Starts the command, then behaves as if the helper had died before saying so."""
+
+    async def spawn(self, request: SpawnRequest) -> Child:
+        child = await super().spawn(request)
+        close_pipes(child)
+        child.exited.cancel()  # nobody will wait for it
+        self.started_pid = child.pid
+        raise SpawnerLost("the shell spawner died")
+
+
+async def test_a_command_whose_start_was_never_reported_is_found_and_killed() -> None:
+    """The helper died with the request in hand, after starting the command: the executor
+    finds it by the attempt's variables and kills it, so it never runs beside a retry."""
+    spawner = ForgetfulSpawner()
+    executor = ShellExecutor(1, kill_grace=1.0, spawner=spawner)
+    await executor.start()
+    try:
+        call = JobCall("job-unreported", 3, SHELL, {"cmd": "exec sleep 30"}, Events())
+        outcome = await asyncio.wait_for(executor.run(call), 10)
+        assert (outcome.ok, outcome.error_type, outcome.retryable) == (False, "worker_died", True)
+        assert outcome.message == "the shell spawner died while starting the command: it was killed"
+        await until(lambda: not pid_alive(spawner.started_pid), "the unreported command to be killed")
+    finally:
+        await executor.shutdown()
+
+
+async def test_the_shell_executor_runs_a_command_to_its_outcome(spawner: Spawner) -> None:
+    executor = ShellExecutor(1, kill_grace=1.0, spawner=spawner)
+    events = Events()
+    call = JobCall("job-1", 1, SHELL, {"cmd": 'echo "$PYREXIS_JOB_ID/$PYREXIS_ATTEMPT"; echo \'[1]\' > "$PYREXIS_OUTPUT"'}, events)
+    outcome = await asyncio.wait_for(executor.run(call), 10)
+    assert outcome.ok and outcome.result == {"exit_code": 0, "output": [1]}
+    assert events.lines == [("stdout", "job-1/1")] and len(events.pids) == 1

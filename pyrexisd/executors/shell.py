@@ -22,6 +22,7 @@ import signal
 import tempfile
 from typing import Any
 
+from pyrexisd import procs
 from pyrexisd.executors.base import CANCELLED, MAX_LINE, Executor, JobCall, Outcome
 from pyrexisd.executors.spawner import Child, Spawner, SpawnerError, SpawnerLost, SpawnRequest
 from pyrexisd.tasks.builtin import ShellCommand
@@ -31,6 +32,9 @@ READ_CHUNK = 64 * 1024
 # may still hold open, before the attempt ends without it.
 DRAIN_AFTER_EXIT = 1.0
 DRAIN_EVERY = 512  # lines between waits for the store (backpressure)
+# When to look for a command whose start the dying helper never reported: one caught in
+# the middle of its exec still shows the helper's environment for a moment.
+UNREPORTED_LOOKS = (0.0, 0.05, 0.25)
 
 
 class ShellExecutor(Executor):
@@ -96,8 +100,11 @@ class ShellExecutor(Executor):
             child = await self.spawner.spawn(request)
         except OSError as exc:
             return Outcome.failure("exception", f"cannot start {command.argv[0]!r}: {exc}", retryable=False)
-        except (SpawnerLost, SpawnerError) as exc:
-            return Outcome.failure("worker_died", f"{exc}: the command may not have started", retryable=True)
+        except SpawnerLost as exc:
+            how = "it was killed" if await self._kill_unreported(call) else "it had not started"
+            return Outcome.failure("worker_died", f"{exc} while starting the command: {how}", retryable=True)
+        except SpawnerError as exc:
+            return Outcome.failure("worker_died", str(exc), retryable=True)
         call.events.spawned(child.pid, child.started)
         loop = asyncio.get_running_loop()
         readers = [_Reader(loop, child.stdout, "stdout", call), _Reader(loop, child.stderr, "stderr", call)]
@@ -150,6 +157,19 @@ class ShellExecutor(Executor):
                     "exception", f"$PYREXIS_OUTPUT does not hold valid JSON: {exc}", retryable=False
                 )
         return Outcome.success(result)
+
+    async def _kill_unreported(self, call: JobCall) -> bool:
+        """The helper died with this attempt's request in hand: it may have started the
+        command without telling anyone. Found by the attempt's own variables, it is killed
+        (SIGKILL, as an orphan would be), so it never runs beside a retry. True if found."""
+        marks = {"PYREXIS_JOB_ID": call.job_id, "PYREXIS_ATTEMPT": str(call.attempt)}
+        for pause in UNREPORTED_LOOKS:
+            await asyncio.sleep(pause)
+            # Off the loop: a busy machine has many processes to look through.
+            for pid in await asyncio.to_thread(procs.session_leaders_with_env, marks):
+                if _signal_group(pid, signal.SIGKILL):
+                    return True
+        return False
 
     async def _kill_group(self, child: Child) -> None:
         """SIGTERM to the whole group, SIGKILL after the grace period if any is left."""
