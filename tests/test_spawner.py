@@ -130,9 +130,14 @@ async def test_environment_is_laid_over_the_daemons_and_cwd_is_honoured(spawner:
     request = SpawnRequest(["sh", "-c", 'echo "$PYREXIS_T_A|$HOME"; pwd'], {"PYREXIS_T_A": "a b"}, str(tmp_path))
     _, out, _ = await run(spawner, request)
     assert out.decode().splitlines() == [f"a b|{os.environ.get('HOME', '')}", str(tmp_path)]
-    # Without a cwd the command starts where the daemon was, not where the last one ran.
+    # Without a cwd the command starts where the daemon was, not where the last one ran;
+    # a relative one is taken from there too.
     _, out, _ = await run(spawner, SpawnRequest(["pwd"], {}))
     assert out.decode().strip() == os.getcwd()
+    relative = os.path.relpath(tmp_path)
+    for _ in range(2):
+        _, out, _ = await run(spawner, SpawnRequest(["pwd"], {}, relative))
+        assert out.decode().strip() == str(tmp_path)
 
 
 async def test_program_is_found_in_the_commands_own_path(spawner: Spawner, tmp_path: Path) -> None:

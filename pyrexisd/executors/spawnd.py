@@ -108,7 +108,7 @@ class Helper:
         self.sock = sock
         self.env = dict(os.environ)
         self.home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.cwd: str | None = None  # where the last command started (None: home)
+        self.moved = False  # the last command started elsewhere than home
         self.partial: list[bytes] = []
 
     def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -192,12 +192,17 @@ class Helper:
         stderr."""
         # Single-threaded, so the helper may move itself: the command inherits the
         # directory (posix_spawn cannot set one), and relative paths resolve from there.
-        if cwd != self.cwd:
-            if cwd is None:
+        # Entered afresh each time (the directory may have been replaced since), and a
+        # relative one from where the daemon is, as subprocess would.
+        if cwd is not None:
+            if not os.path.isabs(cwd) and self.moved:
                 os.fchdir(self.home)
-            else:
-                os.chdir(cwd)
-            self.cwd = cwd
+                self.moved = False
+            os.chdir(cwd)
+            self.moved = True
+        elif self.moved:
+            os.fchdir(self.home)
+            self.moved = False
         env = {**self.env, **overlay} if overlay else self.env
         if "/" in argv[0] or env.get("PATH") == self.env.get("PATH"):
             # posix_spawnp searches the helper's own PATH, the command's too here.
