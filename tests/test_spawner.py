@@ -224,22 +224,23 @@ async def test_the_helper_holds_none_of_the_daemons_descriptors_and_exits_when_c
     assert not pid_alive(pid)
 
 
+def running(argv: list[str]) -> list[int]:
+    """Live processes whose command line starts with ``argv``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if fh.read().split(b"\0")[: len(argv)] == [a.encode() for a in argv] and pid_alive(int(entry)):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 async def test_a_cancelled_spawn_kills_the_command_it_started(spawner: Spawner) -> None:
     """A caller cancelled while its command was being started never gets the child: the
     command must not run on unsupervised."""
     argv = ["sleep", "29.5"]  # unique enough to be found in /proc
-
-    def running() -> list[int]:
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if fh.read().split(b"\0")[:2] == [a.encode() for a in argv] and pid_alive(int(entry)):
-                        found.append(int(entry))
-            except (OSError, ValueError):
-                continue
-        return found
-
     task = asyncio.ensure_future(spawner.spawn(SpawnRequest(argv, {})))
     await asyncio.sleep(0)  # the request is sent, its answer not yet read
     task.cancel()
@@ -247,7 +248,22 @@ async def test_a_cancelled_spawn_kills_the_command_it_started(spawner: Spawner) 
         await task
     # The helper answers in order: once a later command ran, the first answer was read.
     assert (await run(spawner, SpawnRequest(["true"], {})))[0] == 0
-    await until(lambda: not running(), "the abandoned command to be killed")
+    await until(lambda: not running(argv), "the abandoned command to be killed")
+
+
+async def test_closing_right_after_a_cancelled_spawn_still_kills_its_command() -> None:
+    """At shutdown the daemon cancels what is left, then closes the spawner at once: the
+    answer still due is read before the helper goes, so its command does not survive."""
+    argv = ["sleep", "29.25"]
+    sp = Spawner()
+    await sp.start()
+    task = asyncio.ensure_future(sp.spawn(SpawnRequest(argv, {})))
+    await asyncio.sleep(0)
+    task.cancel()
+    await sp.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until(lambda: not running(argv), "the abandoned command to be killed")
 
 
 # --------------------------------------------------------------- the shell executor on top

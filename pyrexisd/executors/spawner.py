@@ -150,11 +150,16 @@ class Spawner:
 
     async def close(self) -> None:
         """Close the socket (the helper exits on its end) and reap the helper."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_TIMEOUT
+        # Answers still due are read first: a command started for a caller that gave up
+        # (cancelled at shutdown) is killed when its answer comes, not left running.
+        while self._sock is not None and any(r.sent for r in self._requests.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         proc = self._proc
         self._disconnect(SpawnerLost("the shell spawner was closed"))
         if proc is None:
             return
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_TIMEOUT
         while proc.poll() is None:
             if loop.time() > deadline:
