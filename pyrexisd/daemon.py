@@ -232,7 +232,7 @@ class Daemon:
             try:
                 await executors["shell"].start()
             except SpawnerError as exc:
-                raise StartupError(str(exc)) from None
+                raise StartupError(exc.message) from None
         core = build_core(config, store, REGISTRY, executors)
         self.core = core
         await core.load()  # the committed view, queues, interrupted jobs recovered, waiting jobs

@@ -104,7 +104,7 @@ class ShellExecutor(Executor):
             how = "it was killed" if await self._kill_unreported(call) else "it had not started"
             return Outcome.failure("worker_died", f"{exc} while starting the command: {how}", retryable=True)
         except SpawnerError as exc:
-            return Outcome.failure("worker_died", str(exc), retryable=True)
+            return Outcome.failure("worker_died", exc.message, retryable=True)
         call.events.spawned(child.pid, child.started)
         loop = asyncio.get_running_loop()
         readers = [_Reader(loop, child.stdout, "stdout", call), _Reader(loop, child.stderr, "stderr", call)]

@@ -6,15 +6,16 @@ is started once, while the daemon is still small, as a fresh interpreter that im
 nothing but the standard library (``python -I -S spawnd.py PARENT_PID FD``). It runs
 no asyncio and opens no database: it owns one socket to the daemon and its children.
 
-For each request it starts the command with ``posix_spawn`` in a session of its own (the
-command leads a new process group, so the daemon can signal the whole tree), stdin from
-``/dev/null``, stdout and stderr on two fresh pipes, every signal at its default
+For each request it first creates the request's output file (empty, owner-only, never
+an existing file), then starts the command with ``posix_spawn`` in a session of its own
+(the command leads a new process group, so the daemon can signal the whole tree), stdin
+from ``/dev/null``, stdout and stderr on two fresh pipes, every signal at its default
 disposition and unblocked, and the environment the helper inherited from the daemon with
-the request's variables laid over it. It first creates the request's output file (empty,
-owner-only, never an existing file). It answers with the pid, the start time and, attached with
-``SCM_RIGHTS``, the read ends of the two pipes; the daemon reads them in its own event
-loop. Being the commands' parent, it reaps them and reports each exit status. It never
-signals a command: cancel and timeout are the daemon's, sent to the process group.
+the request's variables laid over it. It answers with the pid, the start time and,
+attached with ``SCM_RIGHTS``, the read ends of the two pipes; the daemon reads them in
+its own event loop. Being the commands' parent, it reaps them and reports each exit
+status. It never signals a command: cancel and timeout are the daemon's, sent to the
+process group.
 
 The helper dies with the daemon (``PR_SET_PDEATHSIG``), exits when the daemon closes the
 socket, and ignores SIGINT and SIGTERM (a Ctrl-C meant for the daemon's terminal must not
@@ -112,6 +113,8 @@ class Helper:
         self.partial: list[bytes] = []
 
     def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        """One message to the daemon, with ``fds`` attached. Blocking: if the daemon falls
+        behind reading, the helper waits for it rather than drop an answer."""
         data = json.dumps(message, separators=(",", ":")).encode()
         if fds:
             socket.send_fds(self.sock, [data], fds)
@@ -162,6 +165,7 @@ class Helper:
             self.handle(json.loads(data))
 
     def handle(self, request: dict[str, Any]) -> None:
+        """Answer one request: the command started, or why it could not be."""
         ident = request.get("id")
         try:
             if request.get("op") != "spawn":
@@ -287,6 +291,7 @@ def die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """``spawnd.py PARENT_PID FD``: serve the daemon ``PARENT_PID`` on the socket ``FD``."""
     parent, fd = int(argv[1]), int(argv[2])
     die_with_parent()
     if os.getppid() != parent:

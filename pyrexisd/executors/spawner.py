@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.errors import PyrexisError
 from pyrexisd.executors import spawnd
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,12 @@ _FD_SIZE = array.array("i").itemsize
 ANCILLARY_SIZE = socket.CMSG_SPACE(2 * _FD_SIZE)  # room for the two pipe ends
 
 
-class SpawnerLost(Exception):
+class SpawnerError(PyrexisError):
+    """The spawn helper failed: it cannot be started (this class), or it died."""
+
+
+class SpawnerLost(SpawnerError):
     """The spawn helper died: the command's exit status is lost (it may still run)."""
-
-
-class SpawnerError(Exception):
-    """The spawn helper cannot be started."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +116,9 @@ class Spawner:
         return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> None:
-        """Start the helper (if none runs) and wait until it is ready. Call it early, while
-        the daemon is small: later helpers are forked from whatever the daemon has become."""
+        """Start the helper (if none runs) and wait until it is ready. Call it early, before
+        the daemon grows: a helper that cannot start then stops the start-up, and no job
+        waits for an interpreter to start."""
         if self._sock is not None:
             return
         self._launch()
@@ -125,6 +127,8 @@ class Spawner:
         try:
             await asyncio.wait_for(asyncio.shield(ready), START_TIMEOUT)
         except TimeoutError:
+            self._ready = None  # nobody waits for it any more
+            self._lost()  # never two helpers: this one is killed
             raise SpawnerError(f"the shell spawner did not start within {START_TIMEOUT:g} s") from None
         finally:
             self._ready = None
@@ -236,7 +240,12 @@ class Spawner:
             log.error("the shell spawner (pid %d) died (status %s)", proc.pid, proc.returncode)
         if unsent:
             # Those never reached it, so they never ran: a new helper gets them.
-            self._launch()
+            try:
+                self._launch()
+            except SpawnerError as exc:
+                for request in unsent.values():
+                    request.future.set_exception(exc)
+                return
             self._requests.update(unsent)
             for ident, request in unsent.items():
                 self._queue(ident, request.records)
