@@ -4,7 +4,8 @@ usage: python docs/perf/cpu_per_job.py VENV_PARENT serial|pipelined|pipelined:MO
 
 VENV_PARENT holds ``.venv/bin/pyrexisd`` (a checkout); the daemon runs with
 ``--threads 2`` on a fresh database. ``serial``: N submits one at a time, then N waits;
-``pipelined``: ``submit_many`` of 256, then waits 256 in flight. Prints jobs/s, commits per
+``pipelined``: ``submit_many`` of 256, then waits 256 in flight; ``queued``: ``submit_many``
+of 5,000 into a paused queue (submit/s is the figure). Prints jobs/s, commits per
 job (from ``stats``) and the CPU of the loop thread and of the others, from
 ``/proc/PID/task/TID/stat`` read around the timed part.
 """
@@ -62,6 +63,14 @@ if mode == "serial":
     mid = threads(p.pid)
     for j in ids:
         assert c.call("wait", {"job_id": j})["status"] == "completed"
+elif mode == "queued":
+    # Into a paused queue in batches of 5,000: admission and commit alone, nothing runs.
+    mid = None
+    c.call("pause", {"queue": "q"})
+    t0 = time.perf_counter()
+    for lo in range(0, n, 5000):
+        c.call("submit_many", {"jobs": [{"task": "echo", "args": {"value": i}, "queue": "q"} for i in range(lo, min(n, lo + 5000))]})
+    t_sub = time.perf_counter()
 else:
     mid = None
     m = mode.split(":")[1] if ":" in mode else "thread"
