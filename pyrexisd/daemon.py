@@ -35,6 +35,7 @@ from pyrexisd.executors.async_ import AsyncExecutor
 from pyrexisd.executors.base import Executor
 from pyrexisd.executors.process import ProcessExecutor
 from pyrexisd.executors.shell import ShellExecutor
+from pyrexisd.executors.spawner import SpawnerError
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
 from pyrexisd.server import Limits, Server
@@ -298,7 +299,14 @@ class Daemon:
         config = self.config
         workers = WorkerRegistry(store)
         await workers.kill_survivors()
-        core = build_core(config, store, REGISTRY, make_executors(config, modules, workers.started))
+        executors = make_executors(config, modules, workers.started)
+        if "shell" in executors:
+            # Its spawn helper starts now, while the daemon is small: before the jobs load.
+            try:
+                await executors["shell"].start()
+            except SpawnerError as exc:
+                raise StartupError(exc.message) from None
+        core = build_core(config, store, REGISTRY, executors)
         self.core = core
         await core.load()  # the committed view, queues, interrupted jobs recovered, waiting jobs
         await core.dispatch.start()

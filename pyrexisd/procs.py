@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 PR_SET_PDEATHSIG = 1
 
@@ -76,3 +77,26 @@ def kill_if_same(pid: int, started: int, group: bool) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def session_leaders_with_env(entries: Mapping[str, str]) -> list[int]:
+    """Processes leading a session of their own whose environment holds every one of
+    ``entries``: how a command is found whose pid was never reported (whoever started it
+    died in between). Only the session leader matches, not the descendants that
+    inherited its environment; killing its process group reaches them."""
+    wanted = [f"{name}={value}".encode() for name, value in entries.items()]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) != pid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if all(item in environ for item in wanted):
+            found.append(pid)
+    return found
