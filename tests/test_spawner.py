@@ -335,3 +335,36 @@ async def test_the_shell_executor_runs_a_command_to_its_outcome(spawner: Spawner
     outcome = await asyncio.wait_for(executor.run(call), 10)
     assert outcome.ok and outcome.result == {"exit_code": 0, "output": [1]}
     assert events.lines == [("stdout", "job-1/1")] and len(events.pids) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting a command as another user needs root")
+async def test_a_command_asked_to_run_as_another_account_runs_as_it(workdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a helper started with a secret in the daemon's environment, and a request
+    with an account (nobody), then the command runs with the account's ids, HOME and USER
+    and its own variables but not the secret, in "/" (its home does not exist); the output
+    file is the account's; and a directory it may not enter (/root) stops the command
+    with exit 126 before it runs."""
+    from pyrexisd.executors.base import RunAs
+
+    nobody = RunAs.account(65534)
+    assert nobody is not None
+    monkeypatch.setenv("PYREXIS_T_SECRET", "from the daemon")
+    os.chmod(workdir, 0o711)  # the account must reach its output file
+    output = os.path.join(workdir, "out.json")
+    spawner = Spawner()
+    await spawner.start()
+    try:
+        script = 'id -u; id -g; echo "$HOME $USER ${PYREXIS_T_SECRET:-none} $PYREXIS_T_OWN"; pwd; echo 7 > "$1"'
+        request = SpawnRequest(["sh", "-c", script, "sh", output], {"PYREXIS_T_OWN": "mine"}, None, output, nobody)
+        code, out, err = await run(spawner, request)
+        assert code == 0, err
+        assert out.decode().splitlines() == ["65534", str(nobody.gid), f"{nobody.home} nobody none mine", "/"]
+        st = os.stat(output)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, nobody.gid, 0o600)
+        code, _, err = await run(spawner, SpawnRequest(["ls"], {}, "/root", None, nobody))
+        assert code == 126 and b"cannot enter /root" in err
+        # Without an account, the same helper's command does see the daemon's variable.
+        _, out, _ = await run(spawner, SpawnRequest(["sh", "-c", "echo $PYREXIS_T_SECRET"], {}))
+        assert out == b"from the daemon\n"
+    finally:
+        await spawner.close()

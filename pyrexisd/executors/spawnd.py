@@ -70,8 +70,10 @@ STANDARD_PATH = "/usr/local/bin:/usr/bin:/bin"
 # posix_spawn can neither switch ids nor enter a directory after switching, and entered
 # by the helper, as root, a directory would let the user start where it may not go.
 # Python's start-up may add LC_CTYPE to the environment (PEP 538); it is removed again
-# unless the job's environment had it. Exit 126: the directory cannot be entered; 127:
-# the command cannot be started.
+# unless the job's environment had it. Once switched, the account may not be able to
+# read Python's own library, so nothing is imported after the switch (hence the PATH
+# search by hand: os.execvp imports a module). Exit 126: the directory cannot be
+# entered; 127: the command cannot be started.
 SWITCH = """\
 import os, sys
 uid, gid, groups, cwd, keep_ctype, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
@@ -85,8 +87,15 @@ try:
 except OSError as exc:
     sys.stderr.write(f"pyrexis: cannot enter {cwd}: {exc.strerror}\\n")
     os._exit(126)
+program = argv[0]
+if "/" not in program:
+    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
+        candidate = (directory or ".") + "/" + program
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            program = candidate
+            break
 try:
-    os.execvp(argv[0], argv)
+    os.execv(program, argv)
 except OSError as exc:
     sys.stderr.write(f"pyrexis: cannot start {argv[0]}: {exc.strerror}\\n")
     os._exit(127)
