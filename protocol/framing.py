@@ -158,7 +158,10 @@ def decode_body(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any
     ``max_depth=None`` skips the walk, for a peer the reader started itself (the daemon's
     worker processes): msgpack's own checks still apply.
     """
-    if max_depth is not None:
+    # A body no longer than the depth limit cannot nest deeper, and msgpack already caps a
+    # declared count at the body's length: what a walk would refuse costs at most a few
+    # tens of KiB there. Small requests, the common ones, skip the walk.
+    if max_depth is not None and len(body) > max_depth:
         check_body(body, max_depth)
     try:
         value = msgpack.unpackb(body, raw=False, strict_map_key=False)

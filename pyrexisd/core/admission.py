@@ -20,8 +20,7 @@ import hashlib
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,13 +102,10 @@ class Quotas:
         self._reserved = 0
         self._reserved_by: Counter[int] = Counter()
 
-    @contextmanager
-    def reserve(self, owner: int, count: int) -> Iterator[None]:
-        """Room for ``count`` more waiting jobs of ``owner`` for the block's length (their
-        commit counts them after), or ``overloaded`` naming the limit."""
-        if count <= 0:
-            yield
-            return
+    def reserve(self, owner: int, count: int) -> None:
+        """Room for ``count`` more waiting jobs of ``owner`` until :meth:`release` (their
+        commit counts them after), or ``overloaded`` naming the limit. (A pair of calls
+        rather than a context manager: this is on the path of every submit.)"""
         counts = self.counts
         if self.max_waiting is not None and counts.waiting + self._reserved + count > self.max_waiting:
             excess = counts.waiting + self._reserved + count - self.max_waiting
@@ -117,22 +113,25 @@ class Quotas:
                 f"the daemon holds {self.max_waiting} waiting jobs (max_waiting); try again later",
                 {"limit": "max_waiting", "value": self.max_waiting, "retry_after": self._retry_after(excess)},
             )
-        mine = counts.waiting_by_owner.get(owner, 0) + self._reserved_by[owner]
-        if self.per_user is not None and mine + count > self.per_user:
-            raise Overloaded(
-                f"uid {owner} has {mine} waiting jobs; at most {self.per_user} may wait (max_waiting_per_user)",
-                {"limit": "max_waiting_per_user", "value": self.per_user,
-                 "retry_after": self._retry_after(mine + count - self.per_user)},
-            )  # fmt: skip
+        if self.per_user is not None:
+            mine = counts.waiting_by_owner.get(owner, 0) + self._reserved_by.get(owner, 0)
+            if mine + count > self.per_user:
+                raise Overloaded(
+                    f"uid {owner} has {mine} waiting jobs; at most {self.per_user} may wait (max_waiting_per_user)",
+                    {"limit": "max_waiting_per_user", "value": self.per_user,
+                     "retry_after": self._retry_after(mine + count - self.per_user)},
+                )  # fmt: skip
         self._reserved += count
         self._reserved_by[owner] += count
-        try:
-            yield
-        finally:
-            self._reserved -= count
-            self._reserved_by[owner] -= count
-            if not self._reserved_by[owner]:
-                del self._reserved_by[owner]
+
+    def release(self, owner: int, count: int) -> None:
+        """The jobs :meth:`reserve` made room for are committed (or refused): their room goes."""
+        self._reserved -= count
+        left = self._reserved_by[owner] - count
+        if left:
+            self._reserved_by[owner] = left
+        else:
+            del self._reserved_by[owner]
 
     def _retry_after(self, excess: int) -> float:
         """Seconds until about ``excess`` waiting jobs have moved on, at the last minute's

@@ -108,8 +108,12 @@ class Service:
         self.check_open()
         fresh = [a.row for i, a in enumerate(admitted) if i not in existing]
         if fresh:
-            with self.admission.quotas.reserve(caller.uid, len(fresh)):
+            quotas = self.admission.quotas
+            quotas.reserve(caller.uid, len(fresh))
+            try:
                 await self._accept(fresh, known)
+            finally:
+                quotas.release(caller.uid, len(fresh))
         return [existing[i] if i in existing else a.row.record() for i, a in enumerate(admitted)]
 
     async def _resubmits(self, caller: Caller, admitted: list[Admitted], batch: bool) -> dict[int, dict[str, Any]]:
@@ -191,8 +195,12 @@ class Service:
                 f"only a failed or cancelled job can be retried; {job_id!r} is {row.status}",
                 {"status": row.status},
             )
-        with self.admission.quotas.reserve(self.owners.of(row.owner), 1):
+        owner = self.owners.of(row.owner)
+        self.admission.quotas.reserve(owner, 1)
+        try:
             return (await self.waiting.change(row, lambda r: model.reopen(r, self.clock()))).record()
+        finally:
+            self.admission.quotas.release(owner, 1)
 
     async def hold(self, caller: Caller, job_id: str) -> dict[str, Any]:
         """A waiting job stays waiting until released."""
