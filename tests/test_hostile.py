@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import Daemon, RawClient, wait_until
+from conftest import Daemon, RawClient, shared_daemon, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -393,20 +393,9 @@ REQUESTS = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    workdir = tempfile_short()
-    d = Daemon(workdir, ("--kill-grace", "1", "--no-shell"))
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait(10)
-
-
-def tempfile_short() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="pxf", dir="/tmp")
+def fuzz_daemon() -> Iterator[Daemon]:
+    """One daemon for every fuzzed request (shell disabled: fuzzed text never runs)."""
+    yield from shared_daemon("pxf", ("--kill-grace", "1", "--no-shell"))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
