@@ -101,6 +101,100 @@ class Window:
     arrivals: list[HeapItem] = field(default_factory=list)
     dropped: set[int] = field(default_factory=set)
 
+    def push(self, item: HeapItem, ready: dict[int, float]) -> None:
+        """Hold ``item`` in memory (``ready`` maps a held seq to its key object)."""
+        heapq.heappush(self.heap, item)
+        ready[item[1]] = item[0]
+        self.live += 1
+
+    def arrive(self, item: HeapItem, ready: dict[int, float]) -> bool:
+        """A job became ready: held if its place is inside the bound (True), else counted
+        beyond it (noted as an arrival while a page is read)."""
+        if (item[0], item[1]) <= self.bound:
+            self.push(item, ready)
+            return True
+        if self.paging:
+            self.arrivals.append(item)
+        else:
+            self.beyond += 1
+        return False
+
+    def forget_beyond(self, seq: int, key: float) -> bool:
+        """A job beyond the bound leaves (discarded): False if it is not one of them."""
+        if (key, seq) <= self.bound:
+            return False
+        for i, item in enumerate(self.arrivals):
+            if item[1] == seq:
+                del self.arrivals[i]
+                return True
+        if self.beyond <= 0:
+            return False
+        self.beyond -= 1
+        if self.paging:
+            self.dropped.add(seq)  # the page being read may hold it: skip it there
+        return True
+
+    def take_page(
+        self, items: Iterable[HeapItem], complete: bool, ready: dict[int, float], held: Callable[[int], bool]
+    ) -> list[int]:
+        """Merge a page read past the bound (items in key order) with what arrived and left
+        meanwhile; the seqs now held from it."""
+        self.paging = False
+        arrivals = {item[1]: item for item in self.arrivals}
+        dropped = self.dropped
+        self.arrivals, self.dropped = [], set()
+        taken: list[int] = []
+        last: tuple[float, int] | None = None
+        for item in items:
+            seq = item[1]
+            last = (item[0], seq)
+            if seq in dropped or held(seq):
+                continue
+            if arrivals.pop(seq, None) is None:
+                self.beyond -= 1
+            self.push(item, ready)
+            taken.append(seq)
+        if complete or last is None:
+            self.bound = _INF
+            self.beyond = 0  # everything past the old bound was in the page
+        else:
+            self.bound = max(self.bound, last)
+        for item in arrivals.values():
+            if (item[0], item[1]) <= self.bound:
+                self.push(item, ready)
+                taken.append(item[1])
+            else:
+                self.beyond += 1
+        return taken
+
+    def abandon_page(self) -> None:
+        """The page being read will not come: what arrived meanwhile is beyond the bound."""
+        self.paging = False
+        self.beyond += len(self.arrivals)
+        self.arrivals, self.dropped = [], set()
+
+    def trim(self, size: int, ready: dict[int, float]) -> tuple[int, ...]:
+        """Keep the best ``size`` jobs in memory; the rest go beyond the bound."""
+        valid = sorted(item for item in self.heap if ready.get(item[1]) is item[0])
+        keep, gone = valid[:size], valid[size:]
+        for item in gone:
+            del ready[item[1]]
+        self.heap = keep  # a sorted list is a heap
+        self.live = len(keep)
+        self.beyond += len(gone)
+        self.bound = (keep[-1][0], keep[-1][1]) if keep else (-math.inf, 0)
+        return tuple(item[1] for item in gone)
+
+    def empty(self, ready: dict[int, float]) -> None:
+        """Every job goes beyond the bound (their keys changed): paged in anew."""
+        for key, seq, _p, _enqueued in self.heap:
+            if ready.get(seq) is key:
+                del ready[seq]
+        self.beyond += self.live + len(self.arrivals)
+        self.heap, self.live, self.arrivals, self.dropped = [], 0, [], set()
+        self.bound = (-math.inf, 0)
+        self.paging = False
+
 
 @dataclass(frozen=True, slots=True)
 class PageRequest:
@@ -200,13 +294,7 @@ class Scheduler:
                     continue
                 # Jobs wait beyond the window, ordered by the old keys in the store (which
                 # re-keys its rows in the same commit): empty the window, page in anew.
-                for key, seq, _p, _enqueued in w.heap:
-                    if self._ready.get(seq) is key:
-                        del self._ready[seq]
-                w.beyond += w.live + len(w.arrivals)
-                w.heap, w.live, w.arrivals, w.dropped = [], 0, [], set()
-                w.bound = (-math.inf, 0)
-                w.paging = False
+                w.empty(self._ready)
         return q
 
     def _rekey(self, q: QueueState, w: Window) -> None:
@@ -249,19 +337,9 @@ class Scheduler:
         w = q.windows.get(mode)
         if w is None:
             w = q.windows[mode] = Window()
-        key = q.key(priority, enqueued_at)
-        item = (key, seq, priority, enqueued_at)
-        if (key, seq) > w.bound:
-            if w.paging:
-                w.arrivals.append(item)
-            else:
-                w.beyond += 1
-            return _NONE
-        heapq.heappush(w.heap, item)
-        self._ready[seq] = key
-        w.live += 1
-        if w.live > 2 * self.window and not w.paging:
-            return self._trim(w)
+        if w.arrive((q.key(priority, enqueued_at), seq, priority, enqueued_at), self._ready):
+            if w.live > 2 * self.window and not w.paging:
+                return w.trim(self.window, self._ready)
         return _NONE
 
     def defer(self, seq: int, at: float) -> None:
@@ -300,20 +378,9 @@ class Scheduler:
         if found is None:
             return False
         q, w = found
-        key = q.key(priority, enqueued_at)
-        if (key, seq) <= w.bound:
+        if not w.forget_beyond(seq, q.key(priority, enqueued_at)):
             return False
-        for i, item in enumerate(w.arrivals):
-            if item[1] == seq:
-                del w.arrivals[i]
-                q.waiting -= 1
-                return True
-        if w.beyond <= 0:
-            return False
-        w.beyond -= 1
         q.waiting -= 1
-        if w.paging:
-            w.dropped.add(seq)  # the page being read may hold it: skip it there
         return True
 
     def is_waiting(self, seq: int) -> bool:
@@ -361,37 +428,8 @@ class Scheduler:
         w = q.windows[request.mode]
         if request.generation != w.generation or not w.paging:
             return []  # the keys changed since the read: a fresh page will be asked for
-        w.paging = False
-        arrivals = {item[1]: item for item in w.arrivals}
-        dropped = w.dropped
-        w.arrivals, w.dropped = [], set()
-        taken: list[int] = []
-        last: tuple[float, int] | None = None
-        for seq, priority, enqueued_at in items:
-            key = q.key(priority, enqueued_at)
-            last = (key, seq)
-            if seq in dropped or seq in self._ready or seq in self._timer_at:
-                continue
-            if arrivals.pop(seq, None) is None:
-                w.beyond -= 1
-            heapq.heappush(w.heap, (key, seq, priority, enqueued_at))
-            self._ready[seq] = key
-            w.live += 1
-            taken.append(seq)
-        if complete or last is None:
-            w.bound = _INF
-            w.beyond = 0  # everything past the old bound was in the page
-        else:
-            w.bound = max(w.bound, last)
-        for item in arrivals.values():
-            if (item[0], item[1]) <= w.bound:
-                heapq.heappush(w.heap, item)
-                self._ready[item[1]] = item[0]
-                w.live += 1
-                taken.append(item[1])
-            else:
-                w.beyond += 1
-        return taken
+        page = ((q.key(priority, enqueued_at), seq, priority, enqueued_at) for seq, priority, enqueued_at in items)
+        return w.take_page(page, complete, self._ready, self.is_waiting)
 
     def beyond(self, queue: str, mode: str, count: int) -> None:
         """``count`` pending jobs of ``queue`` in ``mode`` wait in the store (start-up):
@@ -415,24 +453,8 @@ class Scheduler:
     def page_failed(self, request: PageRequest) -> None:
         """The page of ``request`` could not be read: it may be asked for again."""
         w = self.queues[request.queue].windows[request.mode]
-        if request.generation != w.generation or not w.paging:
-            return
-        w.paging = False
-        w.beyond += len(w.arrivals)  # they are past the bound, which did not move
-        w.arrivals, w.dropped = [], set()
-
-    def _trim(self, w: Window) -> tuple[int, ...]:
-        """Keep the window's best ``window`` jobs in memory; the rest go beyond it."""
-        ready = self._ready
-        valid = sorted(item for item in w.heap if ready.get(item[1]) is item[0])
-        keep, gone = valid[: self.window], valid[self.window :]
-        for item in gone:
-            del ready[item[1]]
-        w.heap = keep  # a sorted list is a heap
-        w.live = len(keep)
-        w.beyond += len(gone)
-        w.bound = (keep[-1][0], keep[-1][1]) if keep else (-math.inf, 0)
-        return tuple(item[1] for item in gone)
+        if request.generation == w.generation and w.paging:
+            w.abandon_page()
 
     def due(self, now: float | None = None) -> list[int]:
         """Deferred jobs whose time has come, in time order; they are forgotten here."""

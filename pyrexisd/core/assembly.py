@@ -14,6 +14,7 @@ from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.queues import Queues
+from pyrexisd.core.recovery import recover_interrupted
 from pyrexisd.core.service import Service
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
@@ -36,13 +37,15 @@ class Core:
     scheduler: Scheduler
     hub: EventHub
     metrics: Metrics
+    store: Store
+    clock: Callable[[], float]
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
         daemon left running, the waiting jobs. Nothing runs yet."""
         await self.ledger.load()
         await self.queues.load()
-        await self.dispatch.recover_interrupted()
+        await recover_interrupted(self.store, self.ledger, self.clock)
         await self.waiting.load()
 
     def stop_taking_work(self) -> None:
@@ -79,4 +82,4 @@ def build_core(
     service = Service(
         config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics)
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pyrexisd.config import MAX_PROGRESS_MESSAGE
 from pyrexisd.core.model import JobRow, LogLine, OutputItem, stored_problem
@@ -26,8 +26,15 @@ from pyrexisd.store import Store
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.1  # seconds between progress events of one job
+PROGRESS_FLUSH = 0.5  # seconds between progress writes of the running jobs
 
 PublishStored = Callable[[JobRow, Sequence[LogLine], Sequence[OutputItem]], None]
+
+
+class LockView(Protocol):
+    """What the progress writer asks of the ledger."""
+
+    def is_locked(self, seq: int) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +210,36 @@ class AttemptEvents:
 def log_write_failure(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("a progress or pid update was not stored: %s", fut.exception())
+
+
+class ProgressWriter:
+    """Running jobs' latest progress, written at most every :data:`PROGRESS_FLUSH`
+    seconds in one write (a progress value lost in a crash costs nothing: the next attempt
+    starts afresh)."""
+
+    def __init__(self, store: Store, ledger: LockView, active: Mapping[int, Attempt]) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.active = active  # dispatch's running attempts, by seq
+        self._timer: asyncio.TimerHandle | None = None
+
+    def changed(self) -> None:
+        """An attempt's progress changed: it is written within PROGRESS_FLUSH seconds."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(PROGRESS_FLUSH, self._write)
+
+    def _write(self) -> None:
+        self._timer = None
+        rows = []
+        for attempt in self.active.values():
+            # A row being changed is written by that change, with its progress.
+            if attempt.progress_dirty and not attempt.ended and not self.ledger.is_locked(attempt.row.seq):
+                attempt.progress_dirty = False
+                rows.append(attempt.row)
+        if rows:
+            self.store.write(jobs=rows).add_done_callback(log_write_failure)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

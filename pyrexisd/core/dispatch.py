@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from protocol.errors import StorageError
-from pyrexisd import procs
 from pyrexisd.core import model
-from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, log_write_failure
+from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, ProgressWriter
 from pyrexisd.core.background import Background
 from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
@@ -41,7 +40,6 @@ from pyrexisd.tasks.registry import Registry, TaskDef, make_task
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FLUSH = 0.5  # seconds between progress writes of the running jobs
 STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
 
 
@@ -85,28 +83,10 @@ class Dispatch:
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
         self._kick_pending = False
         self._picked: dict[int, Gate] = {}  # seq -> its pick's lock
-        self._progress_timer: asyncio.TimerHandle | None = None
+        self._progress = ProgressWriter(store, ledger, self._active)
         waiting.on_ready = self.kick
 
     # -- start-up -----------------------------------------------------------------------
-    async def recover_interrupted(self) -> None:
-        """Jobs the last daemon left ``running`` follow their ``on_interrupt``; work that
-        outlived it is killed first, so it never runs beside the next attempt."""
-        rows = await self.store.jobs_with_status("running")
-        if not rows:
-            return
-        last_lines = [await self.store.max_log_seq(row.seq) for row in rows]
-        now = self.clock()
-        async with self.ledger.change(rows) as change:
-            for row, last_line in zip(rows, last_lines, strict=True):
-                if row.pid is not None and row.pid_start is not None:
-                    if procs.kill_if_same(row.pid, row.pid_start, group=row.mode == "shell"):
-                        log.warning("killed orphan process %d of job %s", row.pid, row.job_id)
-                model.interrupt(row, now, "the daemon stopped while the job was running")
-                row.log_seq = max(row.log_seq, last_line)
-                change.log(row, "log", f"interrupted: {row.error or 'back to pending'}", now)
-        log.warning("recovered %d jobs that were running when the daemon stopped", len(rows))
-
     async def start(self) -> None:
         """Start the executors, then whatever the free slots allow."""
         for executor in self.executors.values():
@@ -262,7 +242,7 @@ class Dispatch:
         """Start the attempt of a job whose ``running`` row is committed."""
         attempt = Attempt(row)
         events = AttemptEvents(
-            attempt, self.store, self.ledger.publish_stored, self.hub, self.limits, self.clock, self._progress_changed
+            attempt, self.store, self.ledger.publish_stored, self.hub, self.limits, self.clock, self._progress.changed
         )
         attempt.events = events
         definition = self.registry.get(row.task)
@@ -433,23 +413,6 @@ class Dispatch:
         attempt.call.cancel()
         return row
 
-    # -- progress -----------------------------------------------------------------------
-    def _progress_changed(self) -> None:
-        if self._progress_timer is None:
-            self._progress_timer = asyncio.get_running_loop().call_later(PROGRESS_FLUSH, self._write_progress)
-
-    def _write_progress(self) -> None:
-        """Running jobs' latest progress, written at most every PROGRESS_FLUSH seconds (a
-        progress value lost in a crash costs nothing: the next attempt starts afresh)."""
-        self._progress_timer = None
-        rows = []
-        for attempt in self._active.values():
-            if attempt.progress_dirty and not attempt.ended and not self.ledger.is_locked(attempt.row.seq):
-                attempt.progress_dirty = False
-                rows.append(attempt.row)
-        if rows:
-            self.store.write(jobs=rows).add_done_callback(log_write_failure)
-
     # -- shutdown -----------------------------------------------------------------------
     async def drain(self, grace: float, force: asyncio.Event | None = None) -> None:
         """Let running attempts finish within ``grace`` seconds (``force`` cuts it short)."""
@@ -489,8 +452,7 @@ class Dispatch:
 
     async def close(self) -> None:
         """Release the executors' pools and workers, and stop what is left in the background."""
-        if self._progress_timer is not None:
-            self._progress_timer.cancel()
+        self._progress.stop()
         for executor in self.executors.values():
             await executor.shutdown()
         self.background.cancel_all()
