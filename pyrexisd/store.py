@@ -2,13 +2,14 @@
 
 One object owns two aiosqlite connections to one WAL database:
 
-* the *writer*, used only by the group-commit task. Whoever wants something durable
-  calls :meth:`Store.write` and awaits the future it returns. The writer task drains every
-  pending write into one transaction (one ``executemany`` per table), commits once and
-  then resolves all their futures, so ``synchronous=FULL`` costs one fsync per batch, not
-  one per job. Each batch runs as a single call on aiosqlite's connection thread: a
-  thread hop costs about as much as the fsync itself, so a batch is one hop, not one per
-  statement.
+* the *writer*, used only by the group commit. Whoever wants something durable calls
+  :meth:`Store.write` and awaits the future it returns. Everything written during one
+  loop iteration (or while a commit is in flight) forms one batch: one transaction, one
+  ``executemany`` per table, one commit, then every future of the batch is resolved, so
+  ``synchronous=FULL`` costs one fsync per batch, not one per job. A batch is handed to
+  aiosqlite's connection thread as a single call that answers the loop by itself: one
+  hop each way, no task, no future per batch. A *lazy* write (an end nobody waits for)
+  starts no batch of its own; it rides with the next one, or :meth:`Store.hurry` sends it.
 * the *reader*, for every query. WAL shows it committed data only, so a client never
   reads a state that is not durable (a read between BEGIN and COMMIT on the writer would).
 

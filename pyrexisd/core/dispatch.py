@@ -29,7 +29,7 @@ from pyrexisd.core.background import Background
 from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
-from pyrexisd.core.waiting import Waiting
+from pyrexisd.core.waiting import STORAGE_RETRY, Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome, RunAs
 from pyrexisd.metrics import Metrics
@@ -40,7 +40,7 @@ from pyrexisd.tasks.registry import Registry, TaskDef, make_task
 
 log = logging.getLogger(__name__)
 
-STORAGE_RETRY = (0.05, 2.0)  # first and longest pause between retries of a failed commit
+FIRST_RETRY = 0.05  # first pause before an end that failed to commit is written again
 
 
 class Dispatch:
@@ -235,7 +235,7 @@ class Dispatch:
         self._retry_dispatch_later()
 
     def _retry_dispatch_later(self) -> None:
-        asyncio.get_running_loop().call_later(STORAGE_RETRY[1], self.kick)
+        asyncio.get_running_loop().call_later(STORAGE_RETRY, self.kick)
 
     # -- running ------------------------------------------------------------------------
     def launch(self, row: JobRow) -> None:
@@ -356,10 +356,10 @@ class Dispatch:
             # (or show) an outcome that could still be lost. (The failed change unlocked
             # the row and no other coroutine ran since, so the hold follows it unbroken.)
             async with self.ledger.hold([row.seq]):
-                pause = STORAGE_RETRY[0]
+                pause = FIRST_RETRY
                 while True:
                     await asyncio.sleep(pause)
-                    pause = min(STORAGE_RETRY[1], pause * 2)
+                    pause = min(STORAGE_RETRY, pause * 2)
                     try:
                         await self._write_end(row, outcome, notes, [], now)
                         break

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Callable
-from typing import Any
 
 from protocol.errors import NotFound
 from pyrexisd.access import Caller, is_admin
@@ -52,11 +51,6 @@ class Owners:
         """Refuse, as if it did not exist, a job ``caller`` may not see."""
         if not self.sees(caller, owner):
             raise no_such_job(job_id)
-
-    def check_record(self, caller: Caller, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` when ``caller`` may see it; else ``not_found``."""
-        self.check(caller, record.get("owner"), str(record.get("job_id")))
-        return record
 
     def caller_for(self, owner: int | None) -> Caller:
         """The caller a job or a schedule of ``owner`` acts as when the daemon acts for it

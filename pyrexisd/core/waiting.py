@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ROW_CACHE_LIMIT = 4_096  # waiting rows kept in memory; beyond, they are read back on start
 AGING_SETTING = "sched_aging"  # queue -> the aging rate its pending jobs' stored keys follow
-STORAGE_RETRY = 2.0  # seconds before a change that failed to commit is tried again
+STORAGE_RETRY = 2.0  # seconds before a change that failed to commit is tried again (at most)
 
 # A parked job: (-priority, enqueued_at, seq, queue, mode), so an owner's heap yields its
 # highest priority first, then its oldest.
