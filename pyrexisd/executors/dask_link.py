@@ -235,8 +235,7 @@ class ClusterLink:
             # replaces rather than adds.
             await client.register_plugin(PyrexisTasks(self.modules, __version__), name=f"pyrexis-tasks-{digest}")
         except BaseException:
-            with contextlib.suppress(Exception):
-                await client.close()
+            await self._drop(client, RPC_TIMEOUT)
             raise
         self._conn = conn
         log.info("dask mode: connected to %s", address)
@@ -296,8 +295,17 @@ class ClusterLink:
         for token in list(conn.runs):
             self._abort(token, AttemptLost("scheduler_lost", f"the Dask scheduler was lost: {why}"))
         self._conn = None
+        await self._drop(conn.client, RPC_TIMEOUT)
+
+    async def _drop(self, client: Any, timeout: float) -> None:
+        """Close ``client``, unsubscribed first: the scheduler would otherwise try to tell
+        it of its own departure on a closed comm, and log that as critical."""
+        if client.status == "running":
+            for topic in (self.topic, "all"):
+                with contextlib.suppress(Exception):
+                    client.unsubscribe_topic(topic)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.client.close(), RPC_TIMEOUT)
+            await asyncio.wait_for(client.close(), timeout)
 
     def _on_cluster_event(self, conn: _Connection, event: tuple[float, dict[str, Any]]) -> None:
         """Scheduler events of the whole cluster: workers coming and going."""
@@ -393,8 +401,7 @@ class ClusterLink:
             conn.changed.set()
             for token in list(conn.runs):
                 self._abort(token, AttemptLost("cancelled", "the daemon is stopping"))
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.client.close(), timeout)
+            await self._drop(conn.client, timeout)
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._cluster.close(timeout=timeout), timeout + 1)

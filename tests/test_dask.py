@@ -1,0 +1,243 @@
+"""The dask mode against a real daemon and a real LocalCluster (processes, 2 workers).
+
+One daemon with ``--dask-local 2`` serves the whole module (starting a cluster costs
+seconds); each test leaves the cluster with its two workers, so they do not depend on
+their order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, Daemon, RawClient, expect_error, require_alive, shared_daemon, wait_until
+from e2e_helpers import job_logs, read_pid, wait_status, wait_terminal
+
+pytest.importorskip("distributed", reason="the dask mode needs the extra pyrexis[dask]")
+
+DEADLINE = 60.0
+
+
+def dask_state(client: RawClient) -> dict[str, Any]:
+    return client.request("stats")["dask"]  # type: ignore[no-any-return]
+
+
+def wait_cluster(client: RawClient, workers: int = 2) -> dict[str, Any]:
+    """The cluster connected with ``workers`` workers (a killed one is back)."""
+
+    def ready() -> dict[str, Any] | None:
+        state = dask_state(client)
+        return state if state["status"] == "connected" and state["workers"] == workers else None
+
+    return wait_until(ready, DEADLINE, 0.05, f"the dask cluster with {workers} workers")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def dk() -> Iterator[Daemon]:
+    for d in shared_daemon("pxdk", ("--tasks", "dask_tasks", "--dask-local", "2", "--processes", "2", "--kill-grace", "1")):
+        with d.client() as c:
+            wait_cluster(c)
+        yield d
+
+
+@pytest.fixture
+def client(dk: Daemon) -> Iterator[RawClient]:
+    require_alive(dk)
+    with dk.client() as c:
+        yield c
+    require_alive(dk)
+
+
+def test_stats_show_the_cluster_and_slots_follow_its_threads(client: RawClient) -> None:
+    stats = client.request("stats")
+    assert stats["slots"]["dask"] == 2  # two workers of one thread each
+    state = stats["dask"]
+    assert state["status"] == "connected" and state["local"] is True
+    assert state["workers"] == 2 and state["threads"] == 2
+    assert state["scheduler"].startswith("tcp://127.0.0.1:")
+    tasks = {t["name"]: t for t in client.request("tasks")["tasks"]}
+    assert "dask" in tasks["echo"]["modes"]
+
+
+def test_echo_runs_on_a_worker_process(client: RawClient, dk: Daemon) -> None:
+    job = client.submit("echo", {"value": {"a": [1, 2.5, "x", None]}}, mode="dask")
+    assert job["mode"] == "dask"
+    done = client.wait(job["job_id"])
+    assert done["status"] == "completed" and done["result"] == {"a": [1, 2.5, "x", None]}
+    pid = client.wait(client.submit("dk.pid", {})["job_id"])["result"]
+    assert isinstance(pid, int) and pid != dk.pid  # the function ran in a worker, not the daemon
+
+
+def test_progress_and_logs_reach_watchers_in_order_and_are_stored(client: RawClient) -> None:
+    watch_id = client.send_request("watch", {"task": "dk.chatty"})
+    job = client.submit("dk.chatty", {"lines": 40})
+    events: list[dict[str, Any]] = []
+    while not (events and events[-1].get("kind") == "state" and events[-1]["status"] == "completed"):
+        frame = client.recv()
+        if frame.get("id") == watch_id and "event" in frame:
+            events.append(frame["event"])
+    # Every line arrived, in order, before the job's end was told.
+    lines = [e["line"] for e in events if e["kind"] == "log"]
+    assert lines == [f"line {i}" for i in range(1, 41)]
+    progress = [e for e in events if e["kind"] == "progress"]
+    assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["message"] == "step 40"
+    fractions = [p["fraction"] for p in progress]
+    assert fractions == sorted(fractions)  # coalesced, but never out of order
+    stored = job_logs(client, job["job_id"])
+    assert [e["line"] for e in stored] == lines
+    assert [e["seq"] for e in stored] == list(range(1, 41))
+    assert client.get(job["job_id"])["progress"] == {"fraction": 1.0, "message": "step 40"}
+
+
+def test_a_failing_task_is_retried_by_the_daemon(client: RawClient, dk: Daemon) -> None:
+    marker = os.path.join(dk.workdir, "flaky")
+    job = client.submit("dk.flaky", {"marker": marker, "fails": 2}, max_retries=3)
+    done = wait_terminal(client, job["job_id"], DEADLINE)
+    assert done["status"] == "completed" and done["result"] == "ok after 3"
+    assert done["attempts"] == 3  # each Dask run is one counted attempt: Dask retried nothing itself
+    tracebacks = [e["line"] for e in job_logs(client, job["job_id"]) if e["stream"] == "stderr"]
+    assert any("failing attempt 1 on purpose" in line for line in tracebacks)
+    # Out of retries: failed, with the task's error.
+    gone = client.submit("dk.flaky", {"marker": marker + "2", "fails": 5}, max_retries=1)
+    failed = wait_terminal(client, gone["job_id"], DEADLINE)
+    assert failed["status"] == "failed" and failed["attempts"] == 2
+    assert failed["error"]["type"] == "exception" and "failing attempt 2" in failed["error"]["message"]
+
+
+def test_cancel_of_a_long_task_reaches_the_cluster(client: RawClient, dk: Daemon) -> None:
+    marker = os.path.join(dk.workdir, "cancelled")
+    job = client.submit("dk.until_cancelled", {"marker": marker})
+    wait_status(client, job["job_id"], "running", DEADLINE)
+    time.sleep(0.3)  # let it begin on its worker (a cancel before that is simpler)
+    cancelled = client.request("cancel", {"job_id": job["job_id"]})
+    assert cancelled["status"] == "cancelled"
+    # The worker saw ctx.cancelled turn true: the cancel reached the cluster.
+    wait_until(lambda: os.path.exists(marker) and open(marker).read() == "stopped", DEADLINE, 0.05, "the task to stop")
+    assert client.get(job["job_id"])["status"] == "cancelled"
+    wait_until(lambda: client.request("stats")["running_by_mode"].get("dask", 0) == 0, DEADLINE, 0.05, "the slot to be free")
+    assert client.wait(client.submit("echo", {"value": 7}, mode="dask")["job_id"])["result"] == 7
+
+
+def test_timeout_ends_the_attempt_and_stops_the_task(client: RawClient, dk: Daemon) -> None:
+    marker = os.path.join(dk.workdir, "timed-out")
+    job = client.submit("dk.until_cancelled", {"marker": marker}, timeout=1.0)
+    done = wait_terminal(client, job["job_id"], DEADLINE)
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "timeout" and done["error"]["retryable"] is True
+    wait_until(lambda: os.path.exists(marker) and open(marker).read() == "stopped", DEADLINE, 0.05, "the task to stop")
+
+
+def test_a_task_ignoring_cancel_is_abandoned_and_its_slot_freed(client: RawClient) -> None:
+    before = dask_state(client)["abandoned"]
+    job = client.submit("dk.sleep", {"seconds": 4.0})
+    wait_status(client, job["job_id"], "running", DEADLINE)
+    wait_until(lambda: client.request("stats")["running_by_mode"].get("dask") == 1, DEADLINE, 0.05, "it to run")
+    time.sleep(0.3)
+    assert client.request("cancel", {"job_id": job["job_id"]})["status"] == "cancelled"
+    wait_until(lambda: client.request("stats")["running_by_mode"].get("dask", 0) == 0, DEADLINE, 0.05, "its slot to be free")
+    assert dask_state(client)["abandoned"] == before + 1
+    # The daemon keeps running dask jobs (on the other worker meanwhile).
+    assert client.wait(client.submit("echo", {"value": "next"}, mode="dask")["job_id"])["result"] == "next"
+
+
+def test_a_result_above_max_result_fails_without_crossing(client: RawClient) -> None:
+    job = client.submit("dk.big", {"size": 2 * 1024 * 1024})
+    done = wait_terminal(client, job["job_id"], DEADLINE)
+    assert done["status"] == "failed" and done["error"]["type"] == "result_too_large"
+    assert done["result"] is None
+
+
+def test_dependencies_across_dask_and_process_modes(client: RawClient) -> None:
+    jobs = client.request("submit_many", {"jobs": [
+        {"task": "dk.sum_inputs", "args": {"base": 1}, "job_id": "dep-a", "mode": "dask"},
+        {"task": "dk.sum_inputs", "args": {"base": 10}, "job_id": "dep-b", "mode": "process", "depends_on": ["dep-a"]},
+        {"task": "dk.sum_inputs", "args": {"base": 100}, "job_id": "dep-c", "mode": "dask", "depends_on": ["dep-a", "dep-b"]},
+        {"task": "dk.flaky", "args": {"marker": "/nonexistent/dir/x", "fails": 0}, "job_id": "dep-bad"},
+        {"task": "echo", "args": {"value": 1}, "job_id": "dep-after-bad", "mode": "dask", "depends_on": ["dep-bad"]},
+    ]})["jobs"]
+    assert [j["status"] for j in jobs][1:3] == ["blocked", "blocked"]
+    c = wait_terminal(client, "dep-c", DEADLINE)
+    assert c["status"] == "completed" and c["result"] == 100 + 1 + 11
+    assert client.get("dep-b")["result"] == 11 and client.get("dep-b")["mode"] == "process"
+    after = wait_terminal(client, "dep-after-bad", DEADLINE)
+    assert after["status"] == "cancelled" and after["error"]["type"] == "dependency_failed"
+
+
+def test_a_killed_worker_fails_the_attempt_and_the_job_is_retried(client: RawClient, dk: Daemon) -> None:
+    marker = os.path.join(dk.workdir, "die-first")
+    job = client.submit("dk.die_first", {"marker": marker}, max_retries=2)
+    worker = read_pid(marker, DEADLINE)
+    assert worker != dk.pid
+    os.kill(worker, signal.SIGKILL)
+    done = wait_terminal(client, job["job_id"], DEADLINE)
+    assert done["status"] == "completed" and done["result"] == "survived"
+    assert done["attempts"] == 2
+    state = wait_cluster(client)  # the nanny started a new worker in its place
+    assert state["threads"] == 2
+    # Without retries left, the same death fails the job as worker_died.
+    marker2 = marker + "2"
+    job2 = client.submit("dk.die_first", {"marker": marker2})
+    os.kill(read_pid(marker2, DEADLINE), signal.SIGKILL)
+    failed = wait_terminal(client, job2["job_id"], DEADLINE)
+    assert failed["status"] == "failed" and failed["error"]["type"] == "worker_died"
+    assert failed["error"]["retryable"] is True and failed["attempts"] == 1
+    wait_cluster(client)
+
+
+def test_a_thousand_small_jobs(client: RawClient) -> None:
+    specs = [{"task": "echo", "args": {"value": i}, "mode": "dask"} for i in range(1000)]
+    ids = [j["job_id"] for j in client.request("submit_many", {"jobs": specs})["jobs"]]
+    for i, job_id in enumerate(ids):
+        done = client.wait(job_id, timeout=DEADLINE)
+        assert done["status"] == "completed" and done["result"] == i, done
+    assert client.request("stats")["running_by_mode"].get("dask", 0) == 0
+
+
+# -- without the cluster ----------------------------------------------------------------
+
+
+def test_a_daemon_without_the_dask_mode_refuses_it_naming_the_extra(start_daemon: Any) -> None:
+    d = start_daemon()
+    with d.client() as c:
+        err = expect_error("invalid_request", lambda: c.submit("echo", {"value": 1}, mode="dask"))
+        assert "pyrexis[dask]" in err.message and "--dask-local" in err.message
+        assert "dask" not in c.request("stats")["slots"]
+        assert c.wait(c.submit("echo", {"value": 2})["job_id"])["result"] == 2  # nothing else affected
+
+
+def test_the_dask_mode_without_distributed_installed_is_one_clear_error(workdir: str) -> None:
+    # A package of that name that cannot be imported stands for the missing extra.
+    hide = os.path.join(workdir, "hide")
+    os.makedirs(os.path.join(hide, "distributed"))
+    with open(os.path.join(hide, "distributed", "__init__.py"), "w") as fh:
+        fh.write("raise ImportError(\"No module named 'distributed'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([hide, str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyrexisd", "--socket", os.path.join(workdir, "s.sock"), "--db", os.path.join(workdir, "d.db"), "--dask-local", "1"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'pyrexis[dask]'" in proc.stderr
+    assert not os.path.exists(os.path.join(workdir, "s.sock"))
+
+
+@pytest.mark.parametrize("args", [
+    ("--dask-local", "1", "--dask-scheduler", "tcp://127.0.0.1:1"),
+    ("--dask-slots", "4"),
+    ("--dask-scheduler", "127.0.0.1:8786"),
+    ("--dask-local", "0"),
+])
+def test_bad_dask_options_are_usage_errors(workdir: str, args: tuple[str, ...]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyrexisd", "--socket", os.path.join(workdir, "s.sock"), "--db", os.path.join(workdir, "d.db"), *args],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "dask" in proc.stderr
