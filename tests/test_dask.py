@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,11 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import ROOT, Daemon, RawClient, expect_error, require_alive, shared_daemon, wait_until
 from e2e_helpers import job_logs, read_pid, wait_status, wait_terminal
-
-pytest.importorskip("distributed", reason="the dask mode needs the extra pyrexis[dask]")
 
 DEADLINE = 60.0
 
@@ -241,3 +239,80 @@ def test_bad_dask_options_are_usage_errors(workdir: str, args: tuple[str, ...]) 
     )
     assert proc.returncode == 2, proc.stderr
     assert "dask" in proc.stderr
+
+
+# -- a cluster of its own, whose scheduler goes away -----------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Cluster:
+    """A scheduler and one worker as separate processes, as on a real cluster."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(os.path.join(self.workdir, "cluster.log"), "ab")
+        proc = subprocess.Popen([sys.executable, "-m", *args], env=self.env, cwd=self.workdir, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def scheduler(self) -> subprocess.Popen[bytes]:
+        return self._start("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard")
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self._start("distributed.cli.dask_worker", self.address, "--nthreads", "2", "--no-nanny", "--no-dashboard")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def test_a_lost_scheduler_fails_running_attempts_as_retryable_and_the_mode_reconnects(start_daemon: Any, workdir: str) -> None:
+    cluster = _Cluster(workdir)
+    try:
+        scheduler = cluster.scheduler()
+        worker = cluster.worker()
+        d = start_daemon("--tasks", "dask_tasks", "--dask-scheduler", cluster.address)
+        with d.client() as c:
+            state = wait_cluster(c, workers=1)
+            assert state["threads"] == 2 and state["local"] is False and state["scheduler"] == cluster.address
+            assert c.request("stats")["slots"]["dask"] == 2
+            marker = os.path.join(workdir, "first")
+            job = c.submit("dk.die_first", {"marker": marker}, max_retries=1)
+            read_pid(marker, DEADLINE)  # it runs on the worker
+            scheduler.kill()
+            scheduler.wait(10)
+            worker.kill()  # a worker of the old scheduler: the restarted cluster gets a new one
+            # The attempt failed as retryable; the job waits (no slots while disconnected).
+            retried = wait_status(c, job["job_id"], ("retrying", "pending"), DEADLINE)
+            assert retried["error"]["type"] == "scheduler_lost" and retried["error"]["retryable"] is True
+            state = wait_until(lambda: (s := dask_state(c))["status"] == "disconnected" and s, DEADLINE, 0.05, "disconnected")
+            assert state["workers"] == 0 and state["error"]
+            assert c.request("stats")["slots"]["dask"] == 0
+            waiting = c.submit("echo", {"value": "queued"}, mode="dask")
+            time.sleep(1.0)
+            assert c.get(waiting["job_id"])["status"] == "pending"
+            assert c.get(job["job_id"])["status"] in ("retrying", "pending")
+            # The scheduler comes back at the same address: the mode reconnects by itself.
+            cluster.scheduler()
+            cluster.worker()
+            state = wait_cluster(c, workers=1)
+            assert state["reconnects"] >= 1
+            done = wait_terminal(c, job["job_id"], DEADLINE)
+            assert done["status"] == "completed" and done["result"] == "survived" and done["attempts"] == 2
+            assert wait_terminal(c, waiting["job_id"], DEADLINE)["result"] == "queued"
+    finally:
+        cluster.close()

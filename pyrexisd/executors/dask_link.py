@@ -107,6 +107,7 @@ class _Connection:
     generation: int
     runs: dict[int, _Run] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: str | None = None  # why the scheduler is lost, once it is
 
 
 class ClusterLink:
@@ -207,11 +208,12 @@ class ClusterLink:
                 generation += 1
                 backoff = FIRST_BACKOFF
                 why = await self._follow(conn)
+                if not self._stopping:
+                    self._lose(conn, why)
                 await self._disconnect(conn, why)
                 if self._stopping:
                     break
                 log.warning("dask mode: lost the scheduler (%s); reconnecting", why)
-                self._publish(status="disconnected", workers=0, threads=0, error=why)
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -225,7 +227,9 @@ class ClusterLink:
         address = self.scheduler
         if self.local is not None:
             address = await self._local_cluster(dask)
-        client = await Client(address, asynchronous=True, timeout=CONNECT_TIMEOUT, name="pyrexisd")
+        client = await Client(  # type: ignore[no-untyped-call]  # distributed's Client is unannotated
+            address, asynchronous=True, timeout=CONNECT_TIMEOUT, name="pyrexisd"
+        )
         try:
             conn = _Connection(client, generation)
             client.subscribe_topic(self.topic, self._on_topic)
@@ -249,7 +253,7 @@ class ClusterLink:
             # A worker that dies fails the attempt (the daemon retries it, counted); Dask
             # must not run it again on its own.
             dask.config.set({"distributed.scheduler.allowed-failures": 0})
-            self._cluster = await LocalCluster(
+            self._cluster = await LocalCluster(  # type: ignore[no-untyped-call]  # unannotated
                 n_workers=self.local,
                 threads_per_worker=1,
                 processes=True,
@@ -268,6 +272,8 @@ class ClusterLink:
         client = conn.client
         first = True
         while not self._stopping:
+            if conn.lost is not None:
+                return conn.lost
             if client.status != "running":
                 return f"the client is {client.status}"
             try:
@@ -289,6 +295,14 @@ class ClusterLink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.changed.wait(), WATCH_INTERVAL)
         return "stopping"
+
+    def _lose(self, conn: _Connection, why: str) -> None:
+        """The scheduler is gone: no slots from now on (said before the attempts in flight
+        fail, so that their retries wait), and the follower stops."""
+        if conn.lost is None and conn is self._conn:
+            conn.lost = why
+            conn.changed.set()
+            self._publish(status="disconnected", workers=0, threads=0, error=why)
 
     async def _disconnect(self, conn: _Connection, why: str) -> None:
         """Fail what was in flight on this connection (retryable), then drop the client."""
@@ -354,7 +368,7 @@ class ClusterLink:
         from pyrexisd.executors import dask_worker
 
         conn = self._conn
-        if conn is None or conn.client.status != "running":
+        if conn is None or conn.lost is not None or conn.client.status != "running":
             raise AttemptLost("scheduler_lost", f"not connected to the Dask cluster ({self._state.error or self._state.status})")
         task = asyncio.current_task()
         assert task is not None
@@ -375,6 +389,7 @@ class ClusterLink:
                 run.aborted.started = run.worker is not None
                 raise run.aborted from None
             if getattr(exc, "reason", None) == LOST:
+                self._lose(conn, "the Dask client lost the scheduler")
                 raise AttemptLost("scheduler_lost", "the Dask client lost the scheduler") from None
             raise AttemptLost("cancelled", f"cancelled on the cluster: {exc}") from None
         finally:

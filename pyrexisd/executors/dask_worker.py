@@ -36,7 +36,7 @@ EVENT_PIECE = 64 * 1024  # log text is sent in pieces of at most this many chara
 MAX_OUTPUT = 4 * 1024 * 1024  # one output item; the daemon applies its own limits after
 
 
-class PyrexisTasks(WorkerPlugin):  # type: ignore[misc]  # distributed is not typed
+class PyrexisTasks(WorkerPlugin):
     """Loads PYREXIS's tasks on a worker: the built-ins, then the daemon's task modules.
 
     Registered by the daemon on connecting; Dask runs it on every worker that joins
