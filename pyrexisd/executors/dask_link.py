@@ -77,7 +77,7 @@ class ClusterState:
     workers: int = 0
     threads: int = 0
     reconnects: int = 0  # connections made after the first
-    error: str | None = None  # why the last connection failed or ended
+    error: str | None = None  # why the last connection failed or ended, or what is wrong with this one
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +108,7 @@ class _Connection:
     runs: dict[int, _Run] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     lost: str | None = None  # why the scheduler is lost, once it is
+    problem: str | None = None  # what is wrong while connected (workers that cannot load the tasks)
 
 
 class ClusterLink:
@@ -237,7 +238,14 @@ class ClusterLink:
             digest = hashlib.sha1(repr((self.modules, __version__)).encode()).hexdigest()[:12]
             # Named by what it loads: daemons with the same tasks share one, and a restart
             # replaces rather than adds.
-            await client.register_plugin(PyrexisTasks(self.modules, __version__), name=f"pyrexis-tasks-{digest}")
+            plugin = PyrexisTasks(self.modules, __version__)
+            try:
+                await client.register_plugin(plugin, name=f"pyrexis-tasks-{digest}")
+            except Exception as exc:
+                # Said loudly, but the mode runs: the workers that can load the tasks do,
+                # and a job on one that cannot fails with the reason.
+                conn.problem = f"a worker cannot load the tasks: {_text(exc)}"
+                log.error("dask mode: %s", conn.problem)
         except BaseException:
             await self._drop(client, RPC_TIMEOUT)
             raise
@@ -285,7 +293,7 @@ class ClusterLink:
             changes: dict[str, Any] = {"workers": len(workers), "threads": threads}
             if first:
                 status = "connected"
-                changes.update(status=status, error=None, scheduler=info.get("address", self._state.scheduler))
+                changes.update(status=status, error=conn.problem, scheduler=info.get("address", self._state.scheduler))
                 if conn.generation:
                     changes["reconnects"] = self._state.reconnects + 1
                 first = False
