@@ -39,7 +39,10 @@ def flaky(marker: str, fails: int) -> str:
 
 @task(name="dk.until_cancelled", mode="dask")
 def until_cancelled(marker: str, ctx: TaskContext) -> str:
-    """Run until the context says cancelled (at most 60 s), then write ``marker``."""
+    """Write ``marker``.began, run until the context says cancelled (at most 60 s), then
+    write ``marker``."""
+    with open(marker + ".began", "w") as fh:
+        fh.write("began")
     deadline = time.monotonic() + 60
     while not ctx.cancelled and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -79,7 +82,9 @@ def pid() -> int:
 
 
 @task(name="dk.sleep", mode="dask")
-def sleep(seconds: float) -> float:
-    """Sleep, ignoring cancel."""
+def sleep(seconds: float, marker: str) -> float:
+    """Write ``marker``, then sleep, ignoring cancel."""
+    with open(marker, "w") as fh:
+        fh.write("began")
     time.sleep(seconds)
     return seconds

@@ -116,8 +116,7 @@ def test_a_failing_task_is_retried_by_the_daemon(client: RawClient, dk: Daemon) 
 def test_cancel_of_a_long_task_reaches_the_cluster(client: RawClient, dk: Daemon) -> None:
     marker = os.path.join(dk.workdir, "cancelled")
     job = client.submit("dk.until_cancelled", {"marker": marker})
-    wait_status(client, job["job_id"], "running", DEADLINE)
-    time.sleep(0.3)  # let it begin on its worker (a cancel before that is simpler)
+    wait_until(lambda: os.path.exists(marker + ".began"), DEADLINE, 0.02, "the function to begin")
     cancelled = client.request("cancel", {"job_id": job["job_id"]})
     assert cancelled["status"] == "cancelled"
     # The worker saw ctx.cancelled turn true: the cancel reached the cluster.
@@ -136,15 +135,14 @@ def test_timeout_ends_the_attempt_and_stops_the_task(client: RawClient, dk: Daem
     wait_until(lambda: os.path.exists(marker) and open(marker).read() == "stopped", DEADLINE, 0.05, "the task to stop")
 
 
-def test_a_task_ignoring_cancel_is_abandoned_and_its_slot_freed(client: RawClient) -> None:
+def test_a_task_ignoring_cancel_is_abandoned_and_its_slot_freed(client: RawClient, dk: Daemon) -> None:
     before = dask_state(client)["abandoned"]
-    job = client.submit("dk.sleep", {"seconds": 2.0})
-    wait_status(client, job["job_id"], "running", DEADLINE)
-    wait_until(lambda: client.request("stats")["running_by_mode"].get("dask") == 1, DEADLINE, 0.05, "it to run")
-    time.sleep(0.3)
+    marker = os.path.join(dk.workdir, "sleeping")
+    job = client.submit("dk.sleep", {"seconds": 2.0, "marker": marker})
+    wait_until(lambda: os.path.exists(marker), DEADLINE, 0.02, "the function to begin")
     assert client.request("cancel", {"job_id": job["job_id"]})["status"] == "cancelled"
     wait_until(lambda: client.request("stats")["running_by_mode"].get("dask", 0) == 0, DEADLINE, 0.05, "its slot to be free")
-    assert dask_state(client)["abandoned"] == before + 1
+    wait_until(lambda: dask_state(client)["abandoned"] == before + 1, DEADLINE, 0.05, "it to be counted abandoned")
     # The daemon keeps running dask jobs (on the other worker meanwhile).
     assert client.wait(client.submit("echo", {"value": "next"}, mode="dask")["job_id"])["result"] == "next"
 
@@ -336,6 +334,12 @@ def test_a_worker_without_the_task_module_is_reported_and_its_jobs_fail_saying_w
     try:
         cluster.scheduler()
         cluster.worker(env={**os.environ, "PYTHONPATH": str(ROOT)})  # pyrexis, but not the tests' task module
+        # In the cluster before the daemon connects: the registration of the daemon's
+        # plugin is what reports it (a worker joining later says so in its own log).
+        from distributed import Client
+
+        with Client(cluster.address, timeout=DEADLINE) as probe:
+            probe.wait_for_workers(1, timeout=DEADLINE)
         d = start_daemon("--tasks", "dask_tasks", "--dask-scheduler", cluster.address)
         with d.client() as c:
             state = wait_cluster(c, workers=1)

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,6 +40,7 @@ MAX_BACKOFF = 30.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the cluster's workers
 RPC_TIMEOUT = 10.0  # a scheduler that does not answer within this is taken as gone
 CONNECT_TIMEOUT = 10.0
+UNSTARTED_KEPT = 10_000
 LOST = "scheduler-connection-lost"  # Dask's reason when its client loses the scheduler
 
 
@@ -53,7 +55,6 @@ class AttemptLost(PyrexisError):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
-        self.started = False  # whether its function had begun on a worker (so may still run)
 
 
 def require_distributed() -> None:
@@ -77,6 +78,7 @@ class ClusterState:
     workers: int = 0
     threads: int = 0
     reconnects: int = 0  # connections made after the first
+    abandoned: int = 0  # attempts ended after their function began on a worker (it may run on)
     error: str | None = None  # why the last connection failed or ended, or what is wrong with this one
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class ClusterState:
             "workers": self.workers,
             "threads": self.threads,
             "reconnects": self.reconnects,
+            "abandoned": self.abandoned,
             "error": self.error,
         }
 
@@ -145,6 +148,9 @@ class ClusterLink:
         self._stopping = False
         self._events: list[tuple[int, str, Any]] = []
         self._events_lock = threading.Lock()
+        # Attempts ended before the link heard that they began: if they did begin after
+        # all, they run abandoned (kept to a bound: most never begin).
+        self._unstarted: OrderedDict[int, None] = OrderedDict()
 
     # -- the daemon's side (called on the daemon's loop) --------------------------------
     def start(self) -> None:
@@ -349,6 +355,8 @@ class ClusterLink:
             conn = self._conn
             run = conn.runs.get(token) if conn is not None else None
             if run is None:
+                if self._unstarted.pop(token, False) is None:
+                    self._publish(abandoned=self._state.abandoned + 1)
                 return
             if run.worker is not None and run.worker != payload:
                 # Dask ran it again elsewhere (its worker died and allowed-failures let the
@@ -387,14 +395,12 @@ class ClusterLink:
             return await future
         except asyncio.CancelledError:
             if run.aborted is not None:
-                run.aborted.started = run.worker is not None
                 raise run.aborted from None
             raise
         except KilledWorker as exc:
             raise AttemptLost("worker_died", f"the Dask worker running it died: {exc}") from None
         except FutureCancelledError as exc:
             if run.aborted is not None:
-                run.aborted.started = run.worker is not None
                 raise run.aborted from None
             if getattr(exc, "reason", None) == LOST:
                 self._lose(conn, "the Dask client lost the scheduler")
@@ -416,6 +422,13 @@ class ClusterLink:
             return
         run.aborted = reason
         run.task.cancel()
+        if reason.error_type != "worker_died":  # a function whose worker is dead runs no more
+            if run.worker is not None:
+                self._publish(abandoned=self._state.abandoned + 1)
+            else:
+                self._unstarted[token] = None
+                while len(self._unstarted) > UNSTARTED_KEPT:
+                    self._unstarted.popitem(last=False)
 
     async def _close(self, timeout: float) -> None:
         self._stopping = True

@@ -28,10 +28,10 @@ from typing import Any
 
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.executors.dask_link import AttemptLost, ClusterLink, ClusterState
+from pyrexisd.executors.relay import EventRelay
 
 log = logging.getLogger(__name__)
 
-EVENT_CATCH_UP = 5.0  # seconds to wait for a finished attempt's last events
 
 
 class DaskExecutor(Executor):
@@ -56,16 +56,13 @@ class DaskExecutor(Executor):
         )
         self._cluster = ClusterState(scheduler=scheduler, local=local is not None)
         self._tokens = itertools.count(1)
-        self._calls: dict[int, JobCall] = {}
-        self._received: dict[int, int] = {}  # token -> events delivered
-        self._caught_up: dict[int, tuple[int, asyncio.Future[None]]] = {}
-        self._abandoned = 0  # attempts cancelled after their function began: it may run on
+        self._relay = EventRelay("dask")
 
     async def start(self) -> None:
         self._link.start()
 
     def state(self) -> dict[str, Any]:
-        return {**self._cluster.as_dict(), "running": len(self._calls), "abandoned": self._abandoned}
+        return {**self._cluster.as_dict(), "running": len(self._relay.calls)}
 
     def _on_state(self, cluster: ClusterState) -> None:
         self._cluster = cluster
@@ -74,40 +71,13 @@ class DaskExecutor(Executor):
 
     def _on_events(self, events: list[tuple[int, str, Any]]) -> None:
         for token, kind, payload in events:
-            call = self._calls.get(token)
-            if call is None:
-                continue  # an attempt already ended (cancelled, its worker lost)
-            count = self._received[token] = self._received.get(token, 0) + 1
-            waiting = self._caught_up.get(token)
-            if waiting is not None and count >= waiting[0] and not waiting[1].done():
-                waiting[1].set_result(None)
-            if call.cancelled:
-                continue
-            if kind == "progress":
-                call.events.progress(*payload)
-            elif kind == "log":
-                call.events.log("log", payload)
-            elif kind == "output":
-                call.events.output(payload)
-
-    async def _catch_up(self, token: int, sent: int) -> None:
-        """Wait until the events the attempt sent have been delivered."""
-        if self._received.get(token, 0) >= sent:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._caught_up[token] = (sent, fut)
-        try:
-            await asyncio.wait_for(fut, EVENT_CATCH_UP)
-        except TimeoutError:
-            log.warning("events of a dask job were lost on the way")
-        finally:
-            self._caught_up.pop(token, None)
+            self._relay.deliver(token, kind, payload)
 
     async def run(self, call: JobCall) -> Outcome:
         token = next(self._tokens)
         key = f"{call.task.name}-{self._run_id}-{token}"
         args = (call.task.name, call.args, call.inputs, call.job_id, call.attempt, token, self._link.topic, key, self.max_result)
-        self._calls[token] = call
+        self._relay.add(token, call)
         try:
             future = asyncio.wrap_future(self._link.run(key, token, args))
             call.on_cancel(lambda: self._link.cancel(token, AttemptLost("cancelled", "cancelled")))
@@ -119,15 +89,13 @@ class DaskExecutor(Executor):
                 raise
             except AttemptLost as exc:
                 if exc.error_type == "cancelled" or call.cancelled:
-                    self._abandoned += exc.started
                     return CANCELLED
                 return Outcome.failure(exc.error_type, exc.message)
             except Exception as exc:  # Dask's own failures: a task that cannot be pickled, say
                 return Outcome.failure("exception", f"the Dask cluster failed the attempt: {type(exc).__name__}: {exc}")
-            await self._catch_up(token, reply[-1])
+            await self._relay.catch_up(token, reply[-1])
         finally:
-            del self._calls[token]
-            self._received.pop(token, None)
+            self._relay.remove(token)
         if call.cancelled:
             return CANCELLED
         if reply[0] == "ok":

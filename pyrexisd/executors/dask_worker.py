@@ -21,6 +21,7 @@ import importlib
 import inspect
 import threading
 import traceback
+from collections.abc import Generator
 from typing import Any
 
 import msgpack
@@ -28,6 +29,7 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from pyrexisd import __version__
+from pyrexisd.executors.base import generator_result
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.context import Fatal, Retry, TaskContext
 from pyrexisd.tasks.registry import REGISTRY
@@ -103,6 +105,18 @@ class _Cancelled(threading.Event):
         return ts is None or ts.state in ("cancelled", "released", "forgotten")
 
 
+def _outputs(gen: Generator[Any, Any, Any], sink: _EventSink) -> Any:
+    """A generator task's items sent as outputs as they come; its result."""
+    items: list[Any] = []
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return generator_result(items, stop.value)
+        sink.output(item)
+        items.append(item)
+
+
 def run_task(
     name: str,
     args: dict[str, Any],
@@ -132,14 +146,7 @@ def run_task(
             kwargs[definition.ctx_param] = TaskContext(job_id, attempt, sink, _Cancelled(worker, key), inputs)
         result = definition.func(**kwargs)
         if inspect.isgenerator(result):
-            items = []
-            try:
-                while True:
-                    item = next(result)
-                    sink.output(item)
-                    items.append(item)
-            except StopIteration as stop:
-                result = items if stop.value is None else stop.value
+            result = _outputs(result, sink)
         try:
             size = len(msgpack.packb(result, use_bin_type=True))
         except (TypeError, ValueError, OverflowError) as exc:
