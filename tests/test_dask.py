@@ -351,3 +351,22 @@ def test_a_worker_without_the_task_module_is_reported_and_its_jobs_fail_saying_w
             assert c.wait(c.submit("echo", {"value": 3}, mode="dask")["job_id"])["result"] == 3
     finally:
         cluster.close()
+
+
+def test_dask_jobs_wait_while_unreachable_and_survive_a_restart_without_the_mode(start_daemon: Any, workdir: str) -> None:
+    db = os.path.join(workdir, "kept.db")
+    port = _free_port()  # nothing listens there
+    d = start_daemon("--dask-scheduler", f"tcp://127.0.0.1:{port}", db=db, subdir="a")
+    with d.client() as c:
+        job = c.submit("echo", {"value": "later"}, mode="dask")
+        state = dask_state(c)
+        assert state["status"] == "connecting" and state["workers"] == 0  # it keeps trying, with backoff
+        assert c.request("stats")["slots"]["dask"] == 0
+        assert c.get(job["job_id"])["status"] == "pending"
+    assert d.terminate() == 0
+    # Restarted without the mode: the job is kept, waiting, and the daemon serves the rest.
+    d2 = start_daemon(db=db, subdir="b")
+    with d2.client() as c:
+        assert c.get(job["job_id"])["status"] == "pending"
+        assert "dask" not in c.request("stats")["slots"]
+        assert c.wait(c.submit("echo", {"value": 1})["job_id"])["result"] == 1

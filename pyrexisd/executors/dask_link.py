@@ -178,6 +178,9 @@ class ClusterLink:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        if self._supervisor is not None:
+            # A connection being made (to a scheduler that does not answer, say) is given up.
+            self._supervisor.cancel()
         closing = asyncio.run_coroutine_threadsafe(self._close(timeout), loop)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.wrap_future(closing), timeout + 5)
