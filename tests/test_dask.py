@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Daemon, RawClient, expect_error, require_alive, shared_daemon, wait_until
-from e2e_helpers import job_logs, read_pid, wait_status, wait_terminal
+from e2e_helpers import job_logs, read_pid, wait_pid_gone, wait_status, wait_terminal
 
 DEADLINE = 60.0
 
@@ -370,3 +370,20 @@ def test_dask_jobs_wait_while_unreachable_and_survive_a_restart_without_the_mode
         assert c.get(job["job_id"])["status"] == "pending"
         assert "dask" not in c.request("stats")["slots"]
         assert c.wait(c.submit("echo", {"value": 1})["job_id"])["result"] == 1
+
+
+def test_kill_9_of_the_daemon_leaves_no_local_worker_and_the_job_runs_again(start_daemon: Any, workdir: str) -> None:
+    db = os.path.join(workdir, "crash.db")
+    args = ("--tasks", "dask_tasks", "--dask-local", "1")
+    d = start_daemon(*args, db=db, subdir="a")
+    marker = os.path.join(workdir, "crash-marker")
+    with d.client() as c:
+        job = c.submit("dk.die_first", {"marker": marker})  # on_interrupt retry, the default
+    worker = read_pid(marker, DEADLINE)
+    d.kill9()
+    wait_pid_gone(worker, DEADLINE, "the LocalCluster worker of the killed daemon")
+    d2 = start_daemon(*args, db=db, subdir="b")
+    with d2.client() as c:
+        done = wait_terminal(c, job["job_id"], DEADLINE)
+        assert done["status"] == "completed" and done["result"] == "survived"
+        assert done["attempts"] == 2  # the lost attempt stays counted
