@@ -126,6 +126,18 @@ def test_cancel_of_a_long_task_reaches_the_cluster(client: RawClient, dk: Daemon
     assert client.wait(client.submit("echo", {"value": 7}, mode="dask")["job_id"])["result"] == 7
 
 
+def test_a_cancel_right_after_the_start_is_not_lost(client: RawClient, dk: Daemon) -> None:
+    # Each would run for a minute if its cancel did not reach the cluster.
+    ids = []
+    for i in range(10):
+        job = client.submit("dk.until_cancelled", {"marker": os.path.join(dk.workdir, f"quick-{i}")})
+        assert client.request("cancel", {"job_id": job["job_id"]})["status"] == "cancelled"
+        ids.append(job["job_id"])
+    wait_until(lambda: client.request("stats")["running_by_mode"].get("dask", 0) == 0, 30, 0.05, "every slot to be free")
+    wait_until(lambda: dask_state(client)["running"] == 0, 30, 0.05, "no attempt left on the cluster")
+    assert {client.get(job_id)["status"] for job_id in ids} == {"cancelled"}
+
+
 def test_timeout_ends_the_attempt_and_stops_the_task(client: RawClient, dk: Daemon) -> None:
     marker = os.path.join(dk.workdir, "timed-out")
     job = client.submit("dk.until_cancelled", {"marker": marker}, timeout=1.0)

@@ -40,7 +40,7 @@ MAX_BACKOFF = 30.0
 WATCH_INTERVAL = 1.0  # seconds between looks at the cluster's workers
 RPC_TIMEOUT = 10.0  # a scheduler that does not answer within this is taken as gone
 CONNECT_TIMEOUT = 10.0
-UNSTARTED_KEPT = 10_000
+TOKENS_KEPT = 10_000  # attempts remembered for an event that may still come
 LOST = "scheduler-connection-lost"  # Dask's reason when its client loses the scheduler
 
 
@@ -151,6 +151,9 @@ class ClusterLink:
         # Attempts ended before the link heard that they began: if they did begin after
         # all, they run abandoned (kept to a bound: most never begin).
         self._unstarted: OrderedDict[int, None] = OrderedDict()
+        # Aborts that came before their attempt reached this loop (a cancel just after the
+        # start): the attempt ends as soon as it arrives. Kept to a bound, like the above.
+        self._early_aborts: OrderedDict[int, AttemptLost] = OrderedDict()
 
     # -- the daemon's side (called on the daemon's loop) --------------------------------
     def start(self) -> None:
@@ -389,6 +392,9 @@ class ClusterLink:
         conn = self._conn
         if conn is None or conn.lost is not None or conn.client.status != "running":
             raise AttemptLost("scheduler_lost", f"not connected to the Dask cluster ({self._state.error or self._state.status})")
+        early = self._early_aborts.pop(token, None)
+        if early is not None:
+            raise early
         task = asyncio.current_task()
         assert task is not None
         run = conn.runs[token] = _Run(key, task)
@@ -421,7 +427,11 @@ class ClusterLink:
     def _abort(self, token: int, reason: AttemptLost) -> None:
         conn = self._conn
         run = conn.runs.get(token) if conn is not None else None
-        if run is None or run.aborted is not None:
+        if run is None:
+            self._early_aborts[token] = reason
+            _bound(self._early_aborts)
+            return
+        if run.aborted is not None:
             return
         run.aborted = reason
         run.task.cancel()
@@ -430,8 +440,7 @@ class ClusterLink:
                 self._publish(abandoned=self._state.abandoned + 1)
             else:
                 self._unstarted[token] = None
-                while len(self._unstarted) > UNSTARTED_KEPT:
-                    self._unstarted.popitem(last=False)
+                _bound(self._unstarted)
 
     async def _close(self, timeout: float) -> None:
         self._stopping = True
@@ -445,6 +454,12 @@ class ClusterLink:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._cluster.close(timeout=timeout), timeout + 1)
         self._publish(status="stopped", workers=0, threads=0)
+
+
+def _bound(tokens: OrderedDict[int, Any]) -> None:
+    """Forget the oldest of ``tokens`` beyond :data:`TOKENS_KEPT`."""
+    while len(tokens) > TOKENS_KEPT:
+        tokens.popitem(last=False)
 
 
 def _text(exc: BaseException) -> str:
