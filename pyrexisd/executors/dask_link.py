@@ -118,8 +118,9 @@ class ClusterLink:
     """Connects to ``scheduler`` (an address), or starts a LocalCluster of ``local``
     worker processes, and runs attempts there.
 
-    ``on_event(token, kind, payload)`` and ``on_state(state)`` are called on the
-    daemon's loop. ``modules`` are the task modules the workers must import.
+    ``on_event(events)`` (a list of ``(token, kind, payload)``, in the order sent) and
+    ``on_state(state)`` are called on the daemon's loop. ``modules`` are the task modules
+    the workers must import; ``topic`` is the Dask event topic of this daemon's attempts.
     """
 
     def __init__(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import uuid
 from typing import Any
 
@@ -30,11 +29,11 @@ from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.executors.dask_link import AttemptLost, ClusterLink, ClusterState
 from pyrexisd.executors.relay import EventRelay
 
-log = logging.getLogger(__name__)
-
-
 
 class DaskExecutor(Executor):
+    """Runs attempts on the cluster of ``scheduler`` (an address) or on a LocalCluster of
+    ``local`` worker processes; ``fixed_slots`` replaces the cluster's thread count."""
+
     mode = "dask"
 
     def __init__(
