@@ -117,6 +117,12 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
               help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
 @click.option("--max-buffered", type=click.IntRange(min=1024),
               help="Bytes of unfinished frames all connections together may make the daemon hold (default: 256 MiB, or max-frame if larger).")
+@click.option("--dask-scheduler", metavar="tcp://HOST:8786",
+              help="Run dask-mode jobs on the Dask cluster of this scheduler (needs the extra pyrexis[dask]).")
+@click.option("--dask-local", type=click.IntRange(min=1), metavar="N",
+              help="Run dask-mode jobs on a LocalCluster of N worker processes started with the daemon (needs pyrexis[dask]).")
+@click.option("--dask-slots", type=click.IntRange(min=1),
+              help="Dask-mode slots (default: the cluster's total threads, followed as workers come and go).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True, help="Event loop: uvloop when importable (auto).")
 @click.version_option(__version__, prog_name="pyrexisd")

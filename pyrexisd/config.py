@@ -98,6 +98,10 @@ class Config:
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # 0: idle connections are never closed
     max_buffered: int | None = None  # None: max(DEFAULT_MAX_BUFFERED, max_frame)
+    # -- the dask mode (extra pyrexis[dask]): on when a cluster is given, one way or the other --
+    dask_scheduler: str | None = None  # address of a running cluster's scheduler
+    dask_local: int | None = None  # workers of an in-process LocalCluster (one process each)
+    dask_slots: int | None = None  # None: the cluster's total threads
 
     def __post_init__(self) -> None:
         for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
@@ -136,6 +140,16 @@ class Config:
             raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
+        if self.dask_scheduler is not None and self.dask_local is not None:
+            raise ValueError("give dask_scheduler (a running cluster) or dask_local (a cluster of its own), not both")
+        if self.dask_scheduler is not None and "://" not in self.dask_scheduler:
+            raise ValueError(f"dask_scheduler must be an address such as tcp://HOST:8786, not {self.dask_scheduler!r}")
+        for name in ("dask_local", "dask_slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.dask_slots is not None and not self.dask_enabled:
+            raise ValueError("dask_slots needs the dask mode: give dask_scheduler or dask_local too")
         if self.max_args is not None and not 1 <= self.max_args <= self.frame_spec:
             raise ValueError(
                 f"max_args must be between 1 and {self.frame_spec} with this max_frame and max_result "
@@ -163,6 +177,16 @@ class Config:
     def tasks_for_users(self) -> frozenset[str]:
         """The tasks a peer that is not an admin may submit."""
         return frozenset(self.user_tasks if self.user_tasks is not None else default_user_tasks())
+
+    @property
+    def dask_enabled(self) -> bool:
+        """Whether the daemon runs the ``dask`` mode."""
+        return self.dask_scheduler is not None or self.dask_local is not None
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """The modes this daemon runs jobs in."""
+        return frozenset(self.slots) | ({"dask"} if self.dask_enabled else set())
 
     @property
     def slots(self) -> dict[str, int]:
