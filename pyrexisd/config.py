@@ -69,6 +69,7 @@ class Config:
     processes: int = field(default_factory=_cpus)
     async_slots: int = 1000
     shell_slots: int = field(default_factory=lambda: 2 * _cpus())
+    pipelines: int = 8  # pipeline jobs running at once
     sync: str = "full"
     log_level: str = "INFO"
     loop: str = "auto"
@@ -100,7 +101,7 @@ class Config:
     max_buffered: int | None = None  # None: max(DEFAULT_MAX_BUFFERED, max_frame)
 
     def __post_init__(self) -> None:
-        for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
+        for name in ("threads", "processes", "async_slots", "shell_slots", "pipelines", "max_inflight", "max_connections", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("max_waiting", "max_waiting_per_user", "max_running_per_user"):
