@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PIPELINE_TASK = "pipeline"  # the built-in task whose jobs are pipelines
-PIPELINE_MODE = "pipeline"  # their mode: they take a pipeline slot, not an executor's
+from protocol.status import PIPELINE_MODE, PIPELINE_TASK
+
+__all__ = ["PIPELINE_MODE", "PIPELINE_TASK", "InputSpec", "PipelineSpec", "StageSpec", "spec_from", "stage_label"]
 
 StageMode = Literal["thread", "process", "async", "shell"]
 OnItemError = Literal["fail", "skip"]

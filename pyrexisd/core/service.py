@@ -293,7 +293,7 @@ class Service:
         return await self._store.read_outputs(job_seq, since, LOG_PAGE)
 
     def log_signal(self, job_seq: int) -> asyncio.Future[None]:
-        """Resolves at the next commit of log lines or of an end of ``job_seq``."""
+        """Resolves at the next commit of log lines, outputs or an end of ``job_seq``."""
         return self.ledger.log_signal(job_seq)
 
     def subscribe(self, caller: Caller, flt: EventFilter) -> Subscription:

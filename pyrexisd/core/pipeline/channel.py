@@ -33,6 +33,15 @@ class Channel:
     def closed(self) -> bool:
         return self._closed
 
+    def offer(self, unit: Unit) -> bool:
+        """Add ``unit`` if there is room now (the hot path: no coroutine); False if full."""
+        if len(self._items) >= self.capacity:
+            return False
+        self._items.append(unit)
+        if self._takers:
+            _wake(self._takers)
+        return True
+
     async def put(self, unit: Unit) -> None:
         """Add ``unit``, waiting while the channel is full."""
         while len(self._items) >= self.capacity:

@@ -31,7 +31,7 @@ from protocol.errors import StorageError, WireError
 from protocol.pipeline import spec_from
 from pyrexisd.core.attempt import Attempt, AttemptEvents, PublishStored
 from pyrexisd.core.pipeline.calls import ItemCache, ItemFailure, NoCache, StageCaller, Stopped
-from pyrexisd.core.pipeline.channel import Channel
+from pyrexisd.core.pipeline.channel import Channel, Unit
 from pyrexisd.core.pipeline.figures import StageFigures
 from pyrexisd.core.pipeline.lineage import Lineage, Resume
 from pyrexisd.core.pipeline.plan import PipelinePlan, build_plan
@@ -208,7 +208,8 @@ class PipelineRun:
                     self.done += 1
                     continue
                 lineage.enter(origin, offset, end)
-                await first.put((origin, value))
+                if not first.offer((origin, value)):
+                    await first.put((origin, value))
         first.close()
 
     async def _stage(self, index: int) -> None:
@@ -244,37 +245,45 @@ class PipelineRun:
                         return
                     self._left(origin, index)
                 continue
-            for (origin, _), values in zip(units, made, strict=True):
-                if not await self._hand_on(index, origin, values):
-                    return
+            if index + 1 < len(self.channels):
+                await self._hand_on(index, units, made)
+            elif not self._keep(index, units, made):
+                return
+            if self.sink.pending >= SINK_HIGH:
+                # The store is the last stage's downstream: wait for it like for a channel.
+                async with self._checkpointing:
+                    if self.sink.pending >= SINK_HIGH:
+                        await self._checkpoint()
 
-    async def _hand_on(self, index: int, origin: int, values: list[Any]) -> bool:
-        """The values one item made at stage ``index`` go on; False if the pipeline fails."""
+    async def _hand_on(self, index: int, units: list[Unit], made: list[list[Any]]) -> None:
+        """What the items of one call made at stage ``index`` goes into the next stage."""
         figures = self.figures[index]
-        if index + 1 < len(self.channels):
-            self.lineage.handed_on(origin, index, len(values))
+        lineage = self.lineage
+        nxt = self.channels[index + 1]
+        for (origin, _), values in zip(units, made, strict=True):
+            lineage.handed_on(origin, index, len(values))
             figures.items_out += len(values)
-            nxt = self.channels[index + 1]
             for value in values:
-                await nxt.put((origin, value))
+                if not nxt.offer((origin, value)):
+                    await nxt.put((origin, value))
             self._left(origin, index)
-            return True
-        sink = self.sink
-        for value in values:
-            problem = sink.accept(value)
-            if problem is None:
-                figures.items_out += 1
-                continue
-            figures.errors += 1
-            self._item_failed(origin, index, ItemFailure("exception", problem))
-            if self.failure is not None:
-                return False
-        self._left(origin, index)
-        if sink.pending >= SINK_HIGH:
-            # The store is the last stage's downstream: wait for it like for a channel.
-            async with self._checkpointing:
-                if sink.pending >= SINK_HIGH:
-                    await self._checkpoint()
+
+    def _keep(self, index: int, units: list[Unit], made: list[list[Any]]) -> bool:
+        """What the items of one call made at the last stage goes into the sink; False if
+        the pipeline fails."""
+        figures = self.figures[index]
+        accept = self.sink.accept
+        for (origin, _), values in zip(units, made, strict=True):
+            for value in values:
+                problem = accept(value)
+                if problem is None:
+                    figures.items_out += 1
+                    continue
+                figures.errors += 1
+                self._item_failed(origin, index, ItemFailure("exception", problem))
+                if self.failure is not None:
+                    return False
+            self._left(origin, index)
         return True
 
     def _left(self, origin: int, index: int) -> None:
