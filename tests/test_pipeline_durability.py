@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 from conftest import Daemon, wait_until
+from e2e_helpers import rss_kib
 
 ARGS = ("--tasks", "pipeline_tasks", "--kill-grace", "2")
 
@@ -112,14 +113,6 @@ def test_a_graceful_restart_checkpoints_at_once_and_resumes(start_daemon: Callab
     assert done["status"] == "completed", done
     assert done["attempts"] == 2
     check_resumed(effects, out, count, finished, bound=2 * (4 + 2))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_memory_stays_flat_across_a_million_items(start_daemon: Callable[..., Daemon], workdir: str) -> None:
