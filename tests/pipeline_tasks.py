@@ -100,3 +100,10 @@ def record(x: int, path: str, seconds: float = 0.0) -> int:
     with open(path, "a") as fh:
         fh.write(f"{x}\n")
     return x
+
+
+@task
+async def padded(x: int, size: int) -> dict[str, Any]:
+    """x with ``size`` bytes of padding: outputs that fill a disk."""
+    await asyncio.sleep(0.002)
+    return {"x": x, "pad": "x" * size}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sqlite3
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ from typing import Any
 import msgpack
 from conftest import Daemon, wait_until
 from e2e_helpers import rss_kib
+from test_storage_faults import PipedDaemon
 
 ARGS = ("--tasks", "pipeline_tasks", "--kill-grace", "2")
 
@@ -144,3 +146,32 @@ def test_memory_stays_flat_across_a_million_items(start_daemon: Callable[..., Da
     # Holding anything per item would add well over 100 MiB by the millionth item.
     growth = max(late) - max(early)
     assert growth < 24 * 1024, f"RSS grew by {growth} KiB after the first 200,000 items: {samples}"
+
+
+def test_a_full_disk_holds_a_pipeline_back_and_loses_no_output(workdir: str) -> None:
+    d = PipedDaemon(workdir, (*ARGS, "--log-level", "INFO")).start()
+    count = 300
+    spec = {"input": {"items": list(range(count))}, "stages": [{"task": "padded", "args": {"size": 2000}}]}
+    try:
+        with d.client() as c:
+            job_id = c.submit("pipeline", spec)["job_id"]
+            sizes = [os.path.getsize(d.db + suffix) for suffix in ("", "-wal") if os.path.exists(d.db + suffix)]
+            _soft, hard = resource.prlimit(d.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (max(sizes) + 32 * 1024, hard))
+            try:
+                wait_until(lambda: "not stored" in d.log(), 60, 0.05, "a checkpoint to fail on the full disk")
+                stuck = c.get(job_id)
+                assert stuck["status"] == "running"
+            finally:
+                resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, hard))
+            done = c.wait(job_id, timeout=90)
+            assert done["status"] == "completed", done
+            events, final = c.stream("outputs", {"job_id": job_id})
+            assert final["ok"]
+            # Nothing lost, nothing twice, no gap in the seqs.
+            assert [e["seq"] for e in events] == list(range(1, count + 1))
+            assert sorted(e["value"]["x"] for e in events) == list(range(count))
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)

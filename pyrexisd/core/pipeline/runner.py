@@ -37,6 +37,7 @@ from pyrexisd.core.pipeline.lineage import Lineage, Resume
 from pyrexisd.core.pipeline.plan import PipelinePlan, build_plan
 from pyrexisd.core.pipeline.sinks import FileSink, Sink, SinkError, StoredSink
 from pyrexisd.core.pipeline.sources import BadItem, Source, SourceError, open_source
+from pyrexisd.core.waiting import STORAGE_RETRY
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome, RunAs
 from pyrexisd.store import Store
 from pyrexisd.tasks.registry import Registry
@@ -250,10 +251,7 @@ class PipelineRun:
             elif not self._keep(index, units, made):
                 return
             if self.sink.pending >= SINK_HIGH:
-                # The store is the last stage's downstream: wait for it like for a channel.
-                async with self._checkpointing:
-                    if self.sink.pending >= SINK_HIGH:
-                        await self._checkpoint()
+                await self._drain_sink()
 
     async def _hand_on(self, index: int, units: list[Unit], made: list[list[Any]]) -> None:
         """What the items of one call made at stage ``index`` goes into the next stage."""
@@ -285,6 +283,17 @@ class PipelineRun:
                     return False
             self._left(origin, index)
         return True
+
+    async def _drain_sink(self) -> None:
+        """The store is the last stage's downstream: wait for it like for a channel (and,
+        while it cannot commit, hold the stages back rather than pile outputs up)."""
+        async with self._checkpointing:
+            while self.sink.pending >= SINK_HIGH and not self.stopping:
+                try:
+                    await self._checkpoint()
+                except StorageError as exc:
+                    log.warning("outputs of pipeline %s not stored yet, retrying: %s", self.row.job_id, exc)
+                    await asyncio.sleep(STORAGE_RETRY)
 
     def _left(self, origin: int, index: int) -> None:
         if self.lineage.done_at(origin, index):
@@ -342,7 +351,7 @@ class PipelineRun:
         row = self.row
         now = self.env.clock()
         captured = self.sink.capture(now)
-        await self.sink.persist(captured)
+        await self.sink.persist(captured)  # StorageError: the sink keeps what it could not write
         state = self._state(now)
         progress = self._progress()
         try:

@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from protocol.errors import StorageError
 from pyrexisd.core.model import JobRow, OutputItem, stored_problem
 
 
@@ -71,7 +72,7 @@ class StoredSink:
 
     @property
     def pending(self) -> int:
-        return len(self.values)
+        return len(self.values) + len(self.retry)
 
     async def open(self) -> None:
         return None
@@ -116,6 +117,7 @@ class FileSink:
         self.total = total
         self.owner = owner
         self._lines: list[str] = []
+        self._carry = Captured()  # lines a failed checkpoint did not get into the file
         self._fd: int | None = None
 
     async def open(self) -> None:
@@ -151,23 +153,28 @@ class FileSink:
 
     @property
     def pending(self) -> int:
-        return len(self._lines)
+        return len(self._lines) + self._carry.count
 
     def capture(self, now: float) -> Captured:
         lines, self._lines = self._lines, []
-        count = len(lines)
+        carry, self._carry = self._carry, Captured()
         data = ("\n".join(lines) + "\n").encode() if lines else b""
-        return Captured(count, data=data)
+        return Captured(carry.count + len(lines), data=carry.data + data)
 
     async def persist(self, captured: Captured) -> None:
         fd = self._fd
         assert fd is not None, "open() first"
-        await asyncio.to_thread(_write_all, fd, captured.data, self.offset)
+        try:
+            # At the committed length: a try that failed half-way is simply written over.
+            await asyncio.to_thread(_write_all, fd, captured.data, self.offset)
+        except OSError as exc:
+            self._carry = captured
+            raise StorageError(f"cannot write the output {self.path}: {exc.strerror or exc}") from None
         self.offset += len(captured.data)
         self.total += captured.count
 
     def give_back(self, captured: Captured) -> None:
-        return None  # the lines are in the file; the next checkpoint records a later length
+        return None  # written: the next checkpoint records a later length
 
     def close(self) -> None:
         if self._fd is not None:
