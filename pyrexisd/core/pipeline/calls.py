@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from protocol.errors import InvalidRequest
 from pyrexisd.core.pipeline.figures import StageFigures
 from pyrexisd.core.pipeline.plan import StagePlan
+from pyrexisd.core.pipeline.sinks import JSON_LINE
 from pyrexisd.executors.base import Executor, JobCall, Outcome, RunAs
 from pyrexisd.tasks.builtin import ShellCommand, shell
 from pyrexisd.tasks.registry import TaskDef, make_task
@@ -246,7 +247,7 @@ class StageCaller:
         return outcome, made
 
     def _write_stdin(self, values: list[Any]) -> str:
-        data = "".join(json.dumps(v, ensure_ascii=False, allow_nan=False) + "\n" for v in values).encode()
+        data = "".join(JSON_LINE.encode(v) + "\n" for v in values).encode()
         path = os.path.join(self.workdir, f"pyrexis-stdin-{secrets.token_hex(8)}.jsonl")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

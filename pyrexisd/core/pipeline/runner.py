@@ -350,10 +350,13 @@ class PipelineRun:
         """Commit the outputs gathered so far with the state that covers them."""
         row = self.row
         now = self.env.clock()
+        # The state is taken with the outputs, before anything is awaited: items that
+        # finish meanwhile have their outputs in the next checkpoint, and must not count
+        # as finished in this one.
         captured = self.sink.capture(now)
-        await self.sink.persist(captured)  # StorageError: the sink keeps what it could not write
-        state = self._state(now)
+        state = self._state(now, *self.sink.after(captured))
         progress = self._progress()
+        await self.sink.persist(captured)  # StorageError: the sink keeps what it could not write
         try:
             await self.env.store.write(
                 outputs=captured.items, checkpoints=[(row.seq, state, progress, row.output_seq)]
@@ -377,7 +380,7 @@ class PipelineRun:
             message += f", {self.errors} errors"
         return {"fraction": fraction, "message": message}
 
-    def _state(self, now: float) -> dict[str, Any]:
+    def _state(self, now: float, output_offset: int, outputs: int) -> dict[str, Any]:
         """The pipeline's record: figures per stage, items, and where a resume starts."""
         plan = self.plan
         marks = self.lineage.watermarks()
@@ -390,12 +393,12 @@ class PipelineRun:
                 **figures, "contiguous": marks[stage.index],
             })  # fmt: skip
         resume = self.lineage.resume().record()
-        resume["output_offset"] = self.sink.offset
+        resume["output_offset"] = output_offset
         resume["output_seq"] = self.row.output_seq
         return {
             "stages": stages,
             "items": {"known": self.source.known, "read": self.lineage.next, "done": self.done, "errors": self.errors},
-            "outputs": self.sink.total,
+            "outputs": outputs,
             "output": plan.spec.output,
             "on_item_error": plan.spec.on_item_error,
             "errors": self.kept_errors,

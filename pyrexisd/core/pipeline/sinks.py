@@ -19,6 +19,9 @@ from typing import Any, Protocol
 from protocol.errors import StorageError
 from pyrexisd.core.model import JobRow, OutputItem, stored_problem
 
+# One encoder made once: json.dumps with options builds a new one per call.
+JSON_LINE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
 
 class SinkError(Exception):
     """The output cannot be opened (another user's file, a directory in the way)."""
@@ -49,6 +52,10 @@ class Sink(Protocol):
         ...
 
     def capture(self, now: float) -> Captured: ...
+
+    def after(self, captured: Captured) -> tuple[int, int]:
+        """The file's length and the outputs kept once ``captured`` is persisted."""
+        ...
 
     async def persist(self, captured: Captured) -> None: ...
 
@@ -96,6 +103,9 @@ class StoredSink:
         self.values = []
         self.total = row.output_seq
         return Captured(len(items), items)
+
+    def after(self, captured: Captured) -> tuple[int, int]:
+        return 0, self.total
 
     async def persist(self, captured: Captured) -> None:
         return None
@@ -145,7 +155,7 @@ class FileSink:
 
     def accept(self, value: Any) -> str | None:
         try:
-            line = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            line = JSON_LINE.encode(value)
         except (TypeError, ValueError) as exc:
             return f"the output is not JSON: {exc}"
         self._lines.append(line)
@@ -160,6 +170,9 @@ class FileSink:
         carry, self._carry = self._carry, Captured()
         data = ("\n".join(lines) + "\n").encode() if lines else b""
         return Captured(carry.count + len(lines), data=carry.data + data)
+
+    def after(self, captured: Captured) -> tuple[int, int]:
+        return self.offset + len(captured.data), self.total + captured.count
 
     async def persist(self, captured: Captured) -> None:
         fd = self._fd
