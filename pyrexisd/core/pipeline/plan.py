@@ -211,21 +211,20 @@ def _check_files(spec: PipelineSpec, uid: int) -> None:
 
 
 def owned_file_problem(path: str, uid: int, must_exist: bool) -> str | None:
-    """Why ``uid`` may not have the daemon use ``path`` (None if it may): the file must
-    be a regular file of ``uid`` (not a link), or, when it does not exist yet, be made in
-    a directory of ``uid``."""
+    """Why ``uid`` may not have the daemon use ``path`` (None if it may): an input must be
+    a regular file of ``uid`` (not a link); an output must be made in a directory of
+    ``uid``, and, if it is there already, be a regular file of ``uid``."""
+    if not must_exist:
+        try:
+            parent = os.stat(os.path.dirname(path) or "/")
+        except OSError as exc:
+            return f"its directory cannot be used: {exc.strerror}"
+        if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != uid:
+            return "not in a directory of yours"
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        if must_exist:
-            return "no such file"
-        try:
-            parent = os.lstat(os.path.dirname(path) or "/")
-        except OSError as exc:
-            return f"its directory cannot be read: {exc.strerror}"
-        if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != uid:
-            return "it would be made in a directory that is not yours"
-        return None
+        return "no such file" if must_exist else None
     except OSError as exc:
         return f"cannot be read: {exc.strerror}"
     if not stat.S_ISREG(st.st_mode):
