@@ -14,6 +14,7 @@ from pyrexisd.core.background import Background
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline.calls import ItemCache, NoCache
 from pyrexisd.core.pipeline.runner import PipelineEnv, Pipelines
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
@@ -64,10 +65,12 @@ def build_core(
     clock: Callable[[], float] = time.time,
     window: int = DEFAULT_WINDOW,
     daemon_uid: int | None = None,
+    pipeline_cache: ItemCache | None = None,
 ) -> Core:
     """A core on ``store``, running work on ``executors`` (mode → executor), for a daemon
     running as ``daemon_uid`` (this process's effective uid by default); ``window`` ready
-    jobs per queue and mode are held in memory, the others paged in from the store."""
+    jobs per queue and mode are held in memory, the others paged in from the store;
+    ``pipeline_cache`` answers pipeline stages' calls it holds (none by default)."""
     slots = {mode: ex.slots for mode, ex in executors.items()}
     slots[PIPELINE_MODE] = config.pipelines
     scheduler = Scheduler(slots, clock, config.aging, window=window)
@@ -79,8 +82,10 @@ def build_core(
     waiting = Waiting(store, ledger, scheduler, background, clock)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
     pipelines = Pipelines(
-        PipelineEnv(store, ledger.publish_stored, executors, registry, config.max_result, clock,
-                     lambda uid: owners.is_admin(owners.of(uid)))
+        PipelineEnv(
+            store, ledger.publish_stored, executors, registry, config.max_result, clock,
+            lambda uid: owners.is_admin(owners.of(uid)), pipeline_cache or NoCache(),
+        )  # fmt: skip
     )
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,

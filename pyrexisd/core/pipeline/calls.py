@@ -175,6 +175,7 @@ class StageCaller:
             if hit is not None:
                 mapped = self._per_item(values, hit.value)
                 if not isinstance(mapped, ItemFailure):
+                    self.figures.cached += len(values)
                     return mapped
         tries = 0
         while True:

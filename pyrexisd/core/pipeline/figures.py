@@ -15,7 +15,7 @@ SAMPLES = 1024
 
 
 class StageFigures:
-    __slots__ = ("items_in", "items_out", "errors", "retries", "busy", "calls", "_per_item")
+    __slots__ = ("items_in", "items_out", "errors", "retries", "busy", "calls", "cached", "_per_item")
 
     def __init__(self, previous: dict[str, Any] | None = None) -> None:
         prev = previous or {}
@@ -25,6 +25,7 @@ class StageFigures:
         self.retries = int(prev.get("retries", 0))
         self.busy = float(prev.get("busy", 0.0))
         self.calls = int(prev.get("calls", 0))
+        self.cached = int(prev.get("cached", 0))  # items answered by the result cache
         self._per_item: deque[float] = deque(maxlen=SAMPLES)
 
     def timed(self, seconds: float, items: int) -> None:
@@ -49,6 +50,7 @@ class StageFigures:
             "retries": self.retries,
             "busy": round(self.busy, 6),
             "calls": self.calls,
+            "cached": self.cached,
             "p50": None if p50 is None else round(p50, 6),
             "p99": None if p99 is None else round(p99, 6),
             "queue": queue,
