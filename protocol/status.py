@@ -25,6 +25,10 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
 MODES: tuple[str, ...] = ("thread", "process", "async", "shell", "dask")
+# A pipeline is a job of the built-in task "pipeline", run in a mode of its own (its
+# stages' calls run in the modes above).
+PIPELINE_TASK = "pipeline"
+PIPELINE_MODE = "pipeline"
 
 ERROR_TYPES: tuple[str, ...] = (
     "exception",

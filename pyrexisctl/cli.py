@@ -1249,3 +1249,7 @@ def bench(
         render.echo_ndjson(result.as_dict() for result in results)
     else:
         click.echo(bench_module.results_table(results))
+
+
+# Commands kept in modules of their own; they register themselves on ``main``.
+from pyrexisctl import pipeline_cli  # noqa: E402, F401

@@ -78,6 +78,7 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
 @click.option("--processes", type=click.IntRange(min=1), help="Process-mode slots (default: CPUs).")
 @click.option("--async-slots", type=click.IntRange(min=1), help="Async-mode slots (default: 1000).")
 @click.option("--shell-slots", type=click.IntRange(min=1), help="Shell-mode slots (default: 2 × CPUs).")
+@click.option("--pipelines", type=click.IntRange(min=1), help="Pipelines running at once (default: 8); their stages use the executors' pools.")
 @click.option("--sync", type=click.Choice(["full", "normal"]), default="full", show_default=True,
               help="SQLite synchronous: full survives power loss; normal may lose the last commits on power loss (not on a crash).")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds running jobs get to finish on shutdown.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
+from protocol.status import PIPELINE_MODE
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
@@ -69,6 +70,7 @@ class Config:
     processes: int = field(default_factory=_cpus)
     async_slots: int = 1000
     shell_slots: int = field(default_factory=lambda: 2 * _cpus())
+    pipelines: int = 8  # pipeline jobs running at once
     sync: str = "full"
     log_level: str = "INFO"
     loop: str = "auto"
@@ -104,7 +106,7 @@ class Config:
     dask_slots: int | None = None  # None: the cluster's total threads
 
     def __post_init__(self) -> None:
-        for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
+        for name in ("threads", "processes", "async_slots", "shell_slots", "pipelines", "max_inflight", "max_connections", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("max_waiting", "max_waiting_per_user", "max_running_per_user"):
@@ -186,7 +188,10 @@ class Config:
     @property
     def modes(self) -> frozenset[str]:
         """The modes this daemon runs jobs in."""
-        return frozenset(self.slots) | ({"dask"} if self.dask_enabled else set())
+        extra = {"dask"} if self.dask_enabled else set()
+        if self.pipelines:
+            extra.add(PIPELINE_MODE)
+        return frozenset(self.slots) | extra
 
     @property
     def slots(self) -> dict[str, int]:

@@ -150,7 +150,7 @@ def discover_task_modules(config: Config) -> tuple[str, ...]:
 
 def load_tasks(registry: Registry, config: Config, modules: tuple[str, ...]) -> None:
     """Register the built-ins, then import each task module (its ``@task``s register)."""
-    register_builtins(registry, enable_shell=config.enable_shell)
+    register_builtins(registry, enable_shell=config.enable_shell, pipelines=True)
     for module in modules:
         try:
             importlib.import_module(module)

@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import Conflict, InvalidState, ShuttingDown, StorageError, Unauthorized
+from protocol.pipeline import PIPELINE_TASK
 from protocol.status import WAITING
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
@@ -292,7 +293,7 @@ class Service:
         return await self._store.read_outputs(job_seq, since, LOG_PAGE)
 
     def log_signal(self, job_seq: int) -> asyncio.Future[None]:
-        """Resolves at the next commit of log lines or of an end of ``job_seq``."""
+        """Resolves at the next commit of log lines, outputs or an end of ``job_seq``."""
         return self.ledger.log_signal(job_seq)
 
     def subscribe(self, caller: Caller, flt: EventFilter) -> Subscription:
@@ -323,12 +324,21 @@ class Service:
             "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in store.split.items()},
             "sync": store.sync,
         }
+        # Running pipelines and their figures per stage, as of their last checkpoint.
+        out["pipelines"] = {
+            row.job_id: _pipeline_summary(row)
+            for row in self.dispatch.running_pipelines()
+            if self.owners.sees(caller, row.owner)
+        }
         return out
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""
         allowed = None if caller.admin else self.admission.user_tasks
-        return [t.describe() for t in self.registry.all() if allowed is None or t.name in allowed]
+        # A pipeline is open to everyone: what its stages may run is checked at submit.
+        return [
+            t.describe() for t in self.registry.all() if allowed is None or t.name in allowed or t.name == PIPELINE_TASK
+        ]
 
     # -- queues and schedules -------------------------------------------------------------
     def queue_rows(self, caller: Caller) -> list[dict[str, Any]]:
@@ -363,3 +373,8 @@ class Service:
 
     async def remove_schedule(self, caller: Caller, name: str) -> None:
         await self.schedules.remove(name, self.owners.lets(caller))
+
+
+def _pipeline_summary(row: JobRow) -> dict[str, Any]:
+    state = row.pipeline or {}
+    return {"items": state.get("items"), "outputs": state.get("outputs"), "stages": state.get("stages", [])}
