@@ -14,6 +14,8 @@ from protocol.paths import resolve_socket_path
 from pyrexisd import __version__
 from pyrexisd.access import resolve_group, resolve_user
 from pyrexisd.config import (
+    DEFAULT_CACHE_MAX_BYTES,
+    DEFAULT_CACHE_MAX_ENTRIES,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -117,6 +119,10 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
               help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
 @click.option("--max-buffered", type=click.IntRange(min=1024),
               help="Bytes of unfinished frames all connections together may make the daemon hold (default: 256 MiB, or max-frame if larger).")
+@click.option("--cache-max-entries", type=click.IntRange(min=0), default=DEFAULT_CACHE_MAX_ENTRIES, show_default=True,
+              help="Entries the result cache keeps; the least recently used go first (0: cache nothing).")
+@click.option("--cache-max-bytes", type=click.IntRange(min=0), default=DEFAULT_CACHE_MAX_BYTES, show_default=True,
+              help="Bytes of packed results the result cache keeps; the least recently used go first (0: cache nothing).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True, help="Event loop: uvloop when importable (auto).")
 @click.version_option(__version__, prog_name="pyrexisd")

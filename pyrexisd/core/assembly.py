@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pyrexisd.config import Config
 from pyrexisd.core.attempt import AttemptLimits
 from pyrexisd.core.background import Background
+from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.owners import Owners
@@ -39,11 +40,14 @@ class Core:
     metrics: Metrics
     store: Store
     clock: Callable[[], float]
+    cache: ResultCache | None = None
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
         daemon left running, the waiting jobs. Nothing runs yet."""
         await self.ledger.load()
+        if self.cache is not None:
+            await self.cache.load(self.service.registry.all())
         await self.queues.load()
         await recover_interrupted(self.store, self.ledger, self.clock)
         await self.waiting.load()
@@ -74,12 +78,13 @@ def build_core(
     ledger = Ledger(store, hub, metrics, scheduler, clock, owners)
     waiting = Waiting(store, ledger, scheduler, background, clock)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
+    cache = ResultCache(store, clock, config.cache_max_entries, config.cache_max_bytes, config.max_result)
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
-        config.kill_grace, clock, owners, config.max_running_per_user,
+        config.kill_grace, clock, owners, config.max_running_per_user, cache,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
     service = Service(
-        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners
+        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, cache
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock)
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, cache)
