@@ -128,8 +128,9 @@ def code_fingerprint(definition: TaskDef) -> bytes:
         out.update(b"bytecode\0")
         _code_digest(code, out)
     out.update(b"\0name\0" + definition.name.encode())
-    out.update(b"\0module\0" + definition.module.encode())
-    out.update(b"\0version\0" + package_version(definition.module).encode())
+    module = definition.module or ""  # None for a function made by exec
+    out.update(b"\0module\0" + module.encode())
+    out.update(b"\0version\0" + package_version(module).encode())
     return out.digest()
 
 
