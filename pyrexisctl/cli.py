@@ -718,8 +718,7 @@ def _submit_jsonl(settings: Settings, source: IO[bytes], chunk: int) -> None:
             code = f"{exc.code}: " if exc.code else ""
             click.echo(f"error: {code}{exc.message}", err=True)
             click.echo(
-                f"  {accepted} jobs from the lines before its chunk were submitted; "
-                f"nothing from its chunk on was",
+                f"  submitted before its chunk: {accepted} jobs (ids above); nothing from its chunk on",
                 err=True,
             )
             _exit(EXIT_ERROR)
