@@ -93,8 +93,8 @@ class _AsyncOps(_AsyncConnection):
         all_users: bool = False,
         since: float | None = None,
     ) -> AsyncIterator[Record]:
-        """Every matching job, oldest first, walking all pages of ``list`` (one page in
-        memory at a time)."""
+        """Every matching job, oldest first, walking all pages of ``list``."""
+        # One page in memory at a time: ``export`` streams a million jobs through this.
         after: str | None = None
         while True:
             page = await self.list(status, task, queue, page_size, after, all_users, since)
