@@ -763,18 +763,32 @@ def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **option
     _submit_and_maybe_wait("shell", args, options, shell=True)
 
 
+def filter_options(func: F) -> F:
+    """``--status``, ``--queue``, ``--task`` and ``--all-users``: which jobs a listing holds."""
+    options: list[Callable[[F], F]] = [
+        click.option(
+            "--status",
+            "-s",
+            "statuses",
+            multiple=True,
+            metavar="S",
+            callback=_split_commas,
+            help="Only jobs in this status (repeatable, or comma-separated).",
+        ),
+        click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue."),
+        click.option("--task", "-t", metavar="T", help="Only jobs of this task."),
+        click.option(
+            "--all-users",
+            "-u",
+            is_flag=True,
+            help="Every user's jobs, not only your own (root and the daemon's user only).",
+        ),
+    ]
+    return _apply(func, options)
+
+
 @main.command(name="list")
-@click.option(
-    "--status",
-    "-s",
-    "statuses",
-    multiple=True,
-    metavar="S",
-    callback=_split_commas,
-    help="Only jobs in this status (repeatable, or comma-separated).",
-)
-@click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue.")
-@click.option("--task", "-t", metavar="T", help="Only jobs of this task.")
+@filter_options
 @click.option(
     "--limit",
     "-n",
@@ -782,12 +796,6 @@ def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **option
     help="At most N jobs (default 100); with --all, the page size.",
 )
 @click.option("--all", "all_pages", is_flag=True, help="Every matching job, page after page.")
-@click.option(
-    "--all-users",
-    "-u",
-    is_flag=True,
-    help="Every user's jobs, not only your own (root and the daemon's user only).",
-)
 @json_option
 def list_jobs(
     statuses: list[str],
@@ -853,21 +861,8 @@ def _time_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 @main.command()
 @click.option("--jsonl", "as_jsonl", is_flag=True, default=True, help="One JSON record per line (the only format; the default).")
-@click.option(
-    "--status",
-    "-s",
-    "statuses",
-    multiple=True,
-    metavar="S",
-    callback=_split_commas,
-    help="Only jobs in this status (repeatable, or comma-separated).",
-)
-@click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue.")
-@click.option("--task", "-t", metavar="T", help="Only jobs of this task.")
+@filter_options
 @click.option("--since", metavar="TIME", callback=_time_arg, help="Only jobs created at TIME or later (epoch s, ISO date/time, or an age: 2h).")
-@click.option(
-    "--all-users", "-u", is_flag=True, help="Every user's jobs, not only your own (root and the daemon's user only)."
-)
 @click.option("--page", type=click.IntRange(1, 10_000), default=1000, show_default=True, metavar="N", help="Jobs read per request.")
 def export(
     as_jsonl: bool,
