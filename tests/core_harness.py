@@ -91,6 +91,8 @@ def work(x: int = 0) -> int:
 def make_registry() -> Registry:
     registry = Registry()
     registry.add(make_task(work, name="work", mode="thread"))
+    # The same function with its results cached for a minute (of the fake clock).
+    registry.add(make_task(work, name="cached_work", mode="thread", cache_ttl=60))
     return registry
 
 

@@ -407,7 +407,8 @@ class Dispatch:
         if cache is None or (definition.inputs_param is not None and row.depends_on):
             return
         try:
-            key = cache.key_of_args(definition, row.args, row.owner)
+            # A job older than ownership is the daemon's: keyed as the daemon's jobs are.
+            key = cache.key_of_args(definition, row.args, self.owners.of(row.owner))
         except InvalidRequest:  # args the task loaded now refuses: nothing to key on
             return
         cache.put(key, row.result, row.job_id, definition.cache_ttl)
