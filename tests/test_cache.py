@@ -317,6 +317,8 @@ def test_the_args_are_keyed_as_validated_and_per_owner(tmp_path: Any) -> None:
     assert key != cache.key_of_args(definition, {"n": 4}, 1000)
     assert key != cache.key_of_args(definition, {"n": 3}, 1001)
     assert canonical_args({"b": 1, "a": b"\xff"}) == canonical_args({"a": b"\xff", "b": 1})
+    assert canonical_args({"a": b"ab"}) != canonical_args({"a": "ab"})
+    assert canonical_args({"s": {3, 1, 2}}) == canonical_args({"s": {2, 3, 1}})
 
 
 def test_a_package_version_is_part_of_the_key() -> None:

@@ -35,7 +35,6 @@ import hashlib
 import heapq
 import importlib.metadata
 import inspect
-import json
 import logging
 import sys
 import types
@@ -47,6 +46,7 @@ from typing import Any
 
 import msgpack
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from protocol.errors import StorageError
 from pyrexisd.config import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
@@ -135,25 +135,30 @@ def code_fingerprint(definition: TaskDef) -> bytes:
 
 
 def canonical_args(validated: BaseModel | Mapping[str, Any]) -> bytes:
-    """The validated args as canonical bytes: JSON with sorted keys, or (for values JSON
-    cannot hold, such as bytes) msgpack of the same with maps sorted."""
-    try:
-        data = validated.model_dump(mode="json") if isinstance(validated, BaseModel) else validated
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode()
-    except (TypeError, ValueError):
-        plain = validated.model_dump() if isinstance(validated, BaseModel) else validated
-        packed: bytes = msgpack.packb(_sorted(plain), use_bin_type=True, default=repr)
-        return b"\0msgpack\0" + packed
+    """The validated args as canonical bytes: msgpack (which tells bytes from text) of
+    the values, every map's keys in one order, sets sorted, and any other type tagged
+    with its name and its JSON form."""
+    data = validated.model_dump() if isinstance(validated, BaseModel) else validated
+    packed: bytes = msgpack.packb(_ordered(data), use_bin_type=True, default=_tagged)
+    return packed
 
 
-def _sorted(value: Any) -> Any:
+def _ordered(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return [[repr(k), _sorted(value[k])] for k in sorted(value, key=repr)]
+        return {k: _ordered(value[k]) for k in sorted(value, key=repr)}
     if isinstance(value, (list, tuple)):
-        return [_sorted(v) for v in value]
+        return [_ordered(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted((_sorted(v) for v in value), key=repr)
+        return sorted((_ordered(v) for v in value), key=repr)
     return value
+
+
+def _tagged(value: Any) -> Any:
+    try:
+        plain = to_jsonable_python(value)
+    except (TypeError, ValueError):
+        plain = repr(value)
+    return [f"{type(value).__module__}.{type(value).__qualname__}", _ordered(plain)]
 
 
 class ResultCache:
