@@ -14,14 +14,31 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from core_harness import ADMIN, DAEMON_UID, CoreHarness, running_core, user, writer_blocked
+from core_harness import (
+    ADMIN,
+    DAEMON_UID,
+    CoreHarness,
+    make_registry,
+    running_core,
+    user,
+    work,
+    writer_blocked,
+)
 
 from pyrexisd.executors.base import Outcome
+from pyrexisd.tasks.registry import Registry, make_task
+
+
+def cached_registry() -> Registry:
+    """The harness's tasks, and ``work`` again with its results cached for a minute."""
+    registry = make_registry()
+    registry.add(make_task(work, name="cached_work", mode="thread", cache_ttl=60))
+    return registry
 
 
 @pytest.fixture
 async def h(tmp_path: Any) -> AsyncIterator[CoreHarness]:
-    async with running_core(os.path.join(tmp_path, "core.db")) as harness:
+    async with running_core(os.path.join(tmp_path, "core.db"), registry=cached_registry()) as harness:
         yield harness
 
 
@@ -52,7 +69,8 @@ async def test_a_hit_is_served_until_the_ttl_runs_out_on_the_clock(h: CoreHarnes
 async def test_one_users_results_never_answer_anothers(tmp_path: Any) -> None:
     """Given a result cached for one user, then the same call by another user runs, and
     each sees (and clears) only its own entries."""
-    async with running_core(os.path.join(tmp_path, "core.db"), user_tasks=("cached_work",)) as h:
+    path = os.path.join(tmp_path, "core.db")
+    async with running_core(path, registry=cached_registry(), user_tasks=("cached_work",)) as h:
         await _two_users(h)
 
 
