@@ -597,7 +597,8 @@ for stdin) holds a JSON list of job specs, or {"jobs": [...]}. A spec
 has the fields of the protocol's JobSpec: "task" (required), "args",
 "job_id", "priority", "queue", "mode", "timeout", "max_retries",
 "depends_on" (ids of existing jobs or of specs earlier in the file),
-"dependency_policy", "run_at", "delay", "labels", "on_interrupt".
+"dependency_policy", "run_at", "delay", "labels", "on_interrupt",
+"cache" (false: not answered from the result cache).
 Example:
   [{"task": "echo", "job_id": "fetch", "args": {"value": 1}},
    {"task": "echo", "job_id": "build", "depends_on": ["fetch"]},
