@@ -25,6 +25,7 @@ from core_harness import (
     writer_blocked,
 )
 
+from pyrexisd.core.cache import StageCache
 from pyrexisd.executors.base import Outcome
 from pyrexisd.tasks.registry import Registry, make_task
 
@@ -111,3 +112,29 @@ async def test_a_result_whose_commit_fails_is_cached_once_its_end_commits(h: Cor
     assert (hit["status"], hit["cached_from"]) == ("completed", job["job_id"])
     stats = h.service.cache_stats(ADMIN, "cached_work")
     assert stats["entries"] == 1 and stats["bytes"] == len(b"\xa4late")
+
+
+async def test_a_pipeline_stage_asks_the_same_cache_per_call(h: CoreHarness) -> None:
+    """Given the cache as a stage sees it, then a call of a cached task misses, is kept,
+    then hits (counted with the task's figures); another owner's calls and a task
+    without ``cache`` are never answered."""
+    cache = h.core.cache
+    assert cache is not None
+    cached, plain = h.service.registry.get("cached_work"), h.service.registry.get("work")
+    stage = StageCache(cache, DAEMON_UID, "pipe-1")
+    assert await stage.lookup(cached, {"x": 5}) is None
+    stage.store(cached, {"x": 5}, [25])
+    stage.store(plain, {"x": 5}, [25])
+    assert cache.stats()["entries"] == 1
+    digest = cache.key(cached, {"x": 5}, DAEMON_UID).digest
+    for _ in range(500):  # its write is a lazy one: committed within milliseconds
+        if await h.store.cache_results([digest]):
+            break
+        await asyncio.sleep(0.01)
+
+    hit = await stage.lookup(cached, {"x": 5})
+    assert hit is not None and (hit.value, hit.job_id) == ([25], "pipe-1")
+    assert await stage.lookup(plain, {"x": 5}) is None
+    assert await StageCache(cache, 1001).lookup(cached, {"x": 5}) is None
+    figures = cache.stats(task="cached_work")["tasks"][0]
+    assert (figures["hits"], figures["misses"], figures["entries"]) == (1, 2, 1)

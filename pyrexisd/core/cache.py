@@ -14,7 +14,8 @@ here. An entry's key is a digest of
 The API is small so that jobs and pipeline stages use it alike: :meth:`ResultCache.key`
 (definition, validated args, owner → :class:`CacheKey`), :meth:`ResultCache.lookup`
 (and ``lookup_many``, one read for a batch), :meth:`ResultCache.put`,
-:meth:`ResultCache.stats` and :meth:`ResultCache.clear`. Admission computes the key of a
+:meth:`ResultCache.stats` and :meth:`ResultCache.clear`; :class:`StageCache` is the same
+seen by a pipeline stage's calls (``lookup(task, args)`` / ``store(task, args, value)``). Admission computes the key of a
 job that may be answered from the cache, the service looks it up before the job is
 stored (a hit is stored ``completed``, never run), and dispatch puts a completed job's
 result once its end has committed. Failed results are never put.
@@ -73,6 +74,11 @@ class Hit:
 
     result: Any
     job_id: str
+
+    @property
+    def value(self) -> Any:
+        """The result (the name a pipeline stage's call uses)."""
+        return self.result
 
 
 @dataclass(slots=True)
@@ -393,6 +399,28 @@ class ResultCache:
         fut = self.store.write(cache=writes, lazy=True)
         fut.add_done_callback(_log_failure)
         return fut
+
+
+class StageCache:
+    """The result cache as a pipeline stage asks it, one call at a time: ``args`` are the
+    call's arguments (its item included), the task's own ``cache``/``cache_ttl`` decide,
+    and entries are ``owner``'s, named after ``source`` (the pipeline job's id)."""
+
+    def __init__(self, cache: ResultCache, owner: int | None = None, source: str = "pipeline") -> None:
+        self.cache = cache
+        self.owner = owner
+        self.source = source
+
+    async def lookup(self, task: TaskDef, args: Mapping[str, Any]) -> Hit | None:
+        """The kept value of this call, or None (a task without ``cache``: always None)."""
+        if not task.cache or not self.cache.enabled:
+            return None
+        return await self.cache.lookup(self.cache.key(task, args, self.owner))
+
+    def store(self, task: TaskDef, args: Mapping[str, Any], value: Any) -> None:
+        """Keep a successful call's value (a task without ``cache``: nothing is kept)."""
+        if task.cache:
+            self.cache.put(self.cache.key(task, args, self.owner), value, self.source, task.cache_ttl)
 
 
 def _log_failure(fut: asyncio.Future[None]) -> None:
