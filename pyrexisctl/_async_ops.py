@@ -23,6 +23,7 @@ from pyrexisctl._wire import (
     UNSET,
     Record,
     RecordList,
+    _cache_args,
     _hello_args,
     _job_args,
     _list_args,
@@ -34,6 +35,7 @@ from pyrexisctl._wire import (
     _record,
     _rows,
     _schedule_args,
+    _since_filter,
     _spec,
     _submit_many_args,
     _Unset,
@@ -71,13 +73,18 @@ class _AsyncOps(_AsyncConnection):
         limit: int | None = None,
         after: str | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> Record:
         """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``.
 
         Only the caller's own jobs, unless ``all_users`` (an admin's right: root and the
-        daemon's uid; anyone else gets ``Unauthorized``)."""
-        args = _list_args(status, task, queue, limit, after, all_users)
-        return _record(await self.request("list", args))
+        daemon's uid; anyone else gets ``Unauthorized``); with ``since`` (a time), only
+        those created at that time or later."""
+        args = _list_args(status, task, queue, limit, after, all_users, since)
+        page = _record(await self.request("list", args))
+        if since is not None:
+            page["jobs"] = _since_filter(page.get("jobs"), since)
+        return page
 
     async def iter_jobs(
         self,
@@ -86,11 +93,13 @@ class _AsyncOps(_AsyncConnection):
         queue: str | None = None,
         page_size: int | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[Record]:
         """Every matching job, oldest first, walking all pages of ``list``."""
+        # One page in memory at a time: ``export`` streams a million jobs through this.
         after: str | None = None
         while True:
-            page = await self.list(status, task, queue, page_size, after, all_users)
+            page = await self.list(status, task, queue, page_size, after, all_users, since)
             # No "yield from" in an asynchronous generator, so the generated copy loops too.
             for job in page.get("jobs") or []:  # noqa: UP028
                 yield job
@@ -257,3 +266,14 @@ class _AsyncOps(_AsyncConnection):
     async def schedule_remove(self, name: str) -> None:
         """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
         await self.request("schedule_remove", {"name": name})
+
+    async def cache_stats(self, task: str | None = None) -> Record:
+        """The result cache's figures: ``{entries, bytes, max_entries, max_bytes, tasks}``,
+        ``tasks`` a list of ``{task, entries, bytes, hits, misses, evictions}`` (of
+        ``task`` only, when given). A caller that is not an admin sees its own entries."""
+        return _record(await self.request("cache_stats", _cache_args(task)))
+
+    async def cache_clear(self, task: str | None = None) -> Record:
+        """Remove cached results (of ``task``, when given): ``{removed, bytes}``. An admin
+        clears every user's, anyone else its own."""
+        return _record(await self.request("cache_clear", _cache_args(task)))

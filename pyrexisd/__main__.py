@@ -14,6 +14,8 @@ from protocol.paths import resolve_socket_path
 from pyrexisd import __version__
 from pyrexisd.access import resolve_group, resolve_user
 from pyrexisd.config import (
+    DEFAULT_CACHE_MAX_BYTES,
+    DEFAULT_CACHE_MAX_ENTRIES,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -124,6 +126,10 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
               help="Run dask-mode jobs on a LocalCluster of N worker processes started with the daemon (needs pyrexis[dask]).")
 @click.option("--dask-slots", type=click.IntRange(min=1),
               help="Dask-mode slots (default: the cluster's total threads, followed as workers come and go).")
+@click.option("--cache-max-entries", type=click.IntRange(min=0), default=DEFAULT_CACHE_MAX_ENTRIES, show_default=True,
+              help="Entries the result cache keeps; the least recently used go first (0: cache nothing).")
+@click.option("--cache-max-bytes", type=click.IntRange(min=0), default=DEFAULT_CACHE_MAX_BYTES, show_default=True,
+              help="Bytes of packed results the result cache keeps; the least recently used go first (0: cache nothing).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True, help="Event loop: uvloop when importable (auto).")
 @click.version_option(__version__, prog_name="pyrexisd")

@@ -36,6 +36,8 @@ DEFAULT_MAX_STREAMS = 128
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
+DEFAULT_CACHE_MAX_ENTRIES = 100_000
+DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
 def default_user_tasks(euid: int | None = None) -> tuple[str, ...]:
@@ -104,6 +106,9 @@ class Config:
     dask_scheduler: str | None = None  # address of a running cluster's scheduler
     dask_local: int | None = None  # workers of an in-process LocalCluster (one process each)
     dask_slots: int | None = None  # None: the cluster's total threads
+    # -- the result cache (pyrexisd.core.cache); 0 entries or 0 bytes: nothing is kept --
+    cache_max_entries: int = DEFAULT_CACHE_MAX_ENTRIES
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
 
     def __post_init__(self) -> None:
         for name in ("threads", "processes", "async_slots", "shell_slots", "pipelines", "max_inflight", "max_connections", "max_streams"):
@@ -123,6 +128,8 @@ class Config:
             raise ValueError("max_buffered must be at least max_frame (a whole frame must fit)")
         if any(uid < 0 for uid in self.allow_users) or any(gid < 0 for gid in self.allow_groups):
             raise ValueError("uids and gids are >= 0")
+        if self.cache_max_entries < 0 or self.cache_max_bytes < 0:
+            raise ValueError("the result cache's bounds are >= 0 (0: keep nothing)")
         if self.sync not in ("full", "normal"):
             raise ValueError("sync must be 'full' or 'normal'")
         if self.loop not in LOOPS:

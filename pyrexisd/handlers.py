@@ -70,6 +70,7 @@ class ListArgs(_Args):
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
     after: str | None = None
     all_users: bool = False
+    since: float | None = None
 
 
 class WatchArgs(_Args):
@@ -121,6 +122,10 @@ class ScheduleNameArgs(_Args):
     name: str = Field(min_length=1)
 
 
+class CacheArgs(_Args):
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class Handlers:
     """The op table's handlers, one method per op, all on one :class:`Service`."""
 
@@ -152,6 +157,8 @@ class Handlers:
             "schedule_add": self.schedule_add,
             "schedule_list": self.schedule_list,
             "schedule_remove": self.schedule_remove,
+            "cache_stats": self.cache_stats,
+            "cache_clear": self.cache_clear,
         }
         """Op name → handler. ``hello`` lists exactly these ops."""
 
@@ -182,7 +189,7 @@ class Handlers:
     async def list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ListArgs, args)
         return await self.service.list_jobs(
-            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users
+            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users, a.since
         )
 
     async def cancel(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
@@ -297,6 +304,12 @@ class Handlers:
     async def schedule_remove(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         await self.service.remove_schedule(caller, parse(ScheduleNameArgs, args).name)
         return {}
+
+    async def cache_stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return self.service.cache_stats(caller, parse(CacheArgs, args).task)
+
+    async def cache_clear(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.cache_clear(caller, parse(CacheArgs, args).task)
 
 
 async def _follow_stored(service: Service, a: LogsArgs, stream: Stream, caller: Caller, kind: str) -> dict[str, int]:
