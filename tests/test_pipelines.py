@@ -314,3 +314,24 @@ def test_an_unknown_stage_task_is_unknown_task_and_nothing_is_accepted(c: RawCli
     error = expect_error("unknown_task", lambda: c.submit("pipeline", {"input": {"items": [1]}, "stages": [{"task": "nope"}]}))
     assert error.details["task"] == "nope"
     assert len(c.request("list", {"task": "pipeline", "limit": 10_000})["jobs"]) == len(before)
+
+
+# -- the result cache, per item -------------------------------------------------------------
+
+def test_a_cached_stage_task_runs_each_item_once_across_pipelines(c: RawClient, tmp_path: Any) -> None:
+    """A stage whose task is declared ``cache=True`` asks the daemon's result cache per
+    item: a second pipeline over the same items runs none of them again."""
+    noted = tmp_path / "calls"
+    spec = {"input": {"items": [1, 2, 3, 4]}, "stages": [{"task": "square_noted", "args": {"path": str(noted)}}]}
+    first = run(c, spec)
+    assert first["status"] == "completed", first
+    assert sorted(noted.read_text().split()) == ["1", "2", "3", "4"]
+    assert stage(first, 0)["cached"] == 0
+
+    second = run(c, {**spec, "input": {"items": [3, 4, 5]}})
+    assert second["status"] == "completed", second
+    assert sorted(stored_outputs(c, second["job_id"])) == [9, 16, 25]
+    assert sorted(noted.read_text().split()) == ["1", "2", "3", "4", "5"]  # only 5 ran
+    assert stage(second, 0)["cached"] == 2
+    (row,) = c.request("cache_stats", {"task": "square_noted"})["tasks"]
+    assert row["hits"] == 2 and row["entries"] == 5, row
