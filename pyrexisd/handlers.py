@@ -31,6 +31,7 @@ from pyrexisd.events import (
     progress_event,
     state_event,
 )
+from pyrexisd.prometheus import CONTENT_TYPE
 from pyrexisd.server import Handler, Stream
 from pyrexisd.store import QueueChanges
 
@@ -150,6 +151,7 @@ class Handlers:
             "schedule_add": self.schedule_add,
             "schedule_list": self.schedule_list,
             "schedule_remove": self.schedule_remove,
+            "metrics": self.metrics,
         }
         """Op name → handler. ``hello`` lists exactly these ops."""
 
@@ -275,6 +277,9 @@ class Handlers:
 
     async def stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return self.service.stats(caller)
+
+    async def metrics(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"text": self.service.metrics_text(caller), "content_type": CONTENT_TYPE}
 
     async def tasks(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return {"tasks": self.service.task_list(caller)}

@@ -69,6 +69,7 @@ def build_core(
     scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
+    store.on_commit = metrics.committed
     background = Background()
     owners = Owners(daemon_uid)
     ledger = Ledger(store, hub, metrics, scheduler, clock, owners)

@@ -35,6 +35,7 @@ from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
 from pyrexisd.executors.base import Outcome
 from pyrexisd.metrics import Metrics
+from pyrexisd.prometheus import Exporter
 from pyrexisd.recurring import Recurring
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import QueueChanges, Store
@@ -75,6 +76,7 @@ class Service:
         self.owners = owners if owners is not None else ledger.owners
         self.admission = Admission(registry, config, clock, self.owners, metrics)
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
+        self.exporter = Exporter(metrics, lambda: self.scheduler.slots, lambda: self.queues.rows(None))
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -318,6 +320,13 @@ class Service:
             "sync": store.sync,
         }
         return out
+
+    def metrics_text(self, caller: Caller) -> str:
+        """Every metric in the Prometheus text format: the whole daemon's figures, so only
+        for admins (the counts are everyone's)."""
+        if not caller.admin:
+            raise Unauthorized("only an admin may read the daemon's metrics: they count every user's jobs")
+        return self.exporter.text().decode()
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""
