@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
+from pyrexisd.http.address import HttpAddress
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
@@ -35,6 +36,9 @@ DEFAULT_MAX_STREAMS = 128
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
+DEFAULT_HTTP_MAX_BODY = 1024 * 1024
+DEFAULT_HTTP_RATE = 100.0  # requests per second per client, with bursts of twice as many
+DEFAULT_HTTP_MAX_STREAMS = 64
 
 
 def default_user_tasks(euid: int | None = None) -> tuple[str, ...]:
@@ -98,6 +102,12 @@ class Config:
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # 0: idle connections are never closed
     max_buffered: int | None = None  # None: max(DEFAULT_MAX_BUFFERED, max_frame)
+    # -- the HTTP listener (pyrexisd.http; off unless http is set) --
+    http: str | None = None  # HOST:PORT, [V6]:PORT or unix:/path
+    http_token_file: str | None = None  # required off loopback: every request needs the token
+    http_max_body: int = DEFAULT_HTTP_MAX_BODY
+    http_rate: float | None = DEFAULT_HTTP_RATE  # None: no limit
+    http_max_streams: int = DEFAULT_HTTP_MAX_STREAMS  # Server-Sent Events streams, all clients
 
     def __post_init__(self) -> None:
         for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
@@ -136,6 +146,14 @@ class Config:
             raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
+        if self.http is not None:
+            HttpAddress.parse(self.http)  # ValueError with the reason
+        if self.http_max_body < 1024:
+            raise ValueError("http_max_body must be at least 1024 bytes")
+        if self.http_rate is not None and self.http_rate <= 0:
+            raise ValueError("http_rate must be > 0 (or unset: no limit)")
+        if self.http_max_streams < 1:
+            raise ValueError("http_max_streams must be at least 1")
         if self.max_args is not None and not 1 <= self.max_args <= self.frame_spec:
             raise ValueError(
                 f"max_args must be between 1 and {self.frame_spec} with this max_frame and max_result "

@@ -18,13 +18,16 @@ import fcntl
 import importlib
 import importlib.metadata
 import logging
+import math
 import os
 import resource
 import signal
 import socket
 import stat
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from protocol.errors import PyrexisError, StorageError
 from pyrexisd import systemd
@@ -38,11 +41,15 @@ from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.spawner import SpawnerError
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
+from pyrexisd.http.address import HttpAddress, read_token
 from pyrexisd.server import Limits, Server
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
 from pyrexisd.workers import WorkerRegistry
+
+if TYPE_CHECKING:  # the HTTP listener's modules need the http extra: imported when used
+    from pyrexisd.http.listener import HttpListener
 
 log = logging.getLogger("pyrexisd")
 
@@ -205,6 +212,88 @@ def _makedirs(path: str, mode: int) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
 
 
+class HttpSetup:
+    """The HTTP listener's part of the start: checked first, bound with the protocol's
+    socket, served once the core is ready (:class:`~pyrexisd.http.listener.HttpListener`)."""
+
+    def __init__(self, address: HttpAddress, token: bytes | None) -> None:
+        self.address = address
+        self.token = token
+        self.sock: socket.socket | None = None
+        self.shown = ""
+
+    def bind(self) -> None:
+        try:
+            self.sock = self.address.bind()
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HTTP on {self.address.path or self.address.host}:"
+                               f" {exc.strerror or exc}") from None  # fmt: skip
+        self.shown = self.address.shown(self.sock)
+
+    def unbind(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        path = self.address.path
+        if path is not None and self.sock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def listener(self, handlers: Handlers, config: Config) -> HttpListener:
+        from pyrexisd.http.guard import GuardSettings
+        from pyrexisd.http.listener import HttpListener
+
+        assert self.sock is not None
+        address = self.address
+        settings = GuardSettings(
+            token=self.token,
+            max_body=config.http_max_body,
+            rate=config.http_rate,
+            check_host=self.token is None and not address.is_unix,
+        )
+        # Requests still open when the daemon has finished its own stop are cut after this.
+        wait = math.ceil(config.grace + STOP_COMMIT_WAIT) + 5
+        return HttpListener(self.sock, handlers, settings, config.http_max_streams, wait)
+
+
+def prepare_http(config: Config) -> HttpSetup:
+    """Check ``--http`` before the daemon starts anything: the extra is installed, and an
+    address other than the loopback or a Unix path comes with a token file."""
+    from pyrexisd.http import missing_extra
+
+    assert config.http is not None
+    hint = missing_extra()
+    if hint is not None:
+        raise StartupError(hint)
+    address = HttpAddress.parse(config.http)
+    token = None
+    if config.http_token_file is not None:
+        try:
+            token = read_token(config.http_token_file)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+    elif not address.is_local:
+        raise StartupError(
+            f"refusing to serve HTTP on {config.http} without --http-token-file: "
+            "only loopback addresses and unix: paths are served without a token"
+        )
+    if token is None and not address.is_unix and os.geteuid() == 0:
+        log.warning("HTTP on %s without a token: every local user may act as root through it "
+                    "(use unix:/path or --http-token-file)", config.http)  # fmt: skip
+    return HttpSetup(address, token)
+
+
+def connection_figures(server: Server, http: HttpListener | None) -> list[Metric]:
+    """The servers' share of the metrics: connections and streams open now."""
+    conns = GaugeMetricFamily("pyrexis_connections", "Client connections open now.", labels=["transport"])
+    streams = GaugeMetricFamily("pyrexis_streams", "Streams open now (wait with events, logs, watch).", labels=["transport"])
+    conns.add_metric(["socket"], float(len(server.connections)))
+    streams.add_metric(["socket"], float(sum(c.open_streams for c in server.connections)))
+    if http is not None:
+        conns.add_metric(["http"], float(http.connections))
+        streams.add_metric(["http"], float(http.slots.metrics.http_streams))
+    return [conns, streams]
+
+
 class Daemon:
     """One daemon: owns the store, the job core and the server."""
 
@@ -215,6 +304,7 @@ class Daemon:
         self.core: Core | None = None
         self.server: Server | None = None
         self.access = AccessPolicy(config.allow_users, config.allow_groups)
+        self.http: HttpSetup | None = None
 
     def _on_signal(self, signum: int) -> None:
         # Only flags: the main coroutine does the work in order.
@@ -234,6 +324,8 @@ class Daemon:
         # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
+            if config.http is not None:
+                self.http = prepare_http(config)  # before anything else: a missing extra is one line
             try:
                 _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
             except OSError as exc:
@@ -243,6 +335,8 @@ class Daemon:
             try:
                 listening, where = self._bind()
                 try:
+                    if self.http is not None:
+                        self.http.bind()  # with the other socket: before any job can run
                     modules = discover_task_modules(config)
                     load_tasks(REGISTRY, config, modules)
                     _warn_of_unknown_user_tasks(config, REGISTRY)
@@ -262,6 +356,8 @@ class Daemon:
                             _remove_socket(where)
                     if where is not None:
                         where.close()
+                    if self.http is not None:
+                        self.http.unbind()
             finally:
                 for lock in locks:
                     lock.close()
@@ -313,11 +409,18 @@ class Daemon:
         core.metrics.loop_lag.start()
         schedules = core.service.schedules
         await schedules.start()
-        server = Server(Handlers(core.service, config.max_frame).table, server_limits(config), self.access)
+        handlers = Handlers(core.service, config.max_frame)
+        server = Server(handlers.table, server_limits(config), self.access)
         self.server = server
         watchdog: asyncio.Task[None] | None = None
+        http = None if self.http is None else self.http.listener(handlers, config)
+        core.service.exporter.add(lambda: connection_figures(server, http))
         try:
             await server.listen(listening, None if where is None else lambda: _remove_socket(where))
+            if http is not None:
+                assert self.http is not None
+                await http.start()
+                log.info("HTTP API and dashboard on %s", self.http.shown)
             access = self.access
             log.info(
                 "pyrexisd ready on %s (db %s, sync %s, slots %s, %s)",
@@ -333,6 +436,8 @@ class Daemon:
 
             systemd.notify("STOPPING=1\nSTATUS=draining running jobs")
             server.stop_accepting()
+            if http is not None:
+                http.stop_accepting()
             schedules.stop()
             core.stop_taking_work()
             await core.dispatch.drain(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
@@ -346,6 +451,8 @@ class Daemon:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if http is not None:
+                await http.close()
             await server.close()
         log.info("pyrexisd stopped")
         return 0
