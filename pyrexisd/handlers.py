@@ -70,6 +70,7 @@ class ListArgs(_Args):
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
     after: str | None = None
     all_users: bool = False
+    newest_first: bool = False
 
 
 class WatchArgs(_Args):
@@ -182,7 +183,7 @@ class Handlers:
     async def list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ListArgs, args)
         return await self.service.list_jobs(
-            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users
+            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users, a.newest_first
         )
 
     async def cancel(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:

@@ -613,9 +613,11 @@ class Store:
         after: tuple[float, str] | None,
         owner: int | None = None,
         unowned_too: bool = False,
+        newest_first: bool = False,
     ) -> list[JobRow]:
-        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``;
-        only ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
+        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``
+        (or newest first, strictly before it); only ``owner``'s when given (and the jobs
+        without an owner, with ``unowned_too``)."""
         where: list[str] = []
         params: list[Any] = []
         if owner is not None:
@@ -631,12 +633,12 @@ class Store:
             where.append("queue = ?")
             params.append(queue)
         if after is not None:
-            where.append("(created_at, job_id) > (?, ?)")
+            where.append("(created_at, job_id) < (?, ?)" if newest_first else "(created_at, job_id) > (?, ?)")
             params.extend(after)
         sql = _SELECT_JOB
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, job_id LIMIT ?"
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?" if newest_first else " ORDER BY created_at, job_id LIMIT ?"
         params.append(limit)
 
         def q(conn: sqlite3.Connection) -> list[JobRow]:

@@ -260,8 +260,10 @@ class Service:
         limit: int,
         after: str | None,
         all_users: bool = False,
+        newest_first: bool = False,
     ) -> dict[str, Any]:
-        """A page of records, oldest first, and the cursor of the next page (or None).
+        """A page of records, oldest first (or newest first), and the cursor of the next
+        page (or None).
 
         The caller's own jobs, or with ``all_users`` every user's (admins only). A page is
         cut short where its records would not fit in one frame; one record always fits
@@ -272,7 +274,7 @@ class Service:
         cursor = decode_cursor(after) if after else None
         owner = None if all_users else caller.uid
         unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
-        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned)
+        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned, newest_first)
         more = len(rows) > limit
         rows = rows[:limit]
         budget = self.config.max_frame - FRAME_ENVELOPE

@@ -34,7 +34,6 @@ from pyrexisd.http.sse import SseStream, StreamSlots, sse_body
 from pyrexisd.prometheus import CONTENT_TYPE
 from pyrexisd.server import Stream
 
-
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -213,7 +212,7 @@ def build_app(handlers: Handlers, slots: StreamSlots) -> FastAPI:
             raise InvalidRequest("the body must be a job spec or a list of them", {"errors": [{"loc": ["body"], "msg": "an object or an array"}]})
         return await op("submit", body)
 
-    @app.get("/jobs", tags=["jobs"], summary="A page of jobs, oldest first")
+    @app.get("/jobs", tags=["jobs"], summary="A page of jobs, oldest first (or newest first)")
     async def list_jobs(
         status: Annotated[list[str] | None, Query(description="Repeat for several statuses.")] = None,
         task: str | None = None,
@@ -221,9 +220,10 @@ def build_app(handlers: Handlers, slots: StreamSlots) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
         after: Annotated[str | None, Query(description="The `next` cursor of the previous page.")] = None,
         all_users: bool = False,
+        newest_first: bool = False,
     ) -> Any:
         return await op("list", {"status": status, "task": task, "queue": queue, "limit": limit,
-                                 "after": after, "all_users": all_users})  # fmt: skip
+                                 "after": after, "all_users": all_users, "newest_first": newest_first})  # fmt: skip
 
     @app.get("/jobs/{job_id}", tags=["jobs"], responses=_record_doc("The job's record."))
     async def get_job(job_id: JobId) -> Any:

@@ -25,8 +25,8 @@ It also counts each answer by method, route template and status for the metrics.
 from __future__ import annotations
 
 import hmac
-import logging
 import ipaddress
+import logging
 import math
 import time
 from collections import OrderedDict
