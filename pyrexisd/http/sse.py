@@ -131,7 +131,7 @@ async def sse_body(
             if task.done():
                 break
             arrival = stream.arrival()
-            done, _ = await asyncio.wait({task, arrival}, timeout=HEARTBEAT)
+            done, _ = await asyncio.wait({task, arrival}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 yield b": keep-alive\n\n"
         for event in stream.take():
