@@ -213,10 +213,9 @@ async function loadRunning() {
 async function loadQueues() {
   const [stats, queues] = await Promise.all([api("GET", "/stats"), api("GET", "/queues")]);
   const by = stats.by_status || {};
-  $("#stats").textContent =
-    `up ${Math.round(stats.uptime)} s · ${by.running || 0} running · ${Object.entries(by)
-      .filter(([s]) => !["running"].includes(s)).map(([s, n]) => `${n} ${s}`).join(" · ")}` +
-    ` · ${stats.completed_per_s.toFixed(1)} completed/s`;
+  const counts = Object.entries(by).filter(([s]) => s !== "running").map(([s, n]) => `${n} ${s}`);
+  $("#stats").textContent = [`up ${Math.round(stats.uptime)} s`, `${by.running || 0} running`, ...counts,
+    `${stats.completed_per_s.toFixed(1)} completed/s`].join(" · ");
   const now = Date.now() / 1000;
   if (lastByQueue) {
     const dt = Math.max(1e-3, now - lastByQueue.at);
