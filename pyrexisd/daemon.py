@@ -1,10 +1,11 @@
 """The daemon's lifecycle, told in the order things happen (:meth:`Daemon.run`).
 
-Start: capture signals (they only set flags), take the database lock, bind the socket
-(in a directory only the daemon's uid can write, with the modes the access policy needs;
-refusing a live daemon, removing a stale socket) before any job can run, open the store,
-load the core and recover the jobs the last daemon left running, start dispatch, serve.
-Stop: stop accepting, stop the schedules, let running jobs finish within the grace period
+Start: capture signals (they only set flags), check ``--http`` (its extra, its token),
+take the database lock, bind the socket (in a directory only the daemon's uid can write,
+with the modes the access policy needs; refusing a live daemon, removing a stale socket)
+and the HTTP listener's before any job can run, open the store, load the core and
+recover the jobs the last daemon left running, start dispatch, serve (the socket, then
+HTTP). Stop: stop accepting (both), stop the schedules, let running jobs finish within the grace period
 (a second signal skips it), interrupt the rest, fail the waiters, close connections and
 executors, remove the socket.
 """
