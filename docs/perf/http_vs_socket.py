@@ -16,7 +16,8 @@ minimal keep-alive HTTP/1.1 client written here on asyncio streams (``RawHttp``)
 figures compare the daemon's two fronts, not two client libraries (httpx, measured too,
 spends several milliseconds of its own per request on a loaded 2-core box).
 
-Prints jobs/s per workload and transport, and the HTTP/socket ratio of each round.
+Prints jobs/s per workload and transport, the HTTP/socket ratio of each round, and the
+daemon's CPU (all its threads, from ``/proc/PID/stat``) per job of each.
 """
 
 from __future__ import annotations
@@ -75,10 +76,24 @@ class RawHttp:
             self.writer.close()
 
 
+DAEMON_PID = 0
+
+
+def daemon_cpu() -> float:
+    fields = Path(f"/proc/{DAEMON_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+LAST_CPU: list[float] = []
+
+
 async def timed(n: int, work: Callable[[], Awaitable[None]]) -> float:
+    cpu = daemon_cpu()
     started = time.perf_counter()
     await work()
-    return n / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    LAST_CPU.append((daemon_cpu() - cpu) / n * 1e6)
+    return n / elapsed
 
 
 async def socket_round(client: AsyncClient, n: int) -> dict[str, float]:
@@ -177,6 +192,8 @@ async def main(n: int, rounds: int) -> None:
              "--http", "127.0.0.1:0", "--http-rate", "0"],
             stderr=log, stdout=log, stdin=subprocess.DEVNULL,
         )  # fmt: skip
+    global DAEMON_PID
+    DAEMON_PID = daemon.pid
     try:
         url = None
         for _ in range(600):
@@ -190,12 +207,15 @@ async def main(n: int, rounds: int) -> None:
             await client.pause(QUEUE)
             print(f"{n} echo submits per workload into a paused queue; {rounds} rounds: socket, HTTP, HTTP via httpx")
             for r in range(rounds):
+                LAST_CPU.clear()
                 s = await socket_round(client, n)
                 h = await raw_http_round(url, n)
+                cpu = list(LAST_CPU)  # socket's three, then HTTP's three
                 x = await http_round(url, n)
-                for name in s:
-                    print(f"round {r + 1} {name:>10}: socket {s[name]:7.0f}/s   HTTP {h[name]:7.0f}/s "
-                          f"(HTTP/socket {h[name] / s[name]:.2f})   httpx {x[name]:7.0f}/s")  # fmt: skip
+                for i, name in enumerate(s):
+                    print(f"round {r + 1} {name:>10}: socket {s[name]:7.0f}/s {cpu[i]:5.0f} µs CPU/job   "
+                          f"HTTP {h[name]:7.0f}/s {cpu[i + 3]:5.0f} µs CPU/job (HTTP/socket {h[name] / s[name]:.2f})   "
+                          f"httpx {x[name]:7.0f}/s")  # fmt: skip
     finally:
         daemon.terminate()
         daemon.wait(60)
