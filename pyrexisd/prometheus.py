@@ -106,9 +106,14 @@ class Exporter:
         for mode, n in sorted(self._slots().items()):
             slots.add_metric([mode], float(n))
         yield slots
-        paused = GaugeMetricFamily("pyrexis_queue_paused", "1 while the queue is paused.", labels=["queue"])
+        paused = GaugeMetricFamily("pyrexis_queue_paused", "1 while the queue is paused (_other: any of them).",
+                                   labels=["queue"])  # fmt: skip
+        by_label: dict[str, float] = {}
         for row in self._queues():
-            paused.add_metric([m.queue_label(str(row["queue"]))], 1.0 if row["paused"] else 0.0)
+            label = m.queue_label(str(row["queue"]))
+            by_label[label] = max(by_label.get(label, 0.0), 1.0 if row["paused"] else 0.0)
+        for label, value in sorted(by_label.items()):
+            paused.add_metric([label], value)
         yield paused
 
         yield histogram("pyrexis_store_commit_seconds", "Group commits: from a batch's start to its writers told.",

@@ -402,6 +402,17 @@ def test_queue_label_values_are_capped() -> None:
     assert len(queues) == MAX_LABEL_VALUES + 1 and OTHER in queues
     assert metrics.submitted[(OTHER, "echo")] == 50
 
+    # Exported, every folded series appears once (duplicates would make the text invalid).
+    from pyrexisd.prometheus import Exporter
+
+    rows = [{"queue": f"q{i}", "paused": i % 2 == 0} for i in range(MAX_LABEL_VALUES + 50)]
+    values = family_values(Exporter(metrics, lambda: {"thread": 1}, lambda: rows).text().decode())
+    assert total(values, "pyrexis_jobs", queue=OTHER, status="pending") == 50
+    assert total(values, "pyrexis_queue_paused", queue=OTHER) == 1.0
+    for name in ("pyrexis_jobs", "pyrexis_queue_paused", "pyrexis_jobs_submitted_total"):
+        keys = [tuple(sorted(labels.items())) for labels, _ in values[name]]
+        assert len(keys) == len(set(keys)), name
+
 
 # -- the listener's own start and stop -----------------------------------------------------
 def test_stopping_ends_open_streams_and_exits_cleanly(start_daemon: Callable[..., Daemon]) -> None:
