@@ -79,8 +79,15 @@ def test_submit_watch_progress_see_the_result_and_cancel(
         page.click(f"{row} button")
         wait_until(lambda: api.get(f"/jobs/{long['job_id']}").json()["status"] == "cancelled", 60, 0.05, "the cancel")
         page.wait_for(f"!document.querySelector({json.dumps(row)})", what="the row to leave the running list")
-        queues = page.evaluate("[...document.querySelectorAll('#queues tbody td:first-child')].map(td => td.textContent)")
-        assert "browser" in queues
+        # Pause and resume a queue from its row.
+        pause = "#queues button[data-queue='browser']"
+        page.wait_for(f"document.querySelector({json.dumps(pause)})?.textContent === 'Pause'", what="the queue's Pause button")
+        page.click(pause)
+        wait_until(lambda: {q["queue"]: q for q in api.get("/queues").json()["queues"]}["browser"]["paused"], 60, 0.05, "the pause")
+        page.wait_for(f"document.querySelector({json.dumps(pause)})?.textContent === 'Resume'", what="the Resume button")
+        page.click(pause)
+        wait_until(lambda: not {q["queue"]: q for q in api.get("/queues").json()["queues"]}["browser"]["paused"], 60, 0.05,
+                   "the resume")  # fmt: skip
 
     for name in ("job-running.png", "overview.png"):
         shot = tmp_path / name
