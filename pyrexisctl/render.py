@@ -346,6 +346,14 @@ def stats_text(stats: Mapping[str, Any]) -> str:
         ("completed/s", "-" if rate is None else f"{rate:.1f} (last 60 s)"),
         ("submit->start", latency_text),
     ]
+    dask = stats.get("dask")
+    if isinstance(dask, Mapping):
+        text = f"{dask.get('status', '?')} {dask.get('scheduler') or ''}, {dask.get('workers', 0)} workers, {dask.get('threads', 0)} threads"
+        if dask.get("abandoned"):
+            text += f", {dask['abandoned']} abandoned"
+        if dask.get("error"):
+            text += f" ({dask['error']})"
+        pairs.append(("dask", text))
     lag = stats.get("loop_lag_ms")
     if isinstance(lag, Mapping):
         pairs.append(("loop lag", _millis(lag, ("p50", "p99", "max"))))

@@ -136,6 +136,12 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
               help="HTTP requests per second per client address (bursts of twice that); past it 429 (0: no limit).")
 @click.option("--http-max-streams", type=click.IntRange(min=1), default=DEFAULT_HTTP_MAX_STREAMS, show_default=True,
               help="Server-Sent Events streams open at once, all HTTP clients together; the next answers 429.")
+@click.option("--dask-scheduler", metavar="tcp://HOST:8786",
+              help="Run dask-mode jobs on the Dask cluster of this scheduler (needs the extra pyrexis[dask]).")
+@click.option("--dask-local", type=click.IntRange(min=1), metavar="N",
+              help="Run dask-mode jobs on a LocalCluster of N worker processes started with the daemon (needs pyrexis[dask]).")
+@click.option("--dask-slots", type=click.IntRange(min=1),
+              help="Dask-mode slots (default: the cluster's total threads, followed as workers come and go).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True, help="Event loop: uvloop when importable (auto).")
 @click.version_option(__version__, prog_name="pyrexisd")

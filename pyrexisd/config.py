@@ -108,6 +108,10 @@ class Config:
     http_max_body: int = DEFAULT_HTTP_MAX_BODY
     http_rate: float | None = DEFAULT_HTTP_RATE  # None: no limit
     http_max_streams: int = DEFAULT_HTTP_MAX_STREAMS  # Server-Sent Events streams, all clients
+    # -- the dask mode (extra pyrexis[dask]): on when a cluster is given, one way or the other --
+    dask_scheduler: str | None = None  # address of a running cluster's scheduler
+    dask_local: int | None = None  # workers of an in-process LocalCluster (one process each)
+    dask_slots: int | None = None  # None: the cluster's total threads
 
     def __post_init__(self) -> None:
         for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
@@ -154,6 +158,16 @@ class Config:
             raise ValueError("http_rate must be > 0 (or unset: no limit)")
         if self.http_max_streams < 1:
             raise ValueError("http_max_streams must be at least 1")
+        if self.dask_scheduler is not None and self.dask_local is not None:
+            raise ValueError("give dask_scheduler (a running cluster) or dask_local (a cluster of its own), not both")
+        if self.dask_scheduler is not None and "://" not in self.dask_scheduler:
+            raise ValueError(f"dask_scheduler must be an address such as tcp://HOST:8786, not {self.dask_scheduler!r}")
+        for name in ("dask_local", "dask_slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.dask_slots is not None and not self.dask_enabled:
+            raise ValueError("dask_slots needs the dask mode: give dask_scheduler or dask_local too")
         if self.max_args is not None and not 1 <= self.max_args <= self.frame_spec:
             raise ValueError(
                 f"max_args must be between 1 and {self.frame_spec} with this max_frame and max_result "
@@ -181,6 +195,16 @@ class Config:
     def tasks_for_users(self) -> frozenset[str]:
         """The tasks a peer that is not an admin may submit."""
         return frozenset(self.user_tasks if self.user_tasks is not None else default_user_tasks())
+
+    @property
+    def dask_enabled(self) -> bool:
+        """Whether the daemon runs the ``dask`` mode."""
+        return self.dask_scheduler is not None or self.dask_local is not None
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """The modes this daemon runs jobs in."""
+        return frozenset(self.slots) | ({"dask"} if self.dask_enabled else set())
 
     @property
     def slots(self) -> dict[str, int]:

@@ -142,6 +142,16 @@ class Quotas:
         return round(min(60.0, max(1.0, excess / rate)), 1)
 
 
+def mode_not_run(mode: str) -> str:
+    """Why a daemon refuses a job of a mode it does not run."""
+    if mode == "dask":
+        return (
+            "this daemon does not run the dask mode: start pyrexisd with --dask-scheduler ADDRESS or "
+            "--dask-local N, which needs the extra pyrexis[dask] (pip install 'pyrexis[dask]')"
+        )
+    return f"this daemon does not run the {mode} mode"
+
+
 class Admission:
     """Turns raw specs into rows; every refusal is an :class:`InvalidRequest` family error
     naming the field at fault (and, in a batch, the spec's ``index``)."""
@@ -160,6 +170,7 @@ class Admission:
         self.owners = owners if owners is not None else Owners()
         self._max_spec = config.max_spec
         self.user_tasks = config.tasks_for_users
+        self.modes = config.modes
         self.quotas = Quotas(config, counts if counts is not None else _NoCounts(), clock)
 
     def prepare(self, caller: Caller, raw: Any, index: int | None = None) -> Admitted:
@@ -189,6 +200,8 @@ class Admission:
                 f"task {spec.task!r} does not run in {mode} mode",
                 {"errors": [{"loc": ["mode"], "msg": f"supported: {', '.join(definition.modes)}"}], **where},
             )
+        if mode not in self.modes:
+            raise InvalidRequest(mode_not_run(mode), {"errors": [{"loc": ["mode"], "msg": "not run by this daemon"}], **where})
         if spec.job_id is not None and spec.job_id in spec.depends_on:
             raise InvalidRequest(
                 f"job {spec.job_id!r} depends on itself",

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol.status import MODES
 from pyrexisd.config import Config
 from pyrexisd.core.attempt import AttemptLimits
 from pyrexisd.core.background import Background
@@ -66,7 +67,11 @@ def build_core(
     """A core on ``store``, running work on ``executors`` (mode → executor), for a daemon
     running as ``daemon_uid`` (this process's effective uid by default); ``window`` ready
     jobs per queue and mode are held in memory, the others paged in from the store."""
-    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging, window=window)
+    # A mode without an executor (a daemon restarted without --dask-local, say) has no
+    # slots: its waiting jobs load and wait for a daemon that runs it, instead of failing
+    # the start.
+    slots = {mode: 0 for mode in MODES} | {mode: ex.slots for mode, ex in executors.items()}
+    scheduler = Scheduler(slots, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
     store.on_commit = metrics.committed

@@ -17,6 +17,7 @@ users' jobs meanwhile take the free slots.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -89,8 +90,15 @@ class Dispatch:
     # -- start-up -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start the executors, then whatever the free slots allow."""
-        for executor in self.executors.values():
+        for mode, executor in self.executors.items():
+            executor.on_slots = functools.partial(self._resize, mode)
             await executor.start()
+        self.kick()
+
+    def _resize(self, mode: str, slots: int) -> None:
+        """An executor's capacity changed while the daemon runs (the dask mode follows
+        its cluster): more slots start waiting jobs at once; fewer let running ones end."""
+        self.scheduler.resize(mode, slots)
         self.kick()
 
     # -- picking and starting -------------------------------------------------------------

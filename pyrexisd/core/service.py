@@ -309,7 +309,13 @@ class Service:
 
     def stats(self, caller: Caller) -> dict[str, Any]:
         """The daemon's counters; the job counts are only the caller's own unless it is an admin."""
-        out = self.metrics.snapshot(self.clock(), self.scheduler.slots, None if caller.admin else caller.uid)
+        executors = self.dispatch.executors
+        slots = {mode: n for mode, n in self.scheduler.slots.items() if mode in executors}
+        out = self.metrics.snapshot(self.clock(), slots, None if caller.admin else caller.uid)
+        for mode, executor in executors.items():
+            state = executor.state()
+            if state is not None:
+                out[mode] = state  # e.g. "dask": the cluster as the mode sees it
         store = self._store
         commits = store.commits
         out["store"] = {

@@ -54,7 +54,7 @@ def shell(
 
 def register_builtins(registry: Registry, enable_shell: bool = True) -> None:
     """Add the built-in tasks to ``registry`` (``shell`` only when enabled)."""
-    registry.add(make_task(echo, modes=("thread", "process", "async"), mode="thread"))
+    registry.add(make_task(echo, modes=("thread", "process", "async", "dask"), mode="thread"))
     registry.add(make_task(sleep, mode="async"))
     if enable_shell:
         registry.add(make_task(shell, mode="shell", on_interrupt="fail"))
