@@ -19,16 +19,13 @@ import fcntl
 import importlib
 import importlib.metadata
 import logging
-import math
 import os
 import resource
 import signal
 import socket
 import stat
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING
-
-from prometheus_client.core import GaugeMetricFamily, Metric
+from typing import IO
 
 from protocol.errors import PyrexisError, StorageError
 from pyrexisd import systemd
@@ -42,15 +39,12 @@ from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.spawner import SpawnerError
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
-from pyrexisd.http.address import HttpAddress, read_token
+from pyrexisd.http.setup import HttpSetup, connection_figures, prepare_http
 from pyrexisd.server import Limits, Server
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
 from pyrexisd.workers import WorkerRegistry
-
-if TYPE_CHECKING:  # the HTTP listener's modules need the http extra: imported when used
-    from pyrexisd.http.listener import HttpListener
 
 log = logging.getLogger("pyrexisd")
 
@@ -228,88 +222,6 @@ def _makedirs(path: str, mode: int) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
 
 
-class HttpSetup:
-    """The HTTP listener's part of the start: checked first, bound with the protocol's
-    socket, served once the core is ready (:class:`~pyrexisd.http.listener.HttpListener`)."""
-
-    def __init__(self, address: HttpAddress, token: bytes | None) -> None:
-        self.address = address
-        self.token = token
-        self.sock: socket.socket | None = None
-        self.shown = ""
-
-    def bind(self) -> None:
-        try:
-            self.sock = self.address.bind()
-        except OSError as exc:
-            raise StartupError(f"cannot listen for HTTP on {self.address.path or self.address.host}:"
-                               f" {exc.strerror or exc}") from None  # fmt: skip
-        self.shown = self.address.shown(self.sock)
-
-    def unbind(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        path = self.address.path
-        if path is not None and self.sock is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-    def listener(self, handlers: Handlers, config: Config) -> HttpListener:
-        from pyrexisd.http.guard import GuardSettings
-        from pyrexisd.http.listener import HttpListener
-
-        assert self.sock is not None
-        address = self.address
-        settings = GuardSettings(
-            token=self.token,
-            max_body=config.http_max_body,
-            rate=config.http_rate,
-            check_host=self.token is None and not address.is_unix,
-        )
-        # Requests still open when the daemon has finished its own stop are cut after this.
-        wait = math.ceil(config.grace + STOP_COMMIT_WAIT) + 5
-        return HttpListener(self.sock, handlers, settings, config.http_max_streams, wait)
-
-
-def prepare_http(config: Config) -> HttpSetup:
-    """Check ``--http`` before the daemon starts anything: the extra is installed, and an
-    address other than the loopback or a Unix path comes with a token file."""
-    from pyrexisd.http import missing_extra
-
-    assert config.http is not None
-    hint = missing_extra()
-    if hint is not None:
-        raise StartupError(hint)
-    address = HttpAddress.parse(config.http)
-    token = None
-    if config.http_token_file is not None:
-        try:
-            token = read_token(config.http_token_file)
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-    elif not address.is_local:
-        raise StartupError(
-            f"refusing to serve HTTP on {config.http} without --http-token-file: "
-            "only loopback addresses and unix: paths are served without a token"
-        )
-    if token is None and not address.is_unix and os.geteuid() == 0:
-        log.warning("HTTP on %s without a token: every local user may act as root through it "
-                    "(use unix:/path or --http-token-file)", config.http)  # fmt: skip
-    return HttpSetup(address, token)
-
-
-def connection_figures(server: Server, http: HttpListener | None) -> list[Metric]:
-    """The servers' share of the metrics: connections and streams open now."""
-    conns = GaugeMetricFamily("pyrexis_connections", "Client connections open now.", labels=["transport"])
-    streams = GaugeMetricFamily("pyrexis_streams", "Streams open now (wait with events, logs, watch).", labels=["transport"])
-    conns.add_metric(["socket"], float(len(server.connections)))
-    streams.add_metric(["socket"], float(sum(c.open_streams for c in server.connections)))
-    if http is not None:
-        conns.add_metric(["http"], float(http.connections))
-        streams.add_metric(["http"], float(http.slots.metrics.http_streams))
-    return [conns, streams]
-
-
 class Daemon:
     """One daemon: owns the store, the job core and the server."""
 
@@ -341,7 +253,10 @@ class Daemon:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
             if config.http is not None:
-                self.http = prepare_http(config)  # before anything else: a missing extra is one line
+                try:  # before anything else: a missing extra is one line
+                    self.http = prepare_http(config)
+                except ValueError as exc:
+                    raise StartupError(str(exc)) from None
             try:
                 _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
             except OSError as exc:
@@ -352,7 +267,10 @@ class Daemon:
                 listening, where = self._bind()
                 try:
                     if self.http is not None:
-                        self.http.bind()  # with the other socket: before any job can run
+                        try:  # with the other socket: before any job can run
+                            self.http.bind()
+                        except OSError as exc:
+                            raise StartupError(f"cannot listen for HTTP on {config.http}: {exc.strerror or exc}") from None
                     modules = discover_task_modules(config)
                     load_tasks(REGISTRY, config, modules)
                     _warn_of_unknown_user_tasks(config, REGISTRY)
@@ -429,7 +347,7 @@ class Daemon:
         server = Server(handlers.table, server_limits(config), self.access)
         self.server = server
         watchdog: asyncio.Task[None] | None = None
-        http = None if self.http is None else self.http.listener(handlers, config)
+        http = None if self.http is None else self.http.listener(handlers, config, STOP_COMMIT_WAIT)
         core.service.exporter.add(lambda: connection_figures(server, http))
         try:
             await server.listen(listening, None if where is None else lambda: _remove_socket(where))

@@ -487,3 +487,16 @@ def test_without_the_extra_http_exits_with_one_line_naming_it(workdir: str) -> N
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'pyrexis[http]'" in lines[0], proc.stderr
     assert not os.path.exists(os.path.join(workdir, "s.sock"))
+
+
+def test_a_port_in_use_fails_the_start_with_one_line(start_daemon: Callable[..., Daemon]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = start_daemon("--http", f"127.0.0.1:{port}", wait=False)
+        assert daemon.proc is not None and daemon.proc.wait(60) == 1
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in daemon.log()
+    assert not os.path.exists(daemon.socket)  # the protocol's socket is not left behind

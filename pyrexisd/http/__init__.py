@@ -10,7 +10,7 @@ Rooms: ``address`` (what ``--http`` means; no third-party import, so the configu
 can check it without the extra), ``errors`` (the one table), ``guard`` (token, rate,
 body and host checks, in front of the app), ``sse`` (a stream of a handler as
 Server-Sent Events), ``app`` (the routes and the dashboard's files), ``listener``
-(uvicorn in our loop, started and stopped by the daemon).
+(uvicorn in our loop), ``setup`` (the daemon's part: checks, bind, stop, figures).
 """
 
 EXTRA_HINT = "--http needs the HTTP extra: pip install 'pyrexis[http]'"
