@@ -385,4 +385,4 @@ def build_app(handlers: Handlers, slots: StreamSlots) -> FastAPI:
     return app
 
 
-__all__ = ["build_app", "error_response_parts", "http_caller"]
+__all__ = ["build_app", "http_caller"]
