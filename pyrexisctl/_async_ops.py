@@ -207,6 +207,10 @@ class _AsyncOps(_AsyncConnection):
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
         return _record(await self.request("stats"))
 
+    async def metrics(self) -> str:
+        """Every metric of the daemon in the Prometheus text format (admins only)."""
+        return str((await self.request("metrics"))["text"])
+
     async def tasks(self) -> RecordList:
         """The registered tasks: ``{name, modes, default_mode, description, schema}`` each."""
         return _rows(await self.request("tasks"), "tasks")

@@ -200,6 +200,10 @@ class _SyncOps(_SyncConnection):
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
         return _record(self.request("stats"))
 
+    def metrics(self) -> str:
+        """Every metric of the daemon in the Prometheus text format (admins only)."""
+        return str((self.request("metrics"))["text"])
+
     def tasks(self) -> RecordList:
         """The registered tasks: ``{name, modes, default_mode, description, schema}`` each."""
         return _rows(self.request("tasks"), "tasks")

@@ -1290,6 +1290,23 @@ def stats() -> None:
 
 @main.command()
 @json_option
+def metrics() -> None:
+    """Print the daemon's metrics in the Prometheus text format.
+
+    The same text as the HTTP listener's GET /metrics; redirect it to a *.prom file of
+    node_exporter's textfile collector on machines without the listener. Admins only.
+    """
+    settings = _settings()
+    with settings.client() as client:
+        text = client.metrics()
+    if settings.json:
+        render.echo_json({"text": text})
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@json_option
 def ping() -> None:
     """Check the daemon answers: version and round trip."""
     settings = _settings()

@@ -17,6 +17,9 @@ from pyrexisd.config import (
     DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_CACHE_MAX_ENTRIES,
     DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HTTP_MAX_BODY,
+    DEFAULT_HTTP_MAX_STREAMS,
+    DEFAULT_HTTP_RATE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_STREAMS,
@@ -66,6 +69,11 @@ def _task_names(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is None:
         return None
     return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """0 means no limit."""
+    return None if value == 0 else value
 
 
 def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -120,6 +128,17 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
               help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
 @click.option("--max-buffered", type=click.IntRange(min=1024),
               help="Bytes of unfinished frames all connections together may make the daemon hold (default: 256 MiB, or max-frame if larger).")
+@click.option("--http", metavar="ADDR",
+              help="Also serve the HTTP API and dashboard on HOST:PORT, [V6]:PORT or unix:/PATH (needs pyrexis[http]). "
+                   "Loopback and Unix paths act as the daemon's user; other addresses need --http-token-file.")
+@click.option("--http-token-file", metavar="PATH",
+              help="File holding the bearer token every HTTP request must carry (required off loopback; owner-only).")
+@click.option("--http-max-body", type=click.IntRange(min=1024), default=DEFAULT_HTTP_MAX_BODY, show_default=True,
+              help="Largest HTTP request body in bytes; a larger one answers 413.")
+@click.option("--http-rate", type=click.FloatRange(min=0), default=DEFAULT_HTTP_RATE, show_default=True, callback=_rate,
+              help="HTTP requests per second per client address (bursts of twice that); past it 429 (0: no limit).")
+@click.option("--http-max-streams", type=click.IntRange(min=1), default=DEFAULT_HTTP_MAX_STREAMS, show_default=True,
+              help="Server-Sent Events streams open at once, all HTTP clients together; the next answers 429.")
 @click.option("--dask-scheduler", metavar="tcp://HOST:8786",
               help="Run dask-mode jobs on the Dask cluster of this scheduler (needs the extra pyrexis[dask]).")
 @click.option("--dask-local", type=click.IntRange(min=1), metavar="N",
@@ -144,7 +163,7 @@ def main(socket_path: str | None, db: str | None, log_level: str, no_shell: bool
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Quotas are the only options whose None (no limit) differs from "not given".
-    unlimited = {"max_waiting", "max_waiting_per_user", "max_running_per_user"}
+    unlimited = {"max_waiting", "max_waiting_per_user", "max_running_per_user", "http_rate"}
     given = {k: v for k, v in options.items() if v is not None or k in unlimited}
     if "max_result" not in given:
         given["max_result"] = default_max_result(options["max_frame"])

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
 from protocol.status import PIPELINE_MODE
+from pyrexisd.http.address import HttpAddress
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
@@ -38,6 +39,9 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 DEFAULT_CACHE_MAX_ENTRIES = 100_000
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_HTTP_MAX_BODY = 1024 * 1024
+DEFAULT_HTTP_RATE = 100.0  # requests per second per client, with bursts of twice as many
+DEFAULT_HTTP_MAX_STREAMS = 64
 
 
 def default_user_tasks(euid: int | None = None) -> tuple[str, ...]:
@@ -102,6 +106,12 @@ class Config:
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # 0: idle connections are never closed
     max_buffered: int | None = None  # None: max(DEFAULT_MAX_BUFFERED, max_frame)
+    # -- the HTTP listener (pyrexisd.http; off unless http is set) --
+    http: str | None = None  # HOST:PORT, [V6]:PORT or unix:/path
+    http_token_file: str | None = None  # required off loopback: every request needs the token
+    http_max_body: int = DEFAULT_HTTP_MAX_BODY
+    http_rate: float | None = DEFAULT_HTTP_RATE  # None: no limit
+    http_max_streams: int = DEFAULT_HTTP_MAX_STREAMS  # Server-Sent Events streams, all clients
     # -- the dask mode (extra pyrexis[dask]): on when a cluster is given, one way or the other --
     dask_scheduler: str | None = None  # address of a running cluster's scheduler
     dask_local: int | None = None  # workers of an in-process LocalCluster (one process each)
@@ -149,6 +159,14 @@ class Config:
             raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
+        if self.http is not None:
+            HttpAddress.parse(self.http)  # ValueError with the reason
+        if self.http_max_body < 1024:
+            raise ValueError("http_max_body must be at least 1024 bytes")
+        if self.http_rate is not None and self.http_rate <= 0:
+            raise ValueError("http_rate must be > 0 (or unset: no limit)")
+        if self.http_max_streams < 1:
+            raise ValueError("http_max_streams must be at least 1")
         if self.dask_scheduler is not None and self.dask_local is not None:
             raise ValueError("give dask_scheduler (a running cluster) or dask_local (a cluster of its own), not both")
         if self.dask_scheduler is not None and "://" not in self.dask_scheduler:

@@ -32,6 +32,7 @@ from pyrexisd.events import (
     progress_event,
     state_event,
 )
+from pyrexisd.prometheus import CONTENT_TYPE
 from pyrexisd.server import Handler, Stream
 from pyrexisd.store import QueueChanges
 
@@ -71,6 +72,7 @@ class ListArgs(_Args):
     after: str | None = None
     all_users: bool = False
     since: float | None = None
+    newest_first: bool = False
 
 
 class WatchArgs(_Args):
@@ -159,6 +161,7 @@ class Handlers:
             "schedule_remove": self.schedule_remove,
             "cache_stats": self.cache_stats,
             "cache_clear": self.cache_clear,
+            "metrics": self.metrics,
         }
         """Op name → handler. ``hello`` lists exactly these ops."""
 
@@ -189,7 +192,7 @@ class Handlers:
     async def list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ListArgs, args)
         return await self.service.list_jobs(
-            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users, a.since
+            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users, a.since, a.newest_first
         )
 
     async def cancel(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
@@ -269,6 +272,9 @@ class Handlers:
 
     async def stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return self.service.stats(caller)
+
+    async def metrics(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"text": self.service.metrics_text(caller), "content_type": CONTENT_TYPE}
 
     async def tasks(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return {"tasks": self.service.task_list(caller)}

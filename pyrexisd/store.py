@@ -378,6 +378,8 @@ class Store:
         self.commits = 0  # batches committed, for metrics and tests
         self.committed_writes = 0  # writes those batches carried (group commit's gain)
         self.commit_seconds = 0.0  # from a batch's start to its waiters resolved
+        # Told of each committed batch: its seconds and its number of writes (metrics).
+        self.on_commit: Callable[[float, int], None] | None = None
         # Where a commit's time goes (seconds, summed over commits): a write waiting for the
         # batch to start, the hand-over to the writer's thread, the statements, COMMIT
         # (the fsync), and the hand-back to the loop.
@@ -562,6 +564,8 @@ class Store:
             self.commits += 1
             self.committed_writes += len(batch.waiters)
             self.commit_seconds += now - batch.started
+            if self.on_commit is not None:
+                self.on_commit(now - batch.started, len(batch.waiters))
             split = self.split
             split["queued"] += batch.started - batch.first_at
             split["handover"] += batch.on_thread - batch.started
@@ -687,10 +691,11 @@ class Store:
         owner: int | None = None,
         unowned_too: bool = False,
         since: float | None = None,
+        newest_first: bool = False,
     ) -> list[JobRow]:
-        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``,
-        created at ``since`` or later; only ``owner``'s when given (and the jobs without an
-        owner, with ``unowned_too``)."""
+        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``
+        (or newest first, strictly before it), created at ``since`` or later; only
+        ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
         where: list[str] = []
         params: list[Any] = []
         if owner is not None:
@@ -706,7 +711,7 @@ class Store:
             where.append("queue = ?")
             params.append(queue)
         if after is not None:
-            where.append("(created_at, job_id) > (?, ?)")
+            where.append("(created_at, job_id) < (?, ?)" if newest_first else "(created_at, job_id) > (?, ?)")
             params.extend(after)
         if since is not None:
             where.append("created_at >= ?")
@@ -714,7 +719,7 @@ class Store:
         sql = _SELECT_JOB
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, job_id LIMIT ?"
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?" if newest_first else " ORDER BY created_at, job_id LIMIT ?"
         params.append(limit)
 
         def q(conn: sqlite3.Connection) -> list[JobRow]:
@@ -752,12 +757,12 @@ class Store:
 
         return await self._read(q)
 
-    async def counts(self) -> list[tuple[str, str, str, int | None, int]]:
-        """(queue, status, mode, owner, count) over every job, for the in-memory counters."""
+    async def counts(self) -> list[tuple[str, str, str, int | None, str, int]]:
+        """(queue, status, mode, owner, task, count) over every job, for the in-memory counters."""
 
-        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, int]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, str, int]]:
             return list(
-                conn.execute("SELECT queue, status, mode, owner, count(*) FROM jobs GROUP BY 1, 2, 3, 4")
+                conn.execute("SELECT queue, status, mode, owner, task, count(*) FROM jobs GROUP BY 1, 2, 3, 4, 5")
             )
 
         return await self._read(q)

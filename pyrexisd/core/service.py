@@ -44,6 +44,7 @@ from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
 from pyrexisd.executors.base import Outcome
 from pyrexisd.metrics import Metrics
+from pyrexisd.prometheus import Exporter
 from pyrexisd.recurring import Recurring
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import QueueChanges, Store
@@ -86,6 +87,7 @@ class Service:
         self.owners = owners if owners is not None else ledger.owners
         self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
+        self.exporter = Exporter(metrics, lambda: self.scheduler.slots, lambda: self.queues.rows(None))
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -295,9 +297,10 @@ class Service:
         after: str | None,
         all_users: bool = False,
         since: float | None = None,
+        newest_first: bool = False,
     ) -> dict[str, Any]:
-        """A page of records, oldest first, and the cursor of the next page (or None);
-        only jobs created at ``since`` or later, when given.
+        """A page of records, oldest first (or newest first), and the cursor of the next
+        page (or None); only jobs created at ``since`` or later, when given.
 
         The caller's own jobs, or with ``all_users`` every user's (admins only). A page is
         cut short where its records would not fit in one frame; one record always fits
@@ -308,7 +311,9 @@ class Service:
         cursor = decode_cursor(after) if after else None
         owner = None if all_users else caller.uid
         unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
-        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned, since)
+        rows = await self._store.list_jobs(
+            statuses, task, queue, limit + 1, cursor, owner, unowned, since, newest_first
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         budget = self.config.max_frame - FRAME_ENVELOPE
@@ -385,6 +390,13 @@ class Service:
         own for anyone else. Durable before it answers."""
         self.check_open()
         return await self._result_cache().clear(task, self.owners.lets(caller))
+
+    def metrics_text(self, caller: Caller) -> str:
+        """Every metric in the Prometheus text format: the whole daemon's figures, so only
+        for admins (the counts are everyone's)."""
+        if not caller.admin:
+            raise Unauthorized("only an admin may read the daemon's metrics: they count every user's jobs")
+        return self.exporter.text().decode()
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""
