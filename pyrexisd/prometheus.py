@@ -141,3 +141,52 @@ def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = Non
     family = GaugeMetricFamily(name, doc, labels=list(labels) if labels else None)
     family.add_metric(list(labels.values()) if labels else [], value)
     return family
+
+
+def cache_families(stats: dict[str, Any], task_label: Callable[[str], str]) -> Iterator[Metric]:
+    """The result cache's figures (``ResultCache.stats()`` of the whole cache): entries
+    and bytes kept, and hits, misses and evictions since the daemon started, per task."""
+    per_task: dict[str, Counter[str]] = {}
+    for row in stats["tasks"]:
+        per_task.setdefault(task_label(str(row["task"])), Counter()).update(
+            {k: int(row[k]) for k in ("entries", "bytes", "hits", "misses", "evictions")}
+        )
+    for name, doc, field, kind in (
+        ("pyrexis_cache_entries", "Results the result cache keeps, by task.", "entries", GaugeMetricFamily),
+        ("pyrexis_cache_bytes", "Bytes of packed results the result cache keeps, by task.", "bytes", GaugeMetricFamily),
+        ("pyrexis_cache_hits", "Calls answered from the result cache, by task.", "hits", CounterMetricFamily),
+        ("pyrexis_cache_misses", "Calls of cached tasks the result cache could not answer, by task.", "misses", CounterMetricFamily),
+        ("pyrexis_cache_evictions", "Results the result cache dropped for its bounds, by task.", "evictions", CounterMetricFamily),
+    ):
+        family = kind(name, doc, labels=["task"])
+        for task, figures in sorted(per_task.items()):
+            family.add_metric([task], float(figures[field]))
+        yield family
+
+
+def pipeline_families(stages_of_running: Iterable[list[dict[str, Any]]], task_label: Callable[[str], str]) -> Iterator[Metric]:
+    """The running pipelines, and their stages' figures as of their last checkpoints,
+    summed by stage task (gauges: a pipeline that ends takes its figures with it; its
+    record keeps them)."""
+    running = 0
+    sums: dict[str, Counter[str]] = {}
+    for stages in stages_of_running:
+        running += 1
+        for stage in stages:
+            sums.setdefault(task_label(str(stage.get("task"))), Counter()).update(
+                {k: float(stage.get(k) or 0) for k in ("items_in", "items_out", "errors", "retries", "busy", "queue", "in_flight")}
+            )
+    yield gauge("pyrexis_pipelines_running", "Pipeline jobs running now.", float(running))
+    for name, doc, field in (
+        ("pyrexis_pipeline_stage_items_in", "Items the running pipelines' stages took in, by stage task.", "items_in"),
+        ("pyrexis_pipeline_stage_items_out", "Values the running pipelines' stages gave out, by stage task.", "items_out"),
+        ("pyrexis_pipeline_stage_errors", "Items that failed for good in the running pipelines' stages, by stage task.", "errors"),
+        ("pyrexis_pipeline_stage_retries", "Retried calls in the running pipelines' stages, by stage task.", "retries"),
+        ("pyrexis_pipeline_stage_busy_seconds", "Time the running pipelines' stages spent in calls, by stage task.", "busy"),
+        ("pyrexis_pipeline_stage_queued", "Items waiting before the running pipelines' stages, by stage task.", "queue"),
+        ("pyrexis_pipeline_stage_in_flight", "Items in the running pipelines' stages' calls, by stage task.", "in_flight"),
+    ):
+        family = GaugeMetricFamily(name, doc, labels=["task"])
+        for task, figures in sorted(sums.items()):
+            family.add_metric([task], figures[field])
+        yield family

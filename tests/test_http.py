@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ROOT, Daemon, require_alive, shared_daemon, wait_until
+from e2e_helpers import metric_values
 from http_helpers import HTTP_TASKS, http_url, read_until_end, sse_events
 
 from protocol.errors import ERROR_CODES
@@ -334,14 +335,6 @@ def test_event_streams_past_the_limit_answer_429(limited: Daemon) -> None:
 
 
 # -- metrics: a known run on a fresh daemon ------------------------------------------------
-def family_values(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return out
 
 
 def total(values: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
@@ -360,7 +353,7 @@ def test_metrics_count_a_known_run_and_the_socket_op_returns_the_same(start_daem
             wait_done(api, job["job_id"])
         response = api.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-        values = family_values(response.text)
+        values = metric_values(response.text)
 
     assert total(values, "pyrexis_jobs_submitted_total") == 9
     assert total(values, "pyrexis_jobs_submitted_total", queue="m-a", task="echo") == 5
@@ -387,7 +380,7 @@ def test_metrics_count_a_known_run_and_the_socket_op_returns_the_same(start_daem
         assert "metrics" in client.request("hello", {"protocol": 1})["ops"]
         result = client.request("metrics")
     assert result["content_type"].startswith("text/plain")
-    again = family_values(result["text"])
+    again = metric_values(result["text"])
     assert total(again, "pyrexis_jobs_submitted_total") == 9
     assert set(again) >= {n for n in values if n.startswith("pyrexis_jobs")}
 
@@ -406,7 +399,7 @@ def test_queue_label_values_are_capped() -> None:
     from pyrexisd.prometheus import Exporter
 
     rows = [{"queue": f"q{i}", "paused": i % 2 == 0} for i in range(MAX_LABEL_VALUES + 50)]
-    values = family_values(Exporter(metrics, lambda: {"thread": 1}, lambda: rows).text().decode())
+    values = metric_values(Exporter(metrics, lambda: {"thread": 1}, lambda: rows).text().decode())
     assert total(values, "pyrexis_jobs", queue=OTHER, status="pending") == 50
     assert total(values, "pyrexis_queue_paused", queue=OTHER) == 1.0
     for name in ("pyrexis_jobs", "pyrexis_queue_paused", "pyrexis_jobs_submitted_total"):

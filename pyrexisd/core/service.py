@@ -44,7 +44,7 @@ from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
 from pyrexisd.executors.base import Outcome
 from pyrexisd.metrics import Metrics
-from pyrexisd.prometheus import Exporter
+from pyrexisd.prometheus import Exporter, cache_families, pipeline_families
 from pyrexisd.recurring import Recurring
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import QueueChanges, Store
@@ -88,6 +88,11 @@ class Service:
         self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
         self.exporter = Exporter(metrics, lambda: self.scheduler.slots, lambda: self.queues.rows(None))
+        self.exporter.add(
+            lambda: pipeline_families(((row.pipeline or {}).get("stages", []) for row in dispatch.running_pipelines()), metrics.task_label)
+        )
+        if cache is not None:
+            self.exporter.add(lambda: cache_families(cache.stats(), metrics.task_label))
 
     @property
     def stopping(self) -> asyncio.Event:
