@@ -40,6 +40,8 @@ from pyrexisd.executors.workerproc import START_METHOD, WorkerProcess, WorkerSta
 
 log = logging.getLogger(__name__)
 
+_JOB_KINDS = frozenset({"progress", "log", "output", "ok", "err"})
+
 
 class _Job:
     """One attempt given to one worker."""
@@ -166,6 +168,8 @@ class ProcessExecutor(Executor):
             proc.load_error = str(payload)
             log.error("a process worker cannot load the task modules: %s", proc.load_error)
             return
+        if kind not in _JOB_KINDS:
+            raise ValueError("no such kind")
         job = proc.job
         if not isinstance(job, _Job) or job.token != token:
             return  # from an earlier attempt's leftover thread: nobody's any more
@@ -188,10 +192,8 @@ class ProcessExecutor(Executor):
             call.events.progress(fraction, message)
         elif kind == "log":
             call.events.log("log", payload)
-        elif kind == "output":
-            call.events.output(payload)
         else:
-            raise ValueError("unknown kind")
+            call.events.output(payload)
 
     def _exit(self, proc: WorkerProcess, code: int) -> None:
         self._workers.remove(proc)

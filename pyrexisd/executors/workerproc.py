@@ -124,8 +124,8 @@ class WorkerProcess:
                 sent = sock.send(data)
             except BlockingIOError:
                 sent = 0
-            except OSError as exc:
-                self._hang_up(f"cannot write to it: {exc}")
+            except OSError:  # EPIPE: it is gone (its sentinel says how)
+                self._hang_up()
                 return
             if sent == len(data):
                 return
@@ -144,8 +144,8 @@ class WorkerProcess:
                 sent = sock.send(piece)
             except BlockingIOError:
                 return
-            except OSError as exc:
-                self._hang_up(f"cannot write to it: {exc}")
+            except OSError:  # EPIPE: it is gone (its sentinel says how)
+                self._hang_up()
                 return
             if sent < len(piece):
                 self._outbox[0] = piece[sent:]
@@ -163,12 +163,11 @@ class WorkerProcess:
             data = sock.recv(RECV_SIZE)
         except BlockingIOError:
             return
-        except OSError as exc:
-            self._hang_up(f"cannot read from it: {exc}")
-            return
+        except OSError:  # ECONNRESET: it exited with a call unread
+            data = b""
         if not data:
             # Only a worker on its way out closes its end: make sure it goes.
-            self._hang_up(None)
+            self._hang_up()
             return
         self._take(data)
 
@@ -212,9 +211,8 @@ class WorkerProcess:
         self._stopping = True
         self.kill()
 
-    def _hang_up(self, problem: str | None) -> None:
-        if problem is not None and self.problem is None:
-            self.problem = problem
+    def _hang_up(self) -> None:
+        """Its socket ended: it is exiting or dying; make sure it does."""
         self._close_socket()
         self._stopping = True
         self.kill()
@@ -282,10 +280,10 @@ class WorkerProcess:
 
     def death(self, code: int) -> str:
         """Why it ended, in words, for the attempt it was running."""
-        if self.problem is not None:
-            return f"the worker process was killed: {self.problem}"
         if self.load_error is not None:
             return f"the worker process could not load the task modules: {self.load_error}"
+        if self.problem is not None:
+            return f"the worker process was killed: {self.problem}"
         if code < 0:
             try:
                 name = signal.Signals(-code).name
