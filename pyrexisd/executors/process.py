@@ -202,7 +202,9 @@ class ProcessExecutor(Executor):
         job, proc.job = proc.job, None
         if isinstance(job, _Job) and not job.future.done():
             job.future.set_result(CANCELLED if job.call.cancelled else Outcome.failure("worker_died", proc.death(code)))
-        if job is not None or not proc.stopping:
+        if proc.stopping and proc.problem is None:
+            log.info("process worker %d stopped (%s)", proc.pid, proc.death(code))
+        else:
             log.warning("process worker %d ended: %s", proc.pid, proc.death(code))
         # Its group outlives it only through what its task spawned.
         if procs.kill_orphaned_group(proc.pid):
