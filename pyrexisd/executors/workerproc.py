@@ -52,7 +52,7 @@ class WorkerProcess:
 
     __slots__ = (
         "pid", "started", "ready", "problem", "load_error", "job", "gone", "_process", "_sock", "_fd", "_sentinel",
-        "_loop", "_decoder", "_outbox", "_writing", "_stopping", "_kill_timer", "_on_message", "_on_exit",
+        "_poller", "_loop", "_decoder", "_outbox", "_writing", "_stopping", "_kill_timer", "_on_message", "_on_exit",
     )  # fmt: skip
 
     def __init__(
@@ -87,6 +87,9 @@ class WorkerProcess:
         self._sock: socket.socket | None = ours
         self._fd = ours.fileno()
         self._sentinel: int = process.sentinel
+        # Asked before each job (has_exited); not select.select: the fd may be above FD_SETSIZE.
+        self._poller = select.poll()
+        self._poller.register(self._sentinel, select.POLLIN)
         self._decoder = FrameDecoder(worker.channel_max_frame(max_result))
         self._outbox: collections.deque[memoryview] = collections.deque()
         self._writing = False
@@ -106,9 +109,7 @@ class WorkerProcess:
         """Its end is known (without waiting), even if ``on_exit`` has not run yet."""
         if self.gone.done():
             return True
-        poller = select.poll()  # not select.select: the fd may be above FD_SETSIZE
-        poller.register(self._sentinel, select.POLLIN)
-        if poller.poll(0):
+        if self._poller.poll(0):
             self._exited()
             return True
         return False
