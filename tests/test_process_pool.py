@@ -93,7 +93,9 @@ def test_worker_sending_a_frame_that_is_not_ours_is_killed(start_daemon: Callabl
 def test_worker_ignoring_sigterm_is_killed_after_the_grace_period(start_daemon: Callable[..., Daemon]) -> None:
     """Given a process job whose task ignores SIGTERM, a cancel answers at once; the worker
     gets SIGKILL once the kill grace period has passed, and only then is its slot reused."""
-    d, c = _start(start_daemon, "--processes", "1")
+    grace = 3.0  # longer than a cancel's answer takes even on a loaded machine
+    d = start_daemon(*TASKS, "--kill-grace", str(grace), "--processes", "1")
+    c = d.client()
     marker = os.path.join(d.workdir, "deaf")
     victim = None
     with c:
@@ -105,13 +107,13 @@ def test_worker_ignoring_sigterm_is_killed_after_the_grace_period(start_daemon: 
             watch = Stopwatch()
             cancelled = c.request("cancel", {"job_id": job["job_id"]})
             assert cancelled["status"] == "cancelled"
-            assert watch.elapsed < KILL_GRACE, "the cancel answers without waiting for the worker"
+            assert watch.elapsed < grace, "the cancel answers without waiting for the worker"
             wait_pid_gone(victim, 30, "the worker that ignored SIGTERM")
             done = c.wait(nxt["job_id"], timeout=30)
             assert done["status"] == "completed", done
             assert done["result"] != victim
             # The slot was not reused while the worker lived: not before the grace period.
-            assert done["started_at"] - cancelled["finished_at"] >= KILL_GRACE * 0.9, (cancelled, done)
+            assert done["started_at"] - cancelled["finished_at"] >= grace * 0.9, (cancelled, done)
             final = c.get(job["job_id"])
             assert final["status"] == "cancelled" and final["result"] is None, final
         finally:
