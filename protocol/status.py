@@ -24,7 +24,11 @@ WAITING: frozenset[str] = frozenset({"pending", "blocked", "scheduled", "retryin
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
-MODES: tuple[str, ...] = ("thread", "process", "async", "shell")
+MODES: tuple[str, ...] = ("thread", "process", "async", "shell", "dask")
+# A pipeline is a job of the built-in task "pipeline", run in a mode of its own (its
+# stages' calls run in the modes above).
+PIPELINE_TASK = "pipeline"
+PIPELINE_MODE = "pipeline"
 
 ERROR_TYPES: tuple[str, ...] = (
     "exception",
@@ -35,11 +39,13 @@ ERROR_TYPES: tuple[str, ...] = (
     "cancelled",
     "dependency_failed",
     "result_too_large",
+    "scheduler_lost",
 )
 
-# ``None`` stands for "not yet stored": the statuses a submit may create.
+# ``None`` stands for "not yet stored": the statuses a submit may create. ``completed``
+# only for a hit of the result cache (an agreed addition: the job never runs).
 TRANSITIONS: dict[str | None, frozenset[str]] = {
-    None: frozenset({"pending", "blocked", "scheduled", "running"}),
+    None: frozenset({"pending", "blocked", "scheduled", "running", "completed"}),
     "pending": frozenset({"running", "held", "cancelled"}),
     "blocked": frozenset({"pending", "cancelled", "held"}),
     "scheduled": frozenset({"pending", "held", "cancelled"}),

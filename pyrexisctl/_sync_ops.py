@@ -10,21 +10,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from protocol.status import PIPELINE_TASK
 from pyrexisctl._sync_io import Stream, _SyncConnection
 from pyrexisctl._wire import (
     UNSET,
     Record,
     RecordList,
+    _cache_args,
     _hello_args,
     _job_args,
     _list_args,
     _logs_args,
     _logs_page,
+    _outputs_page,
     _queue_arg,
     _queue_config,
     _record,
     _rows,
     _schedule_args,
+    _since_filter,
     _spec,
     _submit_many_args,
     _Unset,
@@ -62,13 +66,18 @@ class _SyncOps(_SyncConnection):
         limit: int | None = None,
         after: str | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> Record:
         """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``.
 
         Only the caller's own jobs, unless ``all_users`` (an admin's right: root and the
-        daemon's uid; anyone else gets ``Unauthorized``)."""
-        args = _list_args(status, task, queue, limit, after, all_users)
-        return _record(self.request("list", args))
+        daemon's uid; anyone else gets ``Unauthorized``); with ``since`` (a time), only
+        those created at that time or later."""
+        args = _list_args(status, task, queue, limit, after, all_users, since)
+        page = _record(self.request("list", args))
+        if since is not None:
+            page["jobs"] = _since_filter(page.get("jobs"), since)
+        return page
 
     def iter_jobs(
         self,
@@ -77,11 +86,13 @@ class _SyncOps(_SyncConnection):
         queue: str | None = None,
         page_size: int | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> Iterator[Record]:
         """Every matching job, oldest first, walking all pages of ``list``."""
+        # One page in memory at a time: ``export`` streams a million jobs through this.
         after: str | None = None
         while True:
-            page = self.list(status, task, queue, page_size, after, all_users)
+            page = self.list(status, task, queue, page_size, after, all_users, since)
             # No "yield from" in an asynchronous generator, so the generated copy loops too.
             for job in page.get("jobs") or []:  # noqa: UP028
                 yield job
@@ -130,6 +141,31 @@ class _SyncOps(_SyncConnection):
         detaches early; the job is not affected.
         """
         return self.stream("logs", _logs_args(job_id, since, True))
+
+    def submit_pipeline(self, pipeline: Mapping[str, Any], **spec: Any) -> Record:
+        """Submit a pipeline job: ``pipeline`` is its spec (``input``, ``stages``,
+        ``output``, ``on_item_error``; see docs/pipelines.md), ``spec`` the job's own
+        JobSpec fields (``queue``, ``priority``, ``timeout``, ``labels``, ``job_id``...).
+        Returns its record; the ``pipeline`` key carries its figures once it runs."""
+        return _record(self.request("submit", _spec(PIPELINE_TASK, pipeline, spec)))
+
+    def outputs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
+        """The job's stored outputs with ``seq >= since``: ``{"outputs": [output events], "next": seq}``.
+
+        With ``follow`` it returns once the job is terminal and its outputs drained; to
+        process them as they come, iterate :meth:`follow_outputs` instead.
+        """
+        stream = self.stream("outputs", _logs_args(job_id, since, follow))
+        items = [event for event in stream if event.get("kind") == "output"]
+        return _outputs_page(items, stream.result, since)
+
+    def follow_outputs(self, job_id: str, since: int = 1) -> Stream:
+        """The job's ``output`` events with ``seq >= since``: the stored ones, then live ones.
+
+        Iteration stops once the job is terminal and its outputs drained; ``stream.result``
+        is then ``{"next": seq}``. ``stream.close()`` detaches early.
+        """
+        return self.stream("outputs", _logs_args(job_id, since, True))
 
     def watch(
         self,
@@ -223,3 +259,14 @@ class _SyncOps(_SyncConnection):
     def schedule_remove(self, name: str) -> None:
         """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
         self.request("schedule_remove", {"name": name})
+
+    def cache_stats(self, task: str | None = None) -> Record:
+        """The result cache's figures: ``{entries, bytes, max_entries, max_bytes, tasks}``,
+        ``tasks`` a list of ``{task, entries, bytes, hits, misses, evictions}`` (of
+        ``task`` only, when given). A caller that is not an admin sees its own entries."""
+        return _record(self.request("cache_stats", _cache_args(task)))
+
+    def cache_clear(self, task: str | None = None) -> Record:
+        """Remove cached results (of ``task``, when given): ``{removed, bytes}``. An admin
+        clears every user's, anyone else its own."""
+        return _record(self.request("cache_clear", _cache_args(task)))

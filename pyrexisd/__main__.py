@@ -14,6 +14,8 @@ from protocol.paths import resolve_socket_path
 from pyrexisd import __version__
 from pyrexisd.access import resolve_group, resolve_user
 from pyrexisd.config import (
+    DEFAULT_CACHE_MAX_BYTES,
+    DEFAULT_CACHE_MAX_ENTRIES,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -78,6 +80,7 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
 @click.option("--processes", type=click.IntRange(min=1), help="Process-mode slots (default: CPUs).")
 @click.option("--async-slots", type=click.IntRange(min=1), help="Async-mode slots (default: 1000).")
 @click.option("--shell-slots", type=click.IntRange(min=1), help="Shell-mode slots (default: 2 × CPUs).")
+@click.option("--pipelines", type=click.IntRange(min=1), help="Pipelines running at once (default: 8); their stages use the executors' pools.")
 @click.option("--sync", type=click.Choice(["full", "normal"]), default="full", show_default=True,
               help="SQLite synchronous: full survives power loss; normal may lose the last commits on power loss (not on a crash).")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds running jobs get to finish on shutdown.")
@@ -117,6 +120,16 @@ def _limit(ctx: click.Context, param: click.Parameter, value: int | None) -> int
               help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
 @click.option("--max-buffered", type=click.IntRange(min=1024),
               help="Bytes of unfinished frames all connections together may make the daemon hold (default: 256 MiB, or max-frame if larger).")
+@click.option("--dask-scheduler", metavar="tcp://HOST:8786",
+              help="Run dask-mode jobs on the Dask cluster of this scheduler (needs the extra pyrexis[dask]).")
+@click.option("--dask-local", type=click.IntRange(min=1), metavar="N",
+              help="Run dask-mode jobs on a LocalCluster of N worker processes started with the daemon (needs pyrexis[dask]).")
+@click.option("--dask-slots", type=click.IntRange(min=1),
+              help="Dask-mode slots (default: the cluster's total threads, followed as workers come and go).")
+@click.option("--cache-max-entries", type=click.IntRange(min=0), default=DEFAULT_CACHE_MAX_ENTRIES, show_default=True,
+              help="Entries the result cache keeps; the least recently used go first (0: cache nothing).")
+@click.option("--cache-max-bytes", type=click.IntRange(min=0), default=DEFAULT_CACHE_MAX_BYTES, show_default=True,
+              help="Bytes of packed results the result cache keeps; the least recently used go first (0: cache nothing).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", show_default=True, help="Event loop: uvloop when importable (auto).")
 @click.version_option(__version__, prog_name="pyrexisd")

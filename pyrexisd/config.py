@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
+from protocol.status import PIPELINE_MODE
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
@@ -35,6 +36,8 @@ DEFAULT_MAX_STREAMS = 128
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
+DEFAULT_CACHE_MAX_ENTRIES = 100_000
+DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
 def default_user_tasks(euid: int | None = None) -> tuple[str, ...]:
@@ -69,6 +72,7 @@ class Config:
     processes: int = field(default_factory=_cpus)
     async_slots: int = 1000
     shell_slots: int = field(default_factory=lambda: 2 * _cpus())
+    pipelines: int = 8  # pipeline jobs running at once
     sync: str = "full"
     log_level: str = "INFO"
     loop: str = "auto"
@@ -98,9 +102,16 @@ class Config:
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # 0: idle connections are never closed
     max_buffered: int | None = None  # None: max(DEFAULT_MAX_BUFFERED, max_frame)
+    # -- the dask mode (extra pyrexis[dask]): on when a cluster is given, one way or the other --
+    dask_scheduler: str | None = None  # address of a running cluster's scheduler
+    dask_local: int | None = None  # workers of an in-process LocalCluster (one process each)
+    dask_slots: int | None = None  # None: the cluster's total threads
+    # -- the result cache (pyrexisd.core.cache); 0 entries or 0 bytes: nothing is kept --
+    cache_max_entries: int = DEFAULT_CACHE_MAX_ENTRIES
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
+        for name in ("threads", "processes", "async_slots", "shell_slots", "pipelines", "max_inflight", "max_connections", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("max_waiting", "max_waiting_per_user", "max_running_per_user"):
@@ -117,6 +128,8 @@ class Config:
             raise ValueError("max_buffered must be at least max_frame (a whole frame must fit)")
         if any(uid < 0 for uid in self.allow_users) or any(gid < 0 for gid in self.allow_groups):
             raise ValueError("uids and gids are >= 0")
+        if self.cache_max_entries < 0 or self.cache_max_bytes < 0:
+            raise ValueError("the result cache's bounds are >= 0 (0: keep nothing)")
         if self.sync not in ("full", "normal"):
             raise ValueError("sync must be 'full' or 'normal'")
         if self.loop not in LOOPS:
@@ -136,6 +149,16 @@ class Config:
             raise ValueError("max_log_bytes must be at least 1024")
         if self.default_max_retries < 0:
             raise ValueError("default_max_retries must be >= 0")
+        if self.dask_scheduler is not None and self.dask_local is not None:
+            raise ValueError("give dask_scheduler (a running cluster) or dask_local (a cluster of its own), not both")
+        if self.dask_scheduler is not None and "://" not in self.dask_scheduler:
+            raise ValueError(f"dask_scheduler must be an address such as tcp://HOST:8786, not {self.dask_scheduler!r}")
+        for name in ("dask_local", "dask_slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.dask_slots is not None and not self.dask_enabled:
+            raise ValueError("dask_slots needs the dask mode: give dask_scheduler or dask_local too")
         if self.max_args is not None and not 1 <= self.max_args <= self.frame_spec:
             raise ValueError(
                 f"max_args must be between 1 and {self.frame_spec} with this max_frame and max_result "
@@ -163,6 +186,19 @@ class Config:
     def tasks_for_users(self) -> frozenset[str]:
         """The tasks a peer that is not an admin may submit."""
         return frozenset(self.user_tasks if self.user_tasks is not None else default_user_tasks())
+
+    @property
+    def dask_enabled(self) -> bool:
+        """Whether the daemon runs the ``dask`` mode."""
+        return self.dask_scheduler is not None or self.dask_local is not None
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """The modes this daemon runs jobs in."""
+        extra = {"dask"} if self.dask_enabled else set()
+        if self.pipelines:
+            extra.add(PIPELINE_MODE)
+        return frozenset(self.slots) | extra
 
     @property
     def slots(self) -> dict[str, int]:

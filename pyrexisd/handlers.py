@@ -10,6 +10,7 @@ the caller: what a caller may see and do is decided there, not here.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -69,6 +70,7 @@ class ListArgs(_Args):
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
     after: str | None = None
     all_users: bool = False
+    since: float | None = None
 
 
 class WatchArgs(_Args):
@@ -120,6 +122,10 @@ class ScheduleNameArgs(_Args):
     name: str = Field(min_length=1)
 
 
+class CacheArgs(_Args):
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class Handlers:
     """The op table's handlers, one method per op, all on one :class:`Service`."""
 
@@ -139,6 +145,7 @@ class Handlers:
             "update": self.update,
             "wait": self.wait,
             "logs": self.logs,
+            "outputs": self.outputs,
             "watch": self.watch,
             "close": self.close,
             "stats": self.stats,
@@ -150,6 +157,8 @@ class Handlers:
             "schedule_add": self.schedule_add,
             "schedule_list": self.schedule_list,
             "schedule_remove": self.schedule_remove,
+            "cache_stats": self.cache_stats,
+            "cache_clear": self.cache_clear,
         }
         """Op name → handler. ``hello`` lists exactly these ops."""
 
@@ -180,7 +189,7 @@ class Handlers:
     async def list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ListArgs, args)
         return await self.service.list_jobs(
-            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users
+            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users, a.since
         )
 
     async def cancel(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
@@ -228,26 +237,11 @@ class Handlers:
 
     async def logs(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(LogsArgs, args)
-        service = self.service
-        stream.begin_stream()
-        row = await service.current(caller, a.job_id)
-        next_seq = a.since
-        while True:
-            signal = service.log_signal(row.seq)
-            now = await service.find(caller, a.job_id)
-            finished = now is None or now.terminal or not a.follow
-            while True:
-                lines = await service.read_logs(row.seq, next_seq)
-                for line in lines:
-                    await stream.send(log_event(a.job_id, line))
-                    next_seq = line.seq + 1
-                if len(lines) < LOG_PAGE:
-                    break
-            if finished or stream.closing.is_set():
-                return {"next": next_seq}
-            await _first(signal, stream.closing.wait(), service.stopping.wait())
-            if service.stopping.is_set():
-                raise ShuttingDown("the daemon is stopping")
+        return await _follow_stored(self.service, a, stream, caller, "log")
+
+    async def outputs(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        a = parse(LogsArgs, args)
+        return await _follow_stored(self.service, a, stream, caller, "output")
 
     async def watch(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(WatchArgs, args)
@@ -310,6 +304,38 @@ class Handlers:
     async def schedule_remove(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         await self.service.remove_schedule(caller, parse(ScheduleNameArgs, args).name)
         return {}
+
+    async def cache_stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return self.service.cache_stats(caller, parse(CacheArgs, args).task)
+
+    async def cache_clear(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.cache_clear(caller, parse(CacheArgs, args).task)
+
+
+async def _follow_stored(service: Service, a: LogsArgs, stream: Stream, caller: Caller, kind: str) -> dict[str, int]:
+    """``logs`` and ``outputs``: the stored ``kind`` events from ``since``, then (with
+    ``follow``) the ones committed later, until the job is terminal and drained."""
+    stream.begin_stream()
+    row = await service.current(caller, a.job_id)
+    read = service.read_logs if kind == "log" else service.read_outputs
+    make = log_event if kind == "log" else output_event
+    next_seq = a.since
+    while True:
+        signal = service.log_signal(row.seq)
+        now = await service.find(caller, a.job_id)
+        finished = now is None or now.terminal or not a.follow
+        while True:
+            items: Sequence[Any] = await read(row.seq, next_seq)
+            for item in items:
+                await stream.send(make(a.job_id, item))
+                next_seq = item.seq + 1
+            if len(items) < LOG_PAGE:
+                break
+        if finished or stream.closing.is_set():
+            return {"next": next_seq}
+        await _first(signal, stream.closing.wait(), service.stopping.wait())
+        if service.stopping.is_set():
+            raise ShuttingDown("the daemon is stopping")
 
 
 async def _first(*aws: Any) -> None:

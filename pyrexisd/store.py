@@ -47,9 +47,9 @@ JOB_COLUMNS: tuple[str, ...] = (
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
     "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
-    "sched_key", "owner",
+    "sched_key", "owner", "pipeline", "cached_from",
 )  # fmt: skip
-_BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
+_BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress", "pipeline"})
 _ARGS_INDEX = JOB_COLUMNS.index("args")
 # args are written from the row's packed copy (see job_params), the other blobs packed here.
 _BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS and c != "args")
@@ -71,6 +71,10 @@ _UPSERT_QUEUE = (
 _UPSERT_SCHEDULE = (
     "INSERT OR REPLACE INTO schedules (name, cron, every, job, next_run, created_at, last_run, last_job_id, owner) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_CACHE = (
+    "INSERT OR REPLACE INTO cache (key, task, owner, job_id, result, stored_at, expires_at, used_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_SETTING = (
     "INSERT INTO settings (key, value) VALUES (?, ?) "
@@ -168,6 +172,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_owner ON jobs (owner, created_at, job_id);
     ALTER TABLE schedules ADD COLUMN owner INTEGER;
     """,
+    # A pipeline job's state: per-stage figures and where a resume starts (NULL for
+    # other jobs). Checkpoints update it, with the outputs they cover, in one commit.
+    """
+    ALTER TABLE jobs ADD COLUMN pipeline BLOB;
+    """,
+    # The result cache (pyrexisd.core.cache): one row per (task code, args, owner) digest,
+    # its result packed; a job answered from it names the job whose result it reused.
+    """
+    ALTER TABLE jobs ADD COLUMN cached_from TEXT;
+    CREATE TABLE cache (
+        key BLOB PRIMARY KEY,
+        task TEXT NOT NULL,
+        owner INTEGER,
+        job_id TEXT NOT NULL,
+        result BLOB NOT NULL,
+        stored_at REAL NOT NULL,
+        expires_at REAL,
+        used_at REAL NOT NULL
+    );
+    """,
 )
 
 
@@ -192,6 +216,30 @@ class QueueSettings:
     weight: float
     max_concurrency: int | None
     aging: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRow:
+    """One entry of the result cache as stored (``result`` packed)."""
+
+    key: bytes
+    task: str
+    owner: int | None
+    job_id: str
+    result: bytes
+    stored_at: float
+    expires_at: float | None
+    used_at: float
+
+
+@dataclass(slots=True)
+class CacheWrites:
+    """Changes of the result cache for one group commit: entries stored, entries
+    dropped (by key), and entries used (``(used_at, key)``, for the LRU order)."""
+
+    put: Sequence[CacheRow] = ()
+    drop: Sequence[bytes] = ()
+    touch: Sequence[tuple[float, bytes]] = ()
 
 
 class QueueChanges(TypedDict, total=False):
@@ -284,8 +332,9 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 class _Batch:
     __slots__ = (
-        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "waiters",
-        "first_at", "started", "on_thread", "statements_done", "committed",
+        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "checkpoints",
+        "waiters",
+        "first_at", "started", "on_thread", "statements_done", "committed", "cache_put", "cache_drop", "cache_touch",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -300,6 +349,10 @@ class _Batch:
         self.removed: list[tuple[str]] = []
         self.pids: list[tuple[int | None, int | None, int]] = []
         self.rekeys: list[tuple[float, str]] = []
+        self.checkpoints: list[tuple[Any, ...]] = []
+        self.cache_put: list[tuple[Any, ...]] = []
+        self.cache_drop: list[tuple[bytes]] = []
+        self.cache_touch: list[tuple[float, bytes]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
 
@@ -396,6 +449,8 @@ class Store:
         removed_schedules: Sequence[str] = (),
         pids: Sequence[tuple[int, int | None, int | None]] = (),
         rekeys: Sequence[tuple[str, float]] = (),
+        checkpoints: Sequence[tuple[int, dict[str, Any], dict[str, Any] | None, int]] = (),
+        cache: CacheWrites | None = None,
         lazy: bool = False,
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
@@ -427,6 +482,16 @@ class Store:
             batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
         if rekeys:  # (queue, aging): its pending jobs' keys follow a new aging rate
             batch.rekeys.extend((aging, queue) for queue, aging in rekeys)
+        if checkpoints:  # pipeline jobs (seq, state, progress, output_seq): those columns only
+            batch.checkpoints.extend(
+                (_pack(state), _pack(progress), output_seq, seq) for seq, state, progress, output_seq in checkpoints
+            )
+        if cache is not None:
+            batch.cache_put.extend(
+                (c.key, c.task, c.owner, c.job_id, c.result, c.stored_at, c.expires_at, c.used_at) for c in cache.put
+            )
+            batch.cache_drop.extend((key,) for key in cache.drop)
+            batch.cache_touch.extend(cache.touch)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         if not batch.waiters:
@@ -538,6 +603,18 @@ class Store:
                     "UPDATE jobs SET sched_key = ? * enqueued_at - priority WHERE queue = ? AND status = 'pending'",
                     batch.rekeys,
                 )
+            if batch.checkpoints:
+                # Only these columns, after the batch's whole rows: a checkpoint's state
+                # is the newest, and the rest of the row may be mid-change in memory.
+                conn.executemany(
+                    "UPDATE jobs SET pipeline = ?, progress = ?, output_seq = ? WHERE seq = ?", batch.checkpoints
+                )
+            if batch.cache_drop:
+                conn.executemany("DELETE FROM cache WHERE key = ?", batch.cache_drop)
+            if batch.cache_put:
+                conn.executemany(_UPSERT_CACHE, batch.cache_put)
+            if batch.cache_touch:
+                conn.executemany("UPDATE cache SET used_at = ? WHERE key = ?", batch.cache_touch)
             batch.statements_done = time.perf_counter()
             conn.execute("COMMIT")
             batch.committed = time.perf_counter()
@@ -609,9 +686,11 @@ class Store:
         after: tuple[float, str] | None,
         owner: int | None = None,
         unowned_too: bool = False,
+        since: float | None = None,
     ) -> list[JobRow]:
-        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``;
-        only ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
+        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``,
+        created at ``since`` or later; only ``owner``'s when given (and the jobs without an
+        owner, with ``unowned_too``)."""
         where: list[str] = []
         params: list[Any] = []
         if owner is not None:
@@ -629,6 +708,9 @@ class Store:
         if after is not None:
             where.append("(created_at, job_id) > (?, ?)")
             params.extend(after)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
         sql = _SELECT_JOB
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -745,6 +827,32 @@ class Store:
                 "SELECT name, cron, every, job, next_run, created_at, last_run, last_job_id, owner FROM schedules"
             )
             return [Schedule(n, c, e, _unpack(j), nr, ca, lr, lj, o) for n, c, e, j, nr, ca, lr, lj, o in rows]
+
+        return await self._read(q)
+
+    async def cache_index(self) -> list[tuple[bytes, str, int | None, str, int, float | None]]:
+        """``(key, task, owner, job_id, size, expires_at)`` of every cache entry, least
+        recently used first (the results themselves stay on disk)."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[bytes, str, int | None, str, int, float | None]]:
+            rows = conn.execute(
+                "SELECT key, task, owner, job_id, length(result), expires_at FROM cache ORDER BY used_at, rowid"
+            )
+            return rows.fetchall()
+
+        return await self._read(q)
+
+    async def cache_results(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, str]]:
+        """The stored ``(result, job_id)`` of those of ``keys`` that have an entry."""
+
+        def q(conn: sqlite3.Connection) -> dict[bytes, tuple[Any, str]]:
+            out: dict[bytes, tuple[Any, str]] = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, blob, job_id in conn.execute(f"SELECT key, result, job_id FROM cache WHERE key IN ({marks})", chunk):
+                    out[key] = (_unpack(blob), job_id)
+            return out
 
         return await self._read(q)
 

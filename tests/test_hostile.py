@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 from conftest import Daemon, RawClient, shared_daemon, wait_until
+from e2e_helpers import rss_kib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,14 +40,6 @@ def many_descriptors() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def frame(body: bytes) -> bytes:
@@ -373,12 +366,12 @@ REQUEST_VALUES = st.recursive(
 OPS = st.sampled_from([
     "hello", "submit", "submit_many", "get", "list", "cancel", "retry", "hold", "release", "update", "wait",
     "logs", "close", "stats", "tasks", "queues", "pause", "resume", "configure_queue", "schedule_add",
-    "schedule_list", "schedule_remove", "nope",
+    "schedule_list", "schedule_remove", "cache_stats", "cache_clear", "nope",
 ])  # fmt: skip
 ARG_KEYS = st.sampled_from([
     "job_id", "task", "args", "status", "limit", "after", "timeout", "events", "follow", "since", "id",
     "queue", "priority", "jobs", "weight", "max_concurrency", "aging", "name", "cron", "every", "job",
-    "protocol", "all_users", "mode", "delay", "run_at", "depends_on", "labels", "max_retries",
+    "protocol", "all_users", "mode", "delay", "run_at", "depends_on", "labels", "max_retries", "cache",
 ])  # fmt: skip
 # Tasks a fuzzed submit may name: never ``shell`` (it would run the fuzzed text).
 SAFE_TASKS = st.sampled_from(["echo", "sleep", "no-such-task"])

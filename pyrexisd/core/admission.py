@@ -25,15 +25,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from protocol.errors import Conflict, InvalidRequest, Overloaded, Unauthorized, UnknownTask
 from protocol.models import JobSpec, validation_errors
+from protocol.pipeline import PIPELINE_TASK, PipelineSpec
 from pyrexisd import dependencies
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
+from pyrexisd.core.cache import CacheKey, ResultCache
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline import plan as pipeline_plan
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 
@@ -44,6 +47,8 @@ class Admitted:
     spec: JobSpec
     task: TaskDef
     row: JobRow
+    # Where the result cache may hold this job's result, when it may be answered from it.
+    cache_key: CacheKey | None = None
 
 
 def _canonical(value: Any) -> Any:
@@ -56,7 +61,12 @@ def _canonical(value: Any) -> Any:
 
 def spec_digest(spec: JobSpec) -> bytes:
     """Identity of a spec for idempotent resubmits: fields as sent, defaults filled in."""
-    packed = msgpack.packb(_canonical(spec.model_dump()), use_bin_type=True)
+    fields = spec.model_dump()
+    if fields["cache"]:
+        # Fields added since the first release weigh only when not at their default, so
+        # that a job stored before they existed is still the same spec.
+        del fields["cache"]
+    packed = msgpack.packb(_canonical(fields), use_bin_type=True)
     return hashlib.sha256(packed).digest()
 
 
@@ -142,6 +152,16 @@ class Quotas:
         return round(min(60.0, max(1.0, excess / rate)), 1)
 
 
+def mode_not_run(mode: str) -> str:
+    """Why a daemon refuses a job of a mode it does not run."""
+    if mode == "dask":
+        return (
+            "this daemon does not run the dask mode: start pyrexisd with --dask-scheduler ADDRESS or "
+            "--dask-local N, which needs the extra pyrexis[dask] (pip install 'pyrexis[dask]')"
+        )
+    return f"this daemon does not run the {mode} mode"
+
+
 class Admission:
     """Turns raw specs into rows; every refusal is an :class:`InvalidRequest` family error
     naming the field at fault (and, in a batch, the spec's ``index``)."""
@@ -153,13 +173,16 @@ class Admission:
         clock: Callable[[], float],
         owners: Owners | None = None,
         counts: WaitingCounts | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.registry = registry
+        self.cache = cache
         self.config = config
         self.clock = clock
         self.owners = owners if owners is not None else Owners()
         self._max_spec = config.max_spec
         self.user_tasks = config.tasks_for_users
+        self.modes = config.modes
         self.quotas = Quotas(config, counts if counts is not None else _NoCounts(), clock)
 
     def prepare(self, caller: Caller, raw: Any, index: int | None = None) -> Admitted:
@@ -178,7 +201,9 @@ class Admission:
         definition = self.registry.get(spec.task)
         if definition is None:
             raise UnknownTask(f"no task named {spec.task!r}", {"task": spec.task, **where})
-        if not caller.admin and spec.task not in self.user_tasks:
+        if spec.task == PIPELINE_TASK:
+            spec = self._admit_pipeline(caller, spec, where)
+        elif not caller.admin and spec.task not in self.user_tasks:
             # Python tasks run as the daemon's user: only those the operator opened.
             raise Unauthorized(
                 f"task {spec.task!r} is not open to other users of this daemon", {"task": spec.task, **where}
@@ -189,13 +214,16 @@ class Admission:
                 f"task {spec.task!r} does not run in {mode} mode",
                 {"errors": [{"loc": ["mode"], "msg": f"supported: {', '.join(definition.modes)}"}], **where},
             )
+        if mode not in self.modes:
+            raise InvalidRequest(mode_not_run(mode), {"errors": [{"loc": ["mode"], "msg": "not run by this daemon"}], **where})
         if spec.job_id is not None and spec.job_id in spec.depends_on:
             raise InvalidRequest(
                 f"job {spec.job_id!r} depends on itself",
                 {"errors": [{"loc": ["depends_on"], "msg": "a dependency cycle"}], **where},
             )
         try:
-            kwargs = TaskDef.model_kwargs(definition.validate_args(spec.args))
+            validated = definition.validate_args(spec.args)
+            kwargs = TaskDef.model_kwargs(validated)
             args_blob = msgpack.packb(spec.args, use_bin_type=True)
             spec_size = len(args_blob) + (
                 len(msgpack.packb([spec.labels, spec.depends_on], use_bin_type=True))
@@ -241,7 +269,33 @@ class Admission:
             kwargs=kwargs,
             owner=caller.uid,
         )
-        return Admitted(spec, definition, row)
+        admitted = Admitted(spec, definition, row)
+        if definition.cache and spec.cache and self.cache is not None:
+            admitted.cache_key = self._cache_key(definition, validated, row, now)
+        return admitted
+
+    def _cache_key(self, definition: TaskDef, validated: BaseModel, row: JobRow, now: float) -> CacheKey | None:
+        """The cache key of a job that may be answered from the cache: one that would be
+        ready at once. A job that waits (dependencies, a later ``run_at``) runs when due,
+        and its result refreshes the cache then."""
+        assert self.cache is not None
+        if row.depends_on or (row.run_at is not None and row.run_at > now) or not self.cache.enabled:
+            return None
+        return self.cache.key(definition, validated, row.owner)
+
+    def _admit_pipeline(self, caller: Caller, spec: JobSpec, where: dict[str, int]) -> JobSpec:
+        """A pipeline's spec checked against the registry, what the caller may run and
+        the files it may name (a pipeline itself is open to everyone: its stages' tasks
+        are what must be open)."""
+        try:
+            PipelineSpec.model_validate(spec.args)
+        except ValidationError as exc:
+            raise InvalidRequest("invalid pipeline spec", {"errors": validation_errors(exc, ("args",)), **where}) from None
+        try:
+            return pipeline_plan.admit(spec, self.registry, caller.admin, caller.uid, self.user_tasks)
+        except (InvalidRequest, Unauthorized, UnknownTask) as exc:
+            exc.details = {**(exc.details or {}), **where}
+            raise
 
     def prepare_batch(self, caller: Caller, raws: Sequence[Any], batch: bool) -> list[Admitted]:
         """Every spec of a submit by ``caller`` (``batch``: of a ``submit_many``, errors
@@ -332,9 +386,11 @@ class Admission:
 
     @staticmethod
     def initial_status(row: JobRow, known: Mapping[str, str], now: float) -> str:
-        """Where a new job starts waiting: ``blocked`` on dependencies that have not all
-        completed (completed is final: no need to block on those), ``scheduled`` until a
-        future ``run_at``, else ``pending``."""
+        """Where a new job starts: ``completed`` when the result cache answered it,
+        ``blocked`` on dependencies that have not all completed (completed is final: no
+        need to block on those), ``scheduled`` until a future ``run_at``, else ``pending``."""
+        if row.cached_from is not None:
+            return "completed"
         if row.depends_on and not all(known.get(d) == "completed" for d in row.depends_on):
             return "blocked"
         if row.run_at is not None and row.run_at > now:

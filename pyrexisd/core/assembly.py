@@ -7,12 +7,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol.pipeline import PIPELINE_MODE
+from protocol.status import MODES
 from pyrexisd.config import Config
 from pyrexisd.core.attempt import AttemptLimits
 from pyrexisd.core.background import Background
+from pyrexisd.core.cache import ResultCache, StageCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline.calls import ItemCache
+from pyrexisd.core.pipeline.runner import PipelineEnv, Pipelines
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
 from pyrexisd.core.service import Service
@@ -39,11 +45,14 @@ class Core:
     metrics: Metrics
     store: Store
     clock: Callable[[], float]
+    cache: ResultCache | None = None
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
         daemon left running, the waiting jobs. Nothing runs yet."""
         await self.ledger.load()
+        if self.cache is not None:
+            await self.cache.load(self.service.registry.all())
         await self.queues.load()
         await recover_interrupted(self.store, self.ledger, self.clock)
         await self.waiting.load()
@@ -62,11 +71,18 @@ def build_core(
     clock: Callable[[], float] = time.time,
     window: int = DEFAULT_WINDOW,
     daemon_uid: int | None = None,
+    pipeline_cache: ItemCache | None = None,
 ) -> Core:
     """A core on ``store``, running work on ``executors`` (mode → executor), for a daemon
     running as ``daemon_uid`` (this process's effective uid by default); ``window`` ready
-    jobs per queue and mode are held in memory, the others paged in from the store."""
-    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging, window=window)
+    jobs per queue and mode are held in memory, the others paged in from the store;
+    ``pipeline_cache`` answers pipeline stages' calls it holds (none by default)."""
+    # A mode without an executor (a daemon restarted without --dask-local, say) has no
+    # slots: its waiting jobs load and wait for a daemon that runs it, instead of failing
+    # the start.
+    slots = {mode: 0 for mode in MODES} | {mode: ex.slots for mode, ex in executors.items()}
+    slots[PIPELINE_MODE] = config.pipelines
+    scheduler = Scheduler(slots, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
     background = Background()
@@ -74,12 +90,25 @@ def build_core(
     ledger = Ledger(store, hub, metrics, scheduler, clock, owners)
     waiting = Waiting(store, ledger, scheduler, background, clock)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
+    cache = ResultCache(store, clock, config.cache_max_entries, config.cache_max_bytes, config.max_result)
+    if pipeline_cache is None:
+        def stage_cache(row: JobRow) -> ItemCache:
+            return StageCache(cache, row.owner, row.job_id)
+    else:
+        def stage_cache(row: JobRow) -> ItemCache:
+            return pipeline_cache
+    pipelines = Pipelines(
+        PipelineEnv(
+            store, ledger.publish_stored, executors, registry, config.max_result, clock,
+            lambda uid: owners.is_admin(owners.of(uid)), stage_cache,
+        )  # fmt: skip
+    )
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
-        config.kill_grace, clock, owners, config.max_running_per_user,
+        config.kill_grace, clock, owners, config.max_running_per_user, pipelines, cache,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
     service = Service(
-        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners
+        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, cache
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock)
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, cache)

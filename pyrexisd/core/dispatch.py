@@ -17,18 +17,22 @@ users' jobs meanwhile take the free slots.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from protocol.errors import StorageError
+from protocol.errors import InvalidRequest, StorageError
+from protocol.pipeline import PIPELINE_MODE
 from pyrexisd.core import model
 from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, ProgressWriter
 from pyrexisd.core.background import Background
+from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline.runner import Pipelines
 from pyrexisd.core.waiting import STORAGE_RETRY, Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome, RunAs
@@ -62,8 +66,11 @@ class Dispatch:
         clock: Callable[[], float],
         owners: Owners | None = None,
         max_running_per_user: int | None = None,
+        pipelines: Pipelines | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache
         self.ledger = ledger
         self.waiting = waiting
         self.scheduler = scheduler
@@ -78,6 +85,7 @@ class Dispatch:
         self.backoff = Backoff()
         self.owners = owners if owners is not None else ledger.owners
         self.max_running_per_user = max_running_per_user
+        self.pipelines = pipelines  # runs the jobs of mode "pipeline"
         self._occupied: Counter[int] = Counter()  # slots each owner's jobs hold
         self._active: dict[int, Attempt] = {}
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
@@ -89,8 +97,15 @@ class Dispatch:
     # -- start-up -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start the executors, then whatever the free slots allow."""
-        for executor in self.executors.values():
+        for mode, executor in self.executors.items():
+            executor.on_slots = functools.partial(self._resize, mode)
             await executor.start()
+        self.kick()
+
+    def _resize(self, mode: str, slots: int) -> None:
+        """An executor's capacity changed while the daemon runs (the dask mode follows
+        its cluster): more slots start waiting jobs at once; fewer let running ones end."""
+        self.scheduler.resize(mode, slots)
         self.kick()
 
     # -- picking and starting -------------------------------------------------------------
@@ -265,7 +280,20 @@ class Dispatch:
         self.metrics.started_after(max(0.0, self.clock() - row.enqueued_at))
         if row.timeout is not None:
             attempt.timer = asyncio.get_running_loop().call_later(row.timeout, self._on_timeout, attempt)
-        attempt.task = self.background.spawn(self._run(attempt, self.executors[row.mode], attempt.call))
+        attempt.task = self.background.spawn(self._run(attempt, self._work_of(attempt)))
+
+    def _work_of(self, attempt: Attempt) -> Callable[[], Awaitable[Outcome]]:
+        """What runs ``attempt``: its mode's executor, or, for a pipeline, the pipelines
+        room (whose shell stages run in the owner's account, as a shell job would)."""
+        row, call = attempt.row, attempt.call
+        assert call is not None
+        if row.mode != PIPELINE_MODE:
+            executor = self.executors[row.mode]
+            return lambda: executor.run(call)
+        pipelines = self.pipelines
+        if pipelines is None:
+            return lambda: _outcome(Outcome.failure("exception", "this daemon runs no pipelines", retryable=False))
+        return lambda: pipelines.run(attempt, self._account(row))
 
     def _account(self, row: JobRow) -> RunAs | None | Outcome:
         """Whose account a shell job's command runs in: a root daemon runs another user's
@@ -282,16 +310,19 @@ class Dispatch:
             )
         return account
 
-    async def _run(self, attempt: Attempt, executor: Executor, call: JobCall) -> None:
+    async def _run(self, attempt: Attempt, work: Callable[[], Awaitable[Outcome]]) -> None:
+        call = attempt.call
+        assert call is not None
+        mode = attempt.row.mode
         try:
-            if attempt.row.depends_on:
+            if attempt.row.depends_on and mode != PIPELINE_MODE:
                 call.inputs = await self._inputs(attempt.row)
-            outcome = await executor.run(call)
+            outcome = await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an executor bug must not take the daemon down
-            log.exception("executor %s failed on job %s", executor.mode, attempt.row.job_id)
-            outcome = Outcome.failure("exception", f"internal error in the {executor.mode} executor: {exc}")
+            log.exception("executor %s failed on job %s", mode, attempt.row.job_id)
+            outcome = Outcome.failure("exception", f"internal error in the {mode} executor: {exc}")
         finally:
             if attempt.timer is not None:
                 attempt.timer.cancel()
@@ -309,6 +340,10 @@ class Dispatch:
         if self._active.get(attempt.row.seq) is attempt:
             del self._active[attempt.row.seq]
         self.ledger.unpin(attempt.row)
+
+    def running_pipelines(self) -> list[JobRow]:
+        """The rows of the pipelines running now (their figures as of their last checkpoint)."""
+        return [a.row for a in self._active.values() if a.row.mode == PIPELINE_MODE and not a.ended]
 
     def running_attempt(self, row: JobRow) -> Attempt:
         return self._active[row.seq]
@@ -345,8 +380,10 @@ class Dispatch:
     ) -> None:
         row = attempt.row
         now = self.clock()
+        call = attempt.call
+        cached = call.task if call is not None and call.task.cache else None
         try:
-            await self._write_end(row, outcome, notes, starts, now)
+            await self._write_end(row, outcome, notes, starts, now, cached)
         except StorageError as exc:
             if starts:
                 self._put_back(starts)
@@ -361,7 +398,7 @@ class Dispatch:
                     await asyncio.sleep(pause)
                     pause = min(STORAGE_RETRY, pause * 2)
                     try:
-                        await self._write_end(row, outcome, notes, [], now)
+                        await self._write_end(row, outcome, notes, [], now, cached)
                         break
                     except StorageError as again:
                         log.error("could not record the end of job %s, retrying: %s", row.job_id, again)
@@ -372,7 +409,13 @@ class Dispatch:
         self.kick()
 
     async def _write_end(
-        self, row: JobRow, outcome: Outcome, notes: list[tuple[str, str]], starts: list[JobRow], now: float
+        self,
+        row: JobRow,
+        outcome: Outcome,
+        notes: list[tuple[str, str]],
+        starts: list[JobRow],
+        now: float,
+        cached: TaskDef | None = None,
     ) -> None:
         # One commit for "this one finished" and "these started". An end that starts
         # nothing and that nobody waits for need not commit alone: it rides with the next
@@ -380,10 +423,27 @@ class Dispatch:
         lazy = not starts and not self.ledger.awaited(row.job_id)
         async with self.ledger.change([row, *starts], lazy=lazy) as change:
             model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
+            if cached is not None and row.status == "completed":
+                # Written in this same commit: whoever sees the job completed finds its
+                # result in the cache too (a failed commit drops the entry with the end).
+                self._cache_result(cached, row)
             for stream, text in notes:
                 change.log(row, stream, text, now)
             for start in starts:
                 model.start_attempt(start, now)
+
+    def _cache_result(self, definition: TaskDef, row: JobRow) -> None:
+        """A cached task's job completed: its result goes in the cache. Not when it took
+        its dependencies' results as ``inputs``: they are not part of the key."""
+        cache = self.cache
+        if cache is None or (definition.inputs_param is not None and row.depends_on):
+            return
+        try:
+            # A job older than ownership is the daemon's: keyed as the daemon's jobs are.
+            key = cache.key_of_args(definition, row.args, self.owners.of(row.owner))
+        except InvalidRequest:  # args the task loaded now refuses: nothing to key on
+            return
+        cache.put(key, row.result, row.job_id, definition.cache_ttl)
 
     def _ended(self, attempt: Attempt) -> None:
         """An attempt's end is committed: it leaves the running set; a retry waits."""
@@ -416,7 +476,8 @@ class Dispatch:
     # -- shutdown -----------------------------------------------------------------------
     async def drain(self, grace: float, force: asyncio.Event | None = None) -> None:
         """Let running attempts finish within ``grace`` seconds (``force`` cuts it short)."""
-        running = [a.task for a in self._active.values() if a.task is not None]
+        # A pipeline does not hold the stop up: it checkpoints, stops, and resumes later.
+        running = [a.task for a in self._active.values() if a.task is not None and a.row.mode != PIPELINE_MODE]
         if not running or grace <= 0:
             return
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(running, timeout=grace))]
@@ -456,6 +517,10 @@ class Dispatch:
         for executor in self.executors.values():
             await executor.shutdown()
         self.background.cancel_all()
+
+
+async def _outcome(outcome: Outcome) -> Outcome:
+    return outcome
 
 
 def _missing_task(name: str) -> TaskDef:

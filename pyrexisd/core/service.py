@@ -20,12 +20,21 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import Conflict, InvalidState, ShuttingDown, StorageError, Unauthorized
+from protocol.errors import (
+    Conflict,
+    Internal,
+    InvalidState,
+    ShuttingDown,
+    StorageError,
+    Unauthorized,
+)
+from protocol.pipeline import PIPELINE_TASK
 from protocol.status import WAITING
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core import model
 from pyrexisd.core.admission import Admission, Admitted, decode_cursor, encode_cursor
+from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
@@ -60,8 +69,10 @@ class Service:
         hub: EventHub,
         clock: Callable[[], float],
         owners: Owners | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.config = config
+        self.cache = cache
         self._store = store
         self.registry = registry
         self.ledger = ledger
@@ -73,7 +84,7 @@ class Service:
         self.hub = hub
         self.clock = clock
         self.owners = owners if owners is not None else ledger.owners
-        self.admission = Admission(registry, config, clock, self.owners, metrics)
+        self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
 
     @property
@@ -105,15 +116,19 @@ class Service:
             found = await self._store.get_jobs_by_id(external) if external else {}
             known = self.admission.check_dependencies(caller, admitted, found, batch)
         existing = await self._resubmits(caller, admitted, batch)
+        served = 0
+        if self.cache is not None and any(a.cache_key is not None for a in admitted):
+            served = await self._from_cache(self.cache, admitted, existing)
         self.check_open()
         fresh = [a.row for i, a in enumerate(admitted) if i not in existing]
         if fresh:
             quotas = self.admission.quotas
-            quotas.reserve(caller.uid, len(fresh))
+            waits = len(fresh) - served  # a job the cache answered never waits
+            quotas.reserve(caller.uid, waits)
             try:
                 await self._accept(fresh, known)
             finally:
-                quotas.release(caller.uid, len(fresh))
+                quotas.release(caller.uid, waits)
         return [existing[i] if i in existing else a.row.record() for i, a in enumerate(admitted)]
 
     async def _resubmits(self, caller: Caller, admitted: list[Admitted], batch: bool) -> dict[int, dict[str, Any]]:
@@ -131,6 +146,27 @@ class Service:
             if i not in out and self.ledger.claimed(job_id):
                 raise Conflict(f"job_id {job_id!r} is being submitted concurrently", {"job_id": job_id})
         return out
+
+    async def _from_cache(
+        self, cache: ResultCache, admitted: list[Admitted], existing: dict[int, dict[str, Any]]
+    ) -> int:
+        """Answer from the result cache the new jobs it holds a result for: they will be
+        stored ``completed``, never run. How many it answered."""
+        asked = [(a, a.cache_key) for i, a in enumerate(admitted) if a.cache_key is not None and i not in existing]
+        if not asked:
+            return 0
+        hits = await cache.lookup_many([key for _, key in asked])
+        now = self.clock()
+        served = 0
+        for a, key in asked:
+            hit = hits.get(key.digest)
+            if hit is not None:
+                row = a.row
+                row.cached_from = hit.job_id
+                row.result = hit.result
+                row.finished_at = now
+                served += 1
+        return served
 
     async def _accept(self, rows: list[JobRow], known: dict[str, str]) -> None:
         """Commit new jobs, each already ``running`` when a slot is free for it now."""
@@ -163,7 +199,7 @@ class Service:
         for row in rows:
             if row.status == "running":
                 self.dispatch.launch(row)
-            else:
+            elif row.cached_from is None:
                 self.waiting.enqueue(row)
         self.dispatch.kick()
 
@@ -258,8 +294,10 @@ class Service:
         limit: int,
         after: str | None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> dict[str, Any]:
-        """A page of records, oldest first, and the cursor of the next page (or None).
+        """A page of records, oldest first, and the cursor of the next page (or None);
+        only jobs created at ``since`` or later, when given.
 
         The caller's own jobs, or with ``all_users`` every user's (admins only). A page is
         cut short where its records would not fit in one frame; one record always fits
@@ -270,7 +308,7 @@ class Service:
         cursor = decode_cursor(after) if after else None
         owner = None if all_users else caller.uid
         unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
-        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned)
+        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned, since)
         more = len(rows) > limit
         rows = rows[:limit]
         budget = self.config.max_frame - FRAME_ENVELOPE
@@ -292,7 +330,7 @@ class Service:
         return await self._store.read_outputs(job_seq, since, LOG_PAGE)
 
     def log_signal(self, job_seq: int) -> asyncio.Future[None]:
-        """Resolves at the next commit of log lines or of an end of ``job_seq``."""
+        """Resolves at the next commit of log lines, outputs or an end of ``job_seq``."""
         return self.ledger.log_signal(job_seq)
 
     def subscribe(self, caller: Caller, flt: EventFilter) -> Subscription:
@@ -305,7 +343,13 @@ class Service:
 
     def stats(self, caller: Caller) -> dict[str, Any]:
         """The daemon's counters; the job counts are only the caller's own unless it is an admin."""
-        out = self.metrics.snapshot(self.clock(), self.scheduler.slots, None if caller.admin else caller.uid)
+        executors = self.dispatch.executors
+        slots = {mode: n for mode, n in self.scheduler.slots.items() if mode in executors}
+        out = self.metrics.snapshot(self.clock(), slots, None if caller.admin else caller.uid)
+        for mode, executor in executors.items():
+            state = executor.state()
+            if state is not None:
+                out[mode] = state  # e.g. "dask": the cluster as the mode sees it
         store = self._store
         commits = store.commits
         out["store"] = {
@@ -317,12 +361,38 @@ class Service:
             "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in store.split.items()},
             "sync": store.sync,
         }
+        # Running pipelines and their figures per stage, as of their last checkpoint.
+        out["pipelines"] = {
+            row.job_id: _pipeline_summary(row)
+            for row in self.dispatch.running_pipelines()
+            if self.owners.sees(caller, row.owner)
+        }
         return out
+
+    # -- the result cache ----------------------------------------------------------------
+    def _result_cache(self) -> ResultCache:
+        if self.cache is None:
+            raise Internal("this core has no result cache")
+        return self.cache
+
+    def cache_stats(self, caller: Caller, task: str | None) -> dict[str, Any]:
+        """The result cache's figures per task: the whole cache for an admin, the
+        caller's own entries and counters for anyone else."""
+        return self._result_cache().stats(task, self.owners.lets(caller))
+
+    async def cache_clear(self, caller: Caller, task: str | None) -> dict[str, int]:
+        """Remove cached results (of ``task``): every user's for an admin, the caller's
+        own for anyone else. Durable before it answers."""
+        self.check_open()
+        return await self._result_cache().clear(task, self.owners.lets(caller))
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""
         allowed = None if caller.admin else self.admission.user_tasks
-        return [t.describe() for t in self.registry.all() if allowed is None or t.name in allowed]
+        # A pipeline is open to everyone: what its stages may run is checked at submit.
+        return [
+            t.describe() for t in self.registry.all() if allowed is None or t.name in allowed or t.name == PIPELINE_TASK
+        ]
 
     # -- queues and schedules -------------------------------------------------------------
     def queue_rows(self, caller: Caller) -> list[dict[str, Any]]:
@@ -357,3 +427,8 @@ class Service:
 
     async def remove_schedule(self, caller: Caller, name: str) -> None:
         await self.schedules.remove(name, self.owners.lets(caller))
+
+
+def _pipeline_summary(row: JobRow) -> dict[str, Any]:
+    state = row.pipeline or {}
+    return {"items": state.get("items"), "outputs": state.get("outputs"), "stages": state.get("stages", [])}
