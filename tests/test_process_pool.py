@@ -10,6 +10,7 @@ worker processes; waiting is always polling with a deadline.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -170,3 +171,30 @@ def test_process_job_events_are_stored_before_its_end(start_daemon: Callable[...
             lines = [e for e in job_logs(c, job["job_id"]) if e["stream"] == "log"]
             assert len(lines) == 300
             assert all(e["line"] == "z" * 50 for e in lines)
+
+
+class _ScriptDaemon(Daemon):
+    """A daemon run as users run it, through its console script (``python -m`` would put
+    the working directory on the daemon's own path too)."""
+
+    def command(self) -> list[str]:
+        script = os.path.join(os.path.dirname(sys.executable), "pyrexisd")
+        return [script, *super().command()[3:]]
+
+
+def test_workers_do_not_import_modules_from_the_daemons_working_directory(workdir: str) -> None:
+    """Given a module in the daemon's working directory named like a task module, the
+    process workers still load the real one (the forkserver runs as ``python -c``, which
+    would put that directory first on its import path)."""
+    with open(os.path.join(workdir, "pool_tasks.py"), "w") as fh:
+        fh.write(f"open({os.path.join(workdir, 'shadow-imported')!r}, 'w').close()\n")
+    d = _ScriptDaemon(workdir, (*TASKS, "--processes", "1"))
+    d.start()
+    try:
+        with d.client() as c:
+            job = c.submit("pool.deaf", {"marker": os.path.join(workdir, "ran"), "seconds": 0})
+            done = c.wait(job["job_id"], timeout=30)
+            assert done["status"] == "completed" and done["result"] == "finished", done
+        assert not os.path.exists(os.path.join(workdir, "shadow-imported"))
+    finally:
+        d.terminate()

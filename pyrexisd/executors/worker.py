@@ -42,6 +42,10 @@ from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.context import Fatal, Retry, TaskContext
 from pyrexisd.tasks.registry import REGISTRY
 
+# Marks a PYTHONSAFEPATH that only the forkserver was meant to have (see workerproc): its
+# workers drop both.
+SAFE_PATH_MARK = "_PYREXIS_FORKSERVER_SAFEPATH"
+
 HEADER = struct.Struct(">I")
 CHANNEL_PIECE = 64 * 1024  # log text is sent in pieces of at most this many characters
 MAX_OUTPUT = 64 * CHANNEL_PIECE  # bytes of one output item (a generator's yield)
@@ -118,6 +122,9 @@ def serve(channel: socket.socket, task_modules: tuple[str, ...], max_result: int
     """A worker's life: load the tasks, then run the calls that come until the daemon
     closes its end of ``channel``."""
     global _channel, _max_result
+    if os.environ.pop(SAFE_PATH_MARK, None) is not None:
+        # Set for the forkserver's own start only: what a task runs sees the daemon's environment.
+        os.environ.pop("PYTHONSAFEPATH", None)
     # Lead a process group: whatever a task spawns can be killed with its worker.
     os.setpgrp()
     procs.die_with_parent()

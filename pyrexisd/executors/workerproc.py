@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import select
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -40,6 +41,25 @@ log = logging.getLogger(__name__)
 # small process that preloaded the worker module (and the task modules), so a new worker
 # starts in milliseconds.
 START_METHOD = "forkserver"
+
+
+@contextlib.contextmanager
+def _no_cwd_on_the_forkservers_path() -> Iterator[None]:
+    """Start the forkserver (if it is not running) with ``PYTHONSAFEPATH``: it runs as
+    ``python -c``, which would put the daemon's working directory first on its import
+    path, so a ``pyrexisd/`` folder or a module named like a task module in that directory
+    would be imported into every worker in place of ours. (Python 3.11's forkserver
+    ignores the daemon's ``sys.path``.) The variable is set only for the moment the
+    forkserver may be started; its workers drop it again (:data:`~pyrexisd.executors.worker.SAFE_PATH_MARK`)."""
+    if "PYTHONSAFEPATH" in os.environ:
+        yield
+        return
+    os.environ["PYTHONSAFEPATH"] = os.environ[worker.SAFE_PATH_MARK] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("PYTHONSAFEPATH", None)
+        os.environ.pop(worker.SAFE_PATH_MARK, None)
 RECV_SIZE = 256 * 1024
 
 
@@ -69,7 +89,8 @@ class WorkerProcess:
             process = context.Process(  # type: ignore[attr-defined]  # each concrete context has it
                 target=worker.serve, args=(theirs, task_modules, max_result), name="pyrexis-worker", daemon=True
             )
-            process.start()
+            with _no_cwd_on_the_forkservers_path():
+                process.start()
         except Exception as exc:  # the forkserver could not be reached or started
             ours.close()
             raise WorkerStartError(f"cannot start a worker process: {type(exc).__name__}: {exc}") from exc
