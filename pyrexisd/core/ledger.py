@@ -111,7 +111,10 @@ class Change:
                 for row in self.rows:
                     if row.status == "pending":
                         row.sched_key = key_of(row.queue, row.priority, row.enqueued_at)
-                await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
+                if self.created:
+                    await ledger.store.write(new_jobs=self.rows, logs=self.lines, lazy=self.lazy)
+                else:
+                    await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
         except BaseException:
             self._undo()
             raise
