@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import importlib
 import importlib.metadata
 import logging
@@ -355,6 +356,11 @@ class Daemon:
                 assert self.http is not None
                 await http.start()
                 log.info("HTTP API and dashboard on %s", self.http.shown)
+            # What start-up made lives as long as the daemon: out of the cyclic collector's
+            # sight, its full collections (set off by the jobs a batch keeps alive at once)
+            # walk only what came after. Refcounting still frees these objects.
+            gc.collect()
+            gc.freeze()
             access = self.access
             log.info(
                 "pyrexisd ready on %s (db %s, sync %s, slots %s, %s)",
