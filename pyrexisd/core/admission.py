@@ -196,8 +196,9 @@ class Admission:
             raise InvalidRequest("invalid job spec", {"errors": validation_errors(exc), **where}) from None
         return self._admit(caller, spec, where)
 
-    def _admit(self, caller: Caller, spec: JobSpec, where: dict[str, int]) -> Admitted:
-        """A valid spec's task, mode, args and size checked; its row built."""
+    def _admit(self, caller: Caller, spec: JobSpec, where: dict[str, int], new_id: str | None = None) -> Admitted:
+        """A valid spec's task, mode, args and size checked; its row built (its job id
+        the spec's, else ``new_id``, else a new one)."""
         definition = self.registry.get(spec.task)
         if definition is None:
             raise UnknownTask(f"no task named {spec.task!r}", {"task": spec.task, **where})
@@ -247,7 +248,7 @@ class Admission:
         run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay is not None else None)
         row = JobRow(
             seq=0,
-            job_id=spec.job_id or _new_job_id(),
+            job_id=spec.job_id or new_id or _new_job_id(),
             task=spec.task,
             args=spec.args,
             queue=spec.queue,
@@ -307,7 +308,11 @@ class Admission:
         except ValidationError:
             admitted = [self.prepare(caller, raw, i if batch else None) for i, raw in enumerate(raws)]
             raise AssertionError("a batch that fails as a list passes spec by spec") from None
-        admitted = [self._admit(caller, spec, {"index": i} if batch else {}) for i, spec in enumerate(specs)]
+        new_ids = _new_job_ids(len(specs))  # at once: cheaper than counting those needed
+        admitted = [
+            self._admit(caller, spec, {"index": i} if batch else {}, new_id)
+            for i, (spec, new_id) in enumerate(zip(specs, new_ids, strict=True))
+        ]
         if batch:
             # An upper bound of the reply's size, without packing every record twice.
             size = sum(record_size_bound(a.row) for a in admitted)
@@ -406,6 +411,12 @@ _ids = random.Random(os.urandom(16))
 
 def _new_job_id() -> str:
     return f"{_ids.getrandbits(64):016x}"
+
+
+def _new_job_ids(n: int) -> list[str]:
+    """``n`` new job ids, drawn in one call."""
+    digits = _ids.randbytes(8 * n).hex()
+    return [digits[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 class _NoCounts:
