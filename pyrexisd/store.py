@@ -34,6 +34,7 @@ import msgpack
 
 from protocol.errors import StorageError
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
+from pyrexisd.packing import pack
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -297,7 +298,7 @@ class Schedule:
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return pack(value)  # on the loop's thread, like every write
 
 
 def _unpack(blob: bytes | None) -> Any:

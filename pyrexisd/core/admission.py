@@ -37,6 +37,7 @@ from pyrexisd.core.cache import CacheKey, ResultCache
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.pipeline import plan as pipeline_plan
+from pyrexisd.packing import pack
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 
@@ -233,9 +234,9 @@ class Admission:
             if validated is None:
                 validated = definition.validate_args(spec.args)
             kwargs = TaskDef.model_kwargs(validated)
-            args_blob = msgpack.packb(spec.args, use_bin_type=True)
+            args_blob = pack(spec.args)
             spec_size = len(args_blob) + (
-                len(msgpack.packb([spec.labels, spec.depends_on], use_bin_type=True))
+                len(pack([spec.labels, spec.depends_on]))
                 if spec.labels or spec.depends_on else _EMPTY_EXTRAS
             )
         except InvalidRequest as exc:
