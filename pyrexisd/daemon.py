@@ -23,7 +23,7 @@ import resource
 import signal
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO
 
 from protocol.errors import PyrexisError, StorageError
@@ -38,7 +38,9 @@ from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.spawner import SpawnerError
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
+from pyrexisd.reload import Reloader, apply_declared
 from pyrexisd.server import Limits, Server
+from pyrexisd.settings import ConfigSource
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
@@ -208,8 +210,10 @@ def _makedirs(path: str, mode: int) -> None:
 class Daemon:
     """One daemon: owns the store, the job core and the server."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
         self.config = config
+        self.source = source  # where the configuration came from: SIGHUP reads it again
+        self._reloads: set[asyncio.Task[None]] = set()
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.core: Core | None = None
@@ -225,12 +229,29 @@ class Daemon:
             log.info("%s: shutting down", signal.Signals(signum).name)
             self.should_exit.set()
 
+    def _on_hangup(self) -> None:
+        # Like `pyrexisctl reload`; ignored until the daemon serves (the core is not built).
+        if self.core is None or self.core.service.reloader is None:
+            log.warning("SIGHUP: nothing to reload yet")
+            return
+        task = asyncio.ensure_future(self._reload(self.core.service.reloader))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    @staticmethod
+    async def _reload(reloader: Callable[[], Awaitable[dict[str, object]]]) -> None:
+        try:
+            await reloader()
+        except PyrexisError as exc:
+            log.error("SIGHUP: %s", exc.message)
+
     async def run(self) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
         # Signals first: a stop asked for during start-up is kept and honoured once ready.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
@@ -266,7 +287,7 @@ class Daemon:
                 for lock in locks:
                     lock.close()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def _bind(self) -> tuple[socket.socket, SocketDir | None]:
@@ -313,6 +334,14 @@ class Daemon:
         core.metrics.loop_lag.start()
         schedules = core.service.schedules
         await schedules.start()
+        try:
+            await apply_declared(core, config)  # the file's queues and schedules
+        except PyrexisError as exc:
+            origin = self.source.path if self.source is not None else "the configuration"
+            raise StartupError(f"{origin}: {exc.message}") from None
+        if self.source is not None:
+            core.service.reloader = Reloader(core, self.source, config).reload
+        core.retention.start()
         server = Server(Handlers(core.service, config.max_frame).table, server_limits(config), self.access)
         self.server = server
         watchdog: asyncio.Task[None] | None = None
@@ -334,6 +363,7 @@ class Daemon:
             systemd.notify("STOPPING=1\nSTATUS=draining running jobs")
             server.stop_accepting()
             schedules.stop()
+            await core.retention.stop()
             core.stop_taking_work()
             await core.dispatch.drain(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
             # Let ends in flight commit before deciding who was interrupted (not forever: a

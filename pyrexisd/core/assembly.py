@@ -15,6 +15,7 @@ from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
+from pyrexisd.core.retention import Retention, Rules
 from pyrexisd.core.service import Service
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
@@ -39,11 +40,13 @@ class Core:
     metrics: Metrics
     store: Store
     clock: Callable[[], float]
+    retention: Retention
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
         daemon left running, the waiting jobs. Nothing runs yet."""
         await self.ledger.load()
+        self.ledger.raise_seq(await self.retention.load())
         await self.queues.load()
         await recover_interrupted(self.store, self.ledger, self.clock)
         await self.waiting.load()
@@ -79,7 +82,10 @@ def build_core(
         config.kill_grace, clock, owners, config.max_running_per_user,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
-    service = Service(
-        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners
+    retention = Retention(
+        store, ledger, metrics, owners, Rules(config.keep_finished, config.keep_max), waiting.depended_on, clock
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock)
+    service = Service(
+        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, retention
+    )
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, retention)

@@ -197,6 +197,10 @@ class Ledger:
         for queue, status, _mode, owner, n in await self.store.counts():
             self.metrics.loaded(queue, status, self.owners.of(owner), n)
 
+    def raise_seq(self, floor: int) -> None:
+        """New jobs are numbered above ``floor`` (the highest seq retention pruned)."""
+        self._seq = max(self._seq, floor)
+
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -273,7 +277,7 @@ class Ledger:
             self.hub.publish(state_event(row, now), row.task, row.queue, row.owner)
         if row.terminal:
             if row.status == "completed" and old == "running":
-                self.metrics.completed(now)
+                self.metrics.completed(now, row.queue)
             self._signal_log(row.seq)
             self._ended(row)
             self.on_end(row)
