@@ -18,7 +18,6 @@ order is :mod:`pyrexisd.settings`.
 from __future__ import annotations
 
 import os
-import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -26,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from protocol.durations import parse_duration
 from protocol.errors import PyrexisError
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
@@ -112,22 +112,6 @@ def _cpus() -> int:
 
 
 # -- value parsers: each takes what a flag, a variable (a string) or the file gives ------
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a text like ``90``, ``1.5h``, ``7d``, ``2w``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30, 90s, 12h or 7d")
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration such as 30, 90s, 12h or 7d")
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
-
 def _items(value: Any) -> list[Any]:
     """A list from a list, or from a comma-separated text (a flag or a variable)."""
     if isinstance(value, str):

@@ -108,4 +108,7 @@ def setup(fmt: str, level: str, stream: IO[str] | None = None) -> None:
 
 def set_level(level: str) -> None:
     """Change the level live (``reload``)."""
-    logging.getLogger().setLevel(getattr(logging, level.upper()))
+    value = getattr(logging, level.upper())
+    logging.getLogger().setLevel(value)
+    # aiosqlite logs two lines per statement at DEBUG: noise that would bury ours.
+    logging.getLogger("aiosqlite").setLevel(max(value, logging.INFO))
