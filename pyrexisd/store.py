@@ -846,6 +846,24 @@ class Store:
 
         return await self._read(q)
 
+    async def finished_now(self, seqs: Sequence[int]) -> list[Finished]:
+        """Those of these jobs that are finished now (a light read: no job record)."""
+
+        def q(conn: sqlite3.Connection) -> list[Finished]:
+            out: list[Finished] = []
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i : i + 500]
+                out.extend(
+                    Finished(*r) for r in conn.execute(
+                        "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs "
+                        f"WHERE seq IN ({','.join('?' * len(chunk))}) AND status IN {TERMINAL_SQL}",
+                        chunk,
+                    )
+                )
+            return out
+
+        return await self._read(q)
+
     def file_bytes(self) -> int:
         """The database's size on disk: the file and its WAL."""
         total = 0

@@ -219,7 +219,8 @@ class Dispatch:
                 for row in rows:
                     model.start_attempt(row, now)
         except StorageError as exc:
-            log.error("could not start %d jobs: %s", len(rows), exc)
+            log.error("could not start %d jobs (%s): %s", len(rows), ", ".join(r.job_id for r in rows[:5])
+                      + (" ..." if len(rows) > 5 else ""), exc)
             self._put_back(rows)
             return
         self._started(row.seq for row in rows)
@@ -290,7 +291,8 @@ class Dispatch:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an executor bug must not take the daemon down
-            log.exception("executor %s failed on job %s", executor.mode, attempt.row.job_id)
+            log.exception("executor %s failed on job %s", executor.mode, attempt.row.job_id,
+                          extra={"job_id": attempt.row.job_id})
             outcome = Outcome.failure("exception", f"internal error in the {executor.mode} executor: {exc}")
         finally:
             if attempt.timer is not None:
@@ -351,7 +353,7 @@ class Dispatch:
             if starts:
                 self._put_back(starts)
                 starts = []
-            log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+            log.error("could not record the end of job %s, retrying: %s", row.job_id, exc, extra={"job_id": row.job_id})
             # Locked until the end is durable, across retries: until then no op may act on
             # (or show) an outcome that could still be lost. (The failed change unlocked
             # the row and no other coroutine ran since, so the hold follows it unbroken.)
@@ -364,7 +366,8 @@ class Dispatch:
                         await self._write_end(row, outcome, notes, [], now)
                         break
                     except StorageError as again:
-                        log.error("could not record the end of job %s, retrying: %s", row.job_id, again)
+                        log.error("could not record the end of job %s, retrying: %s", row.job_id, again,
+                                  extra={"job_id": row.job_id})
         self._ended(attempt)
         self._started(start.seq for start in starts)
         for start in starts:

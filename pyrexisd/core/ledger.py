@@ -27,6 +27,7 @@ answer from it without reading the store.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
@@ -39,6 +40,8 @@ from pyrexisd.events import EventHub, StoredRange, state_event
 from pyrexisd.metrics import Metrics
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import Store
+
+log = logging.getLogger(__name__)
 
 RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
 
@@ -276,6 +279,8 @@ class Ledger:
         if self.hub.wants(row.job_id):
             self.hub.publish(state_event(row, now), row.task, row.queue, row.owner)
         if row.terminal:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("job %s %s (attempt %d)", row.job_id, row.status, row.attempts, extra={"job_id": row.job_id})
             if row.status == "completed" and old == "running":
                 self.metrics.completed(now, row.queue)
             self._signal_log(row.seq)

@@ -38,9 +38,10 @@ from pyrexisd.store import Finished, Store
 
 log = logging.getLogger(__name__)
 
-BATCH = 500  # jobs deleted in one commit
-PAUSE = 0.02  # seconds between two batches of one pass: the writer serves clients meanwhile
-INTERVAL = 5.0  # seconds between passes while nothing is due
+BATCH = 1000  # jobs deleted in one commit (a few ms of the writer's thread)...
+MAX_BATCH = 10_000  # ...up to this many while far past --keep-max (as many as submit_many's)
+PAUSE = 0.005  # seconds between two batches of one pass: the writer serves clients meanwhile
+INTERVAL = 1.0  # seconds between passes while nothing is due
 SEQ_FLOOR = "seq_floor"  # setting: the highest seq ever pruned (seqs are never reused)
 
 
@@ -135,7 +136,8 @@ class Retention:
                 return removed
             # Past the count bound, the oldest go whatever their age; else only the expired.
             before = None if excess > 0 else cutoff
-            page = await self.store.finished_page(cursor, BATCH, before)
+            size = min(MAX_BATCH, max(BATCH, excess))
+            page = await self.store.finished_page(cursor, size, before)
             if not page:
                 return removed
             cursor = (page[-1].finished_at, page[-1].seq)
@@ -146,7 +148,7 @@ class Retention:
             else:
                 chosen = page
             removed += await self.prune(chosen)
-            if len(page) < BATCH:
+            if len(page) < size:
                 return removed
             await asyncio.sleep(PAUSE)
 
@@ -183,15 +185,18 @@ class Retention:
         floor = max(self._floor, *seqs)
         async with ledger.hold(seqs):
             # Read again under the lock: a job may have been retried since the page was read.
-            current = await self.store.get_jobs(seqs)
-            gone = [row for seq in seqs if (row := current.get(seq)) is not None and row.terminal]
+            finished = await self.store.finished_now(seqs)
+            # Decided here, with no await until the write is queued: a wait registered by
+            # now keeps its job (its read may be in flight); one registered later finds
+            # the job gone, as if it came after the deletion.
+            gone = [f for f in finished if not ledger.awaited(f.job_id)]
             if not gone:
                 return 0
             settings = [(SEQ_FLOOR, floor)] if floor > self._floor else []
-            await self.store.write(prunes=[row.seq for row in gone], settings=settings, lazy=True)
+            await self.store.write(prunes=[f.seq for f in gone], settings=settings, lazy=True)
             self._floor = floor
-            for row in gone:
-                self.metrics.pruned(row.queue, row.status, self.owners.of(row.owner))
+            for f in gone:
+                self.metrics.pruned(f.queue, f.status, self.owners.of(f.owner))
         self.pruned += len(gone)
-        log.debug("pruned %d finished jobs (%s ...)", len(gone), ", ".join(row.job_id for row in gone[:3]))
+        log.debug("pruned %d finished jobs (%s ...)", len(gone), ", ".join(f.job_id for f in gone[:3]))
         return len(gone)
