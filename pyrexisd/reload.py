@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from protocol.errors import InvalidState, PyrexisError
+from protocol.errors import InvalidState, PyrexisError, WireError
 from pyrexisd import logs
 from pyrexisd.config import OPTIONS, OPTIONS_BY_KEY, Config, ConfigError, QueueDecl, ScheduleDecl
 from pyrexisd.core.assembly import Core
@@ -113,8 +113,20 @@ async def apply_schedules(core: Core, declared: Mapping[str, ScheduleDecl]) -> N
             if (existing.cron, existing.every, existing.job) == (decl.cron, decl.every, job):
                 continue
             await recurring.remove(name)
-        await recurring.add(daemon, name, decl.cron, decl.every, job)
+        try:
+            await recurring.add(daemon, name, decl.cron, decl.every, job)
+        except WireError as exc:
+            raise type(exc)(f"schedules.{name}: {_explained(exc)}", exc.details) from None
     await core.store.write(settings=[(DECLARED_SCHEDULES, sorted(declared))])
+
+
+def _explained(exc: PyrexisError) -> str:
+    """The message, with the first validation error's place and reason when there is one."""
+    errors = exc.details.get("errors") if isinstance(exc.details, Mapping) else None
+    if errors and isinstance(errors[0], Mapping):
+        loc = ".".join(str(p) for p in errors[0].get("loc") or ())
+        return f"{exc.message} ({loc}: {errors[0].get('msg')})" if loc else f"{exc.message} ({errors[0].get('msg')})"
+    return exc.message
 
 
 async def apply_declared(core: Core, config: Config) -> None:
