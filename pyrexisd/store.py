@@ -260,6 +260,37 @@ def _unpack(blob: bytes | None) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
+def _rows_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[Any]:
+    """The rows of ``sql`` (its ``{marks}`` an IN list) for all ``values``, queried 500 at
+    a time: well below SQLite's bound-parameter limit."""
+    out: list[Any] = []
+    for i in range(0, len(values), 500):
+        chunk = values[i : i + 500]
+        out.extend(conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk))
+    return out
+
+
+def _filters(
+    owner: int | None, unowned_too: bool, statuses: Sequence[str] | None, task: str | None, queue: str | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE terms and their parameters for the filters ``list`` and ``clean`` share."""
+    where: list[str] = []
+    params: list[Any] = []
+    if owner is not None:
+        where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
+        params.append(owner)
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
+    if task is not None:
+        where.append("task = ?")
+        params.append(task)
+    if queue is not None:
+        where.append("queue = ?")
+        params.append(queue)
+    return where, params
+
+
 _COLUMN_VALUES = operator.attrgetter(*JOB_COLUMNS)
 
 
@@ -644,12 +675,7 @@ class Store:
 
     async def _select_in(self, column: str, values: Sequence[Any]) -> list[JobRow]:
         def q(conn: sqlite3.Connection) -> list[JobRow]:
-            out: list[JobRow] = []
-            for i in range(0, len(values), 500):  # well below SQLite's bound-parameter limit
-                chunk = values[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                out.extend(job_from_db(r) for r in conn.execute(f"{_SELECT_JOB} WHERE {column} IN ({marks})", chunk))
-            return out
+            return [job_from_db(r) for r in _rows_in(conn, f"{_SELECT_JOB} WHERE {column} IN ({{marks}})", values)]
 
         return await self._read(q)
 
@@ -665,20 +691,7 @@ class Store:
     ) -> list[JobRow]:
         """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``;
         only ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if owner is not None:
-            where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
-            params.append(owner)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if task is not None:
-            where.append("task = ?")
-            params.append(task)
-        if queue is not None:
-            where.append("queue = ?")
-            params.append(queue)
+        where, params = _filters(owner, unowned_too, statuses, task, queue)
         if after is not None:
             where.append("(created_at, job_id) > (?, ?)")
             params.extend(after)
@@ -821,20 +834,12 @@ class Store:
         """Up to ``limit`` finished jobs past ``after`` (``(finished_at, seq)``) in the order
         they ended, oldest first; only those that ended before ``before``, have one of
         ``statuses``, are in ``queue`` or are ``owner``'s, when given."""
-        where = [f"status IN {TERMINAL_SQL}", "(finished_at, seq) > (?, ?)"]
-        params: list[Any] = [after[0], after[1]]
+        where, params = _filters(owner, unowned_too, statuses, None, queue)
+        where += [f"status IN {TERMINAL_SQL}", "(finished_at, seq) > (?, ?)"]
+        params += [after[0], after[1]]
         if before is not None:
             where.append("finished_at < ?")
             params.append(before)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if queue is not None:
-            where.append("queue = ?")
-            params.append(queue)
-        if owner is not None:
-            where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
-            params.append(owner)
         sql = (
             "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs INDEXED BY jobs_finished "
             f"WHERE {' AND '.join(where)} ORDER BY finished_at, seq LIMIT ?"
@@ -849,18 +854,13 @@ class Store:
     async def finished_now(self, seqs: Sequence[int]) -> list[Finished]:
         """Those of these jobs that are finished now (a light read: no job record)."""
 
+        sql = (
+            "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs "
+            f"WHERE seq IN ({{marks}}) AND status IN {TERMINAL_SQL}"
+        )
+
         def q(conn: sqlite3.Connection) -> list[Finished]:
-            out: list[Finished] = []
-            for i in range(0, len(seqs), 500):
-                chunk = seqs[i : i + 500]
-                out.extend(
-                    Finished(*r) for r in conn.execute(
-                        "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs "
-                        f"WHERE seq IN ({','.join('?' * len(chunk))}) AND status IN {TERMINAL_SQL}",
-                        chunk,
-                    )
-                )
-            return out
+            return [Finished(*r) for r in _rows_in(conn, sql, seqs)]
 
         return await self._read(q)
 

@@ -19,7 +19,7 @@ UNITS = ROOT / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
 SCORE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
 
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
 
 def _offline_security_supported() -> bool:
@@ -43,6 +43,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
     return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+@needs_analyze
 def test_verify_prints_nothing_for_the_system_units(tmp_path: Path) -> None:
     for service in ("pyrexisd.service", "pyrexisd-root.service"):
         where = tmp_path / service
@@ -54,6 +55,7 @@ def test_verify_prints_nothing_for_the_system_units(tmp_path: Path) -> None:
         assert out.returncode == 0 and out.stdout == "" and out.stderr == "", (service, out)
 
 
+@needs_analyze
 def test_verify_prints_nothing_for_the_user_units(tmp_path: Path) -> None:
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
@@ -73,6 +75,7 @@ def _score(unit: Path) -> float:
     return float(match.group(1))
 
 
+@needs_analyze
 def test_the_system_unit_scores_at_most_2_5_and_the_root_variant_stays_ok(tmp_path: Path) -> None:
     if not _offline_security_supported():
         pytest.skip("this systemd-analyze cannot analyse a unit file offline (--offline needs systemd 250+)")
@@ -94,3 +97,48 @@ def test_each_relaxation_of_the_root_variant_names_the_feature_that_needs_it() -
     system = (UNITS / "pyrexisd.service").read_text()
     assert re.search(r"^CapabilityBoundingSet=$", system, re.M)
     assert re.search(r"^RestrictAddressFamilies=AF_UNIX$", system, re.M)
+
+
+MDWE_WRAPPER = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN\n"
+    "    sys.exit(77)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'pyrexisd', *sys.argv[1:]])\n"
+)
+MDWE_PROBE = (
+    "python3 -c 'import ctypes; print(\"mdwe\", ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))'"  # PR_GET_MDWE
+)
+
+
+def test_the_daemon_runs_every_mode_with_memory_that_is_never_writable_and_executable(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes in the unit is right for the daemon: started under the
+    kernel's own refusal of writable-and-executable memory (PR_SET_MDWE, inherited by
+    every child), it serves thread, process, async and shell jobs on its default loop."""
+    from conftest import RawClient, wait_until
+
+    sock, db = str(tmp_path / "s.sock"), str(tmp_path / "d.db")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    log = open(tmp_path / "log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MDWE_WRAPPER, "--socket", sock, "--db", db, "--tasks", "sample_tasks"],
+        stdout=log, stderr=log, env=env,
+    )
+    try:
+        wait_until(lambda: proc.poll() is not None or os.path.exists(sock), 30, 0.05, "the daemon's socket")
+        if proc.poll() == 77:
+            pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+        assert proc.poll() is None, (tmp_path / "log").read_text()
+        with RawClient(sock) as c:
+            wait_until(lambda: c.request("hello", {"protocol": 1}), 30, 0.05, "hello")
+            for task, args, mode in (("echo", {"value": 1}, "thread"), ("echo", {"value": 2}, "process"),
+                                     ("echo", {"value": 3}, "async"), ("shell", {"cmd": MDWE_PROBE}, "shell")):
+                job = c.submit(task, args, mode=mode)
+                done = c.wait(job["job_id"], timeout=60)
+                assert done["status"] == "completed", done
+            events, _ = c.stream("logs", {"job_id": job["job_id"]})
+            assert any(e.get("line") == "mdwe 1" for e in events), events
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
