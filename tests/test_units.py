@@ -142,3 +142,79 @@ def test_the_daemon_runs_every_mode_with_memory_that_is_never_writable_and_execu
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run a daemon with a reduced capability set")
+def test_a_root_daemon_with_only_the_root_units_capabilities_runs_and_stops_a_users_shell_jobs(
+    workdir: str,
+) -> None:
+    """Given a root daemon whose capabilities are exactly the root unit's
+    CapabilityBoundingSet, when nobody submits shell jobs, then they run as nobody, a job
+    reads its inputs and writes its output (given to nobody, read back by the daemon),
+    and nobody's running job is killed by a cancel: the set is enough."""
+    import pwd
+
+    from conftest import Daemon, wait_until
+    from test_security import as_nobody
+
+    text = (UNITS / "pyrexisd-root.service").read_text()
+    (caps,) = re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M)
+    keep = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps.split())
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None
+
+    class Confined(Daemon):
+        def command(self) -> list[str]:
+            return [setpriv, f"--bounding-set=-all,{keep}", "--inh-caps=-all", "--", *super().command()]
+
+    os.chmod(workdir, 0o711)
+    d = Confined(workdir, ("--kill-grace", "1", "--allow-user", "nobody"), socket=os.path.join(workdir, "run", "s.sock"))
+    d.start()
+    try:
+        status = Path(f"/proc/{d.pid}/status").read_text()
+        (bounding,) = re.findall(r"^CapBnd:\s*([0-9a-f]+)$", status, re.M)
+        assert bin(int(bounding, 16)).count("1") == len(caps.split()), status
+        nobody = pwd.getpwnam("nobody")
+
+        def as_user() -> tuple[str, str, str]:
+            with RawClient(d.socket, timeout=30) as c:
+                a = c.submit("echo", {"value": {"n": 41}}, job_id="caps-a")
+                c.wait(a["job_id"], 30)
+                b = c.submit("shell", {"cmd": "id -u; python3 -c \"import json,os; n=json.load(open(os.environ['PYREXIS_INPUTS']))"
+                                              "['caps-a']['n']; json.dump(n + 1, open(os.environ['PYREXIS_OUTPUT'], 'w'))\""},
+                             depends_on=["caps-a"])
+                slow = c.submit("shell", {"cmd": f"exec sleep {MARK}"})
+                return str(b["job_id"]), str(slow["job_id"]), str(a["job_id"])
+
+        from conftest import RawClient
+
+        b_id, slow_id, _ = as_nobody(as_user)
+        with d.client() as c:
+            done = c.wait(b_id, 60)
+            assert done["status"] == "completed" and done["result"] == {"exit_code": 0, "output": 42}, done
+            events, _ = c.stream("logs", {"job_id": b_id})
+            assert [e["line"] for e in events if e.get("stream") == "stdout"] == [str(nobody.pw_uid)]
+            pid = wait_until(lambda: _sleeper(nobody.pw_uid), 30, 0.05, "nobody's sleep to run")
+            assert c.request("cancel", {"job_id": slow_id})["status"] == "cancelled"
+            wait_until(lambda: _sleeper(nobody.pw_uid) is None, 30, 0.05, f"nobody's process {pid} to be killed")
+    finally:
+        d.kill9()
+
+
+MARK = "60.4242"
+
+
+def _sleeper(uid: int) -> int | None:
+    """The pid of the test's ``sleep MARK`` running as ``uid`` (not a zombie), or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        if cmdline[:2] == [b"sleep", MARK.encode()] and f"Uid:\t{uid}\t" in status and "State:\tZ" not in status:
+            return int(entry)
+    return None
