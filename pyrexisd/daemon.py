@@ -31,6 +31,7 @@ from pyrexisd import systemd
 from pyrexisd.access import AccessPolicy, SocketDir, UnsafeSocketPath, bind_in, open_socket_dir
 from pyrexisd.config import Config
 from pyrexisd.core.assembly import Core, build_core
+from pyrexisd.core.service import BACKUP_PREFIX
 from pyrexisd.executors.async_ import AsyncExecutor
 from pyrexisd.executors.base import Executor
 from pyrexisd.executors.process import ProcessExecutor
@@ -197,6 +198,24 @@ def _warn_of_unknown_user_tasks(config: Config, registry: Registry) -> None:
             log.warning("--user-tasks names tasks that are not loaded: %s", ", ".join(unknown))
 
 
+REWRITE_TIMEOUT_USEC = 3600 * 1_000_000  # start-up time asked of systemd for a one-time VACUUM
+
+
+def _rewriting() -> None:
+    systemd.notify(f"EXTEND_TIMEOUT_USEC={REWRITE_TIMEOUT_USEC}\nSTATUS=rewriting the database once (VACUUM)")
+
+
+def _remove_stale_backups(db_path: str) -> None:
+    """Copies a backup left behind when the daemon died while making it (we hold the
+    database's lock: no other daemon is making one)."""
+    directory = os.path.dirname(os.path.abspath(db_path))
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith(BACKUP_PREFIX) and name.endswith(".db"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+
 def _remove_socket(where: SocketDir) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(where.name, dir_fd=where.fd)
@@ -267,7 +286,8 @@ class Daemon:
                     modules = discover_task_modules(config)
                     load_tasks(REGISTRY, config, modules)
                     _warn_of_unknown_user_tasks(config, REGISTRY)
-                    store = Store(config.db, config.sync)
+                    _remove_stale_backups(config.db)
+                    store = Store(config.db, config.sync, on_rewrite=_rewriting)
                     try:
                         await store.open()
                     except StorageError as exc:

@@ -350,10 +350,19 @@ class _Batch:
 class Store:
     """The database: group-committed writes, reads from committed data only."""
 
-    def __init__(self, path: str, sync: str = "full", lazy_delay: float = LAZY_DELAY) -> None:
+    def __init__(
+        self,
+        path: str,
+        sync: str = "full",
+        lazy_delay: float = LAZY_DELAY,
+        on_rewrite: Callable[[], None] | None = None,
+    ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}")
         self.path = path
+        # Told before the one-time rewrite of an old file (it may take minutes: the
+        # daemon asks systemd for more start-up time).
+        self.on_rewrite = on_rewrite
         self.sync = sync
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -403,6 +412,8 @@ class Store:
             return
         started = time.monotonic()
         log.info("rewriting the database once so that pruned jobs give their space back (VACUUM)")
+        if self.on_rewrite is not None:
+            self.on_rewrite()
         try:
             await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             await conn.execute("VACUUM")

@@ -184,7 +184,11 @@ def test_backup_while_running_is_a_consistent_copy_that_a_new_daemon_restores(
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0] == 50
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not [n for n in os.listdir(os.path.dirname(d.db)) if n.startswith(".backup-")], "the copy is removed"
+    stale = tmp_path / ".backup-left-by-a-crash.db"
+    stale.write_bytes(b"partial")
     restored = start_daemon(db=target, subdir="restored")
+    assert not stale.exists(), "a copy a dead daemon left is removed at start"
     with restored.client() as c:
         assert c.get(ids[7])["result"] == 7
         # The job that was running when the copy was made follows its on_interrupt policy

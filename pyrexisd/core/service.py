@@ -45,6 +45,7 @@ from pyrexisd.tasks.registry import Registry
 
 LOG_PAGE = 1000  # log lines or outputs read from the store at a time
 BACKUP_CHUNK = 256 * 1024  # bytes of a backup sent in one event
+BACKUP_PREFIX = ".backup-"  # the copy's name, next to the database, while it is sent
 
 
 class Service:
@@ -379,7 +380,7 @@ class Service:
         if not caller.admin:
             raise Unauthorized("only an admin may back up the database: it holds every user's jobs")
         store = self._store
-        fd, tmp = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=os.path.dirname(os.path.abspath(store.path)))
+        fd, tmp = tempfile.mkstemp(prefix=BACKUP_PREFIX, suffix=".db", dir=os.path.dirname(os.path.abspath(store.path)))
         os.close(fd)
         try:
             await store.backup_to(tmp)
