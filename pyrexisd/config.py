@@ -267,7 +267,7 @@ class Config:
     task_modules: tuple[str, ...] = option((), flag="--tasks", multiple=True, parse=_names, metavar="MODULE",
                                            help="Import this task module (repeatable).")
     enable_shell: bool = option(True, flag="--shell", help="Enable the shell task (--no-shell disables it).")
-    max_inflight: int = option(1024, help="Requests in flight per connection; past it the connection is not read until one ends.")
+    max_inflight: int = option(1024, live=True, help="Requests in flight per connection; past it the connection is not read until one ends.")
     # -- who may connect, and what they may do (see pyrexisd.access) --
     allow_users: tuple[int, ...] = option((), flag="--allow-user", multiple=True, parse=_users, metavar="NAME|UID",
                                           help="Let this user connect too (repeatable). By default only the daemon's own uid and root may.")
@@ -288,10 +288,10 @@ class Config:
     max_args: int | None = option(None, parse=_limit, shown_default="what fits a frame with its result",
                                   help="Largest args + labels + depends_on of one job, packed, in bytes.")
     max_connections: int = option(DEFAULT_MAX_CONNECTIONS, help="Connections served at once; the next is told overloaded and closed.")
-    max_streams: int = option(DEFAULT_MAX_STREAMS, help="Open streams (wait --events, logs, watch) per connection; the next is told overloaded.")
-    frame_timeout: float = option(DEFAULT_FRAME_TIMEOUT, help="Seconds a frame may take to arrive whole once its first byte came; a slower sender is closed.")
-    idle_timeout: float = option(DEFAULT_IDLE_TIMEOUT, help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
-    max_buffered: int | None = option(None, parse=_limit, shown_default="256 MiB, or max_frame if larger",
+    max_streams: int = option(DEFAULT_MAX_STREAMS, live=True, help="Open streams (wait --events, logs, watch) per connection; the next is told overloaded.")
+    frame_timeout: float = option(DEFAULT_FRAME_TIMEOUT, live=True, help="Seconds a frame may take to arrive whole once its first byte came; a slower sender is closed.")
+    idle_timeout: float = option(DEFAULT_IDLE_TIMEOUT, live=True, help="Seconds a connection with nothing in flight may stay silent before it is closed (0: never).")
+    max_buffered: int | None = option(None, parse=_limit, live=True, shown_default="256 MiB, or max_frame if larger",
                                       help="Bytes of unfinished frames all connections together may make the daemon hold.")
     # -- retention: finished jobs are pruned in the background (see pyrexisd.core.retention) --
     keep_finished: float = option(DEFAULT_KEEP_FINISHED, parse=parse_duration, live=True, metavar="DURATION", shown_default="7d",

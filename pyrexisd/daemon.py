@@ -359,11 +359,11 @@ class Daemon:
         except PyrexisError as exc:
             origin = self.source.path if self.source is not None else "the configuration"
             raise StartupError(f"{origin}: {exc.message}") from None
-        if self.source is not None:
-            core.service.reloader = Reloader(core, self.source, config).reload
         core.retention.start()
         server = Server(Handlers(core.service, config.max_frame).table, server_limits(config), self.access)
         self.server = server
+        if self.source is not None:
+            core.service.reloader = Reloader(core, self.source, config, server).reload
         watchdog: asyncio.Task[None] | None = None
         try:
             await server.listen(listening, None if where is None else lambda: _remove_socket(where))

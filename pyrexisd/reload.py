@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from protocol.errors import InvalidState, PyrexisError, WireError
@@ -27,6 +27,7 @@ from pyrexisd import logs
 from pyrexisd.config import OPTIONS, OPTIONS_BY_KEY, Config, ConfigError, QueueDecl, ScheduleDecl
 from pyrexisd.core.assembly import Core
 from pyrexisd.core.retention import Rules
+from pyrexisd.server import Server
 from pyrexisd.settings import ConfigSource, changed_keys
 from pyrexisd.store import QueueChanges
 
@@ -35,35 +36,58 @@ log = logging.getLogger("pyrexisd")
 DECLARED_SCHEDULES = "declared_schedules"  # setting: the names of the schedules the file made
 
 
-def _log_level(core: Core, config: Config) -> None:
+@dataclass(frozen=True)
+class Running:
+    """The parts of a running daemon a new configuration reaches."""
+
+    core: Core
+    server: Server | None = None
+
+
+def _log_level(run: Running, config: Config) -> None:
     logs.set_level(config.log_level)
 
 
-def _quotas(core: Core, config: Config) -> None:
+def _quotas(run: Running, config: Config) -> None:
+    core = run.core
     quotas = core.service.admission.quotas
     quotas.max_waiting = config.max_waiting
     quotas.per_user = config.max_waiting_per_user
 
 
-def _running_cap(core: Core, config: Config) -> None:
+def _running_cap(run: Running, config: Config) -> None:
+    core = run.core
     core.dispatch.max_running_per_user = config.max_running_per_user
     core.dispatch.kick()  # a raised cap lets parked jobs go
 
 
-def _user_tasks(core: Core, config: Config) -> None:
+def _user_tasks(run: Running, config: Config) -> None:
+    core = run.core
     core.service.admission.user_tasks = config.tasks_for_users
 
 
-def _defaults(core: Core, config: Config) -> None:
+def _defaults(run: Running, config: Config) -> None:
+    core = run.core
     core.service.config = config
     core.service.admission.config = config
 
 
-def _retention(core: Core, config: Config) -> None:
+def _retention(run: Running, config: Config) -> None:
+    core = run.core
     core.retention.set_rules(Rules(config.keep_finished, config.keep_max))
 
 
-APPLIERS: dict[str, Callable[[Core, Config], None]] = {
+def _server_limits(run: Running, config: Config) -> None:
+    # The server reads its limits as it goes: new values hold for every connection from
+    # the next frame, stream or sweep on (max_frame and max_connections need a restart:
+    # clients were told the one, the listen backlog was sized for the other).
+    if run.server is not None:
+        run.server.limits = replace(run.server.limits, max_inflight=config.max_inflight,
+                                    max_streams=config.max_streams, frame_timeout=config.frame_timeout,
+                                    idle_timeout=config.idle_timeout, max_buffered=config.buffered_limit)
+
+
+APPLIERS: dict[str, Callable[[Running, Config], None]] = {
     "log_level": _log_level,
     "max_waiting": _quotas,
     "max_waiting_per_user": _quotas,
@@ -72,6 +96,11 @@ APPLIERS: dict[str, Callable[[Core, Config], None]] = {
     "max_retries": _defaults,
     "keep_finished": _retention,
     "keep_max": _retention,
+    "max_inflight": _server_limits,
+    "max_streams": _server_limits,
+    "frame_timeout": _server_limits,
+    "idle_timeout": _server_limits,
+    "max_buffered": _server_limits,
 }
 """Option key → how a new value reaches the running daemon (``live`` options only)."""
 
@@ -138,8 +167,9 @@ async def apply_declared(core: Core, config: Config) -> None:
 class Reloader:
     """Re-reads the configuration and applies it to one running daemon."""
 
-    def __init__(self, core: Core, source: ConfigSource, config: Config) -> None:
+    def __init__(self, core: Core, source: ConfigSource, config: Config, server: Server | None = None) -> None:
         self.core = core
+        self.running = Running(core, server)
         self.source = source
         self.config = config  # what runs now (keys needing a restart keep their old value)
 
@@ -156,7 +186,7 @@ class Reloader:
         applied: list[str] = []
         restart: list[str] = []
         kept: dict[str, Any] = {}
-        appliers: list[Callable[[Core, Config], None]] = []
+        appliers: list[Callable[[Running, Config], None]] = []
         for key in changed_keys(old, new):
             opt = OPTIONS_BY_KEY.get(key)
             if opt is None:  # queues.NAME, schedules.NAME: applied below
@@ -170,7 +200,7 @@ class Reloader:
                 kept[opt.name] = getattr(old, opt.name)
         running = replace(new, **kept) if kept else new
         for apply in appliers:
-            apply(self.core, running)
+            apply(self.running, running)
         try:
             if old.queues != new.queues:
                 await apply_queues(self.core, new.queues)

@@ -163,7 +163,7 @@ def test_declared_queues_and_schedules_apply_at_start_and_reload_applies_what_ca
         threads = c.request("stats")["slots"]["thread"]
 
         conf.write_text(
-            "max_waiting = 1\nthreads = 1\nkeep_max = 5\nlog_level = 'WARNING'\n"
+            "max_waiting = 1\nthreads = 1\nkeep_max = 5\nmax_streams = 1\nlog_level = 'WARNING'\n"
             "[queues.fast]\nweight = 5\nmax_concurrency = 0\n"
             "[schedules.tock]\nevery = 60\ntask = 'echo'\nargs = {value = 'tock'}\n"
         )
@@ -172,7 +172,9 @@ def test_declared_queues_and_schedules_apply_at_start_and_reload_applies_what_ca
         answer = json.loads(out.stdout)
         assert answer["restart_needed"] == ["threads"]
         # log_level is given as a flag by the test harness: the flag wins over the file.
-        assert set(answer["changed"]) == {"keep_max", "max_waiting", "queues.fast", "schedules.tick", "schedules.tock"}
+        assert set(answer["changed"]) == {
+            "keep_max", "max_waiting", "max_streams", "queues.fast", "schedules.tick", "schedules.tock"
+        }
         assert c.request("stats")["retention"]["keep_max"] == 5
         fast = next(q for q in c.request("queues")["queues"] if q["queue"] == "fast")
         assert (fast["weight"], fast["max_concurrency"]) == (5.0, None)
@@ -180,6 +182,11 @@ def test_declared_queues_and_schedules_apply_at_start_and_reload_applies_what_ca
         assert c.request("stats")["slots"]["thread"] == threads
         c.submit("echo", {"value": 1}, delay=3600)
         expect_error("overloaded", lambda: c.submit("echo", {"value": 2}, delay=3600))
+        with d.client() as other:  # one stream per connection now
+            other.send_request("watch", {})
+            other.request("hello", {"protocol": 1})
+            error = expect_error("overloaded", lambda: other.request("watch", {}))
+            assert error.details["limit"] == "streams"
 
         conf.write_text("max_waiting = 100\nthreads = 1\n[schedules.tock]\nevery = 60\ntask = 'echo'\nargs = {value = 'tock'}\n")
         os.kill(d.pid, signal.SIGHUP)
@@ -216,3 +223,10 @@ def test_a_declared_schedule_of_an_unknown_task_stops_the_start_with_one_line(
     d = start_daemon("--config", str(conf), wait=False, subdir="again")
     assert d.proc is not None and d.proc.wait(60) == 1
     assert f"{conf}: schedules.x: invalid args for task 'echo' (args.value: Field required)" in d.log(), d.log()
+
+
+def test_every_live_option_has_an_applier() -> None:
+    """An option marked live that reload could not apply would silently need a restart."""
+    from pyrexisd.reload import APPLIERS, live_keys
+
+    assert set(live_keys()) == {o.key for o in OPTIONS if o.info.live} == set(APPLIERS)
