@@ -57,8 +57,7 @@ def _quotas(run: Running, config: Config) -> None:
 
 def _running_cap(run: Running, config: Config) -> None:
     core = run.core
-    core.dispatch.max_running_per_user = config.max_running_per_user
-    core.dispatch.kick()  # a raised cap lets parked jobs go
+    core.dispatch.set_running_cap(config.max_running_per_user)
 
 
 def _user_tasks(run: Running, config: Config) -> None:

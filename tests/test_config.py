@@ -230,3 +230,20 @@ def test_every_live_option_has_an_applier() -> None:
     from pyrexisd.reload import APPLIERS, live_keys
 
     assert set(live_keys()) == {o.key for o in OPTIONS if o.info.live} == set(APPLIERS)
+
+
+def test_raising_the_running_cap_on_reload_starts_the_jobs_it_held_back(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    conf = tmp_path / "cap.toml"
+    conf.write_text("max_running_per_user = 1\n")
+    d = start_daemon("--config", str(conf))
+    with d.client() as c:
+        jobs = [c.submit("sleep", {"seconds": 60}, mode="async")["job_id"] for _ in range(3)]
+        wait_until(lambda: sorted(c.get(j)["status"] for j in jobs) == ["pending", "pending", "running"], 30, 0.05,
+                   "one running, two held back")
+        conf.write_text("max_running_per_user = 0\n")
+        assert c.request("reload")["changed"] == ["max_running_per_user"]
+        wait_until(lambda: all(c.get(j)["status"] == "running" for j in jobs), 30, 0.05, "all three running")
+        for j in jobs:
+            c.request("cancel", {"job_id": j})

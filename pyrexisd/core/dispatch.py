@@ -182,6 +182,17 @@ class Dispatch:
         if cap is not None and self.waiting.unpark(owner, cap - self._occupied[owner]):
             self.kick()
 
+    def set_running_cap(self, cap: int | None) -> None:
+        """A new ``max_running_per_user`` (reload): under a higher cap, or none, the
+        owners' parked jobs may start in the room it makes."""
+        self.max_running_per_user = cap
+        moved = False
+        for owner in self.waiting.parked_owners():
+            room = 1 << 62 if cap is None else cap - self._occupied.get(owner, 0)
+            moved = self.waiting.unpark(owner, room) or moved
+        if moved:
+            self.kick()
+
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
         try:

@@ -184,6 +184,10 @@ class Waiting:
         heapq.heappush(self._parked.setdefault(owner, []), entry)
         self._parked_seqs[row.seq] = entry
 
+    def parked_owners(self) -> list[int]:
+        """The owners who have parked jobs."""
+        return list(self._parked)
+
     def is_parked(self, seq: int) -> bool:
         return seq in self._parked_seqs
 
