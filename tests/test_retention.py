@@ -268,6 +268,8 @@ def test_200000_jobs_with_keep_max_10000_stay_bounded_and_waiters_are_answered(
         thread.join(120)
         wait_until(lambda: finished_kept(c) <= KEEP, 60, 0.1, "pruning down to --keep-max")
         stats = c.request("stats")
+    # The figures docs/operations.md quotes (pytest -s shows them).
+    print(f"peak rows {peak_rows}, peak bytes {peak_bytes}, final file {os.path.getsize(d.db)}, pruned {stats['retention']['pruned']}")
     assert not failures, failures[:5]
     assert len(answered) == TOTAL // BATCH * 50
     assert all(r["status"] == "completed" for r in answered)
