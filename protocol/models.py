@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Mode = Literal["thread", "process", "async", "shell"]
+Mode = Literal["thread", "process", "async", "shell", "dask", "pipeline"]
 DependencyPolicy = Literal["all_completed", "all_terminal"]
 OnInterrupt = Literal["retry", "fail"]
 

@@ -24,7 +24,11 @@ WAITING: frozenset[str] = frozenset({"pending", "blocked", "scheduled", "retryin
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
-MODES: tuple[str, ...] = ("thread", "process", "async", "shell")
+MODES: tuple[str, ...] = ("thread", "process", "async", "shell", "dask")
+# A pipeline is a job of the built-in task "pipeline", run in a mode of its own (its
+# stages' calls run in the modes above).
+PIPELINE_TASK = "pipeline"
+PIPELINE_MODE = "pipeline"
 
 ERROR_TYPES: tuple[str, ...] = (
     "exception",
@@ -35,6 +39,7 @@ ERROR_TYPES: tuple[str, ...] = (
     "cancelled",
     "dependency_failed",
     "result_too_large",
+    "scheduler_lost",
 )
 
 # ``None`` stands for "not yet stored": the statuses a submit may create.

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
+from protocol.status import PIPELINE_TASK
 from pyrexisctl._async_io import AsyncStream, _AsyncConnection
 from pyrexisctl._wire import (
     UNSET,
@@ -29,6 +30,7 @@ from pyrexisctl._wire import (
     _list_args,
     _logs_args,
     _logs_page,
+    _outputs_page,
     _queue_arg,
     _queue_config,
     _record,
@@ -139,6 +141,31 @@ class _AsyncOps(_AsyncConnection):
         detaches early; the job is not affected.
         """
         return await self.stream("logs", _logs_args(job_id, since, True))
+
+    async def submit_pipeline(self, pipeline: Mapping[str, Any], **spec: Any) -> Record:
+        """Submit a pipeline job: ``pipeline`` is its spec (``input``, ``stages``,
+        ``output``, ``on_item_error``; see docs/pipelines.md), ``spec`` the job's own
+        JobSpec fields (``queue``, ``priority``, ``timeout``, ``labels``, ``job_id``...).
+        Returns its record; the ``pipeline`` key carries its figures once it runs."""
+        return _record(await self.request("submit", _spec(PIPELINE_TASK, pipeline, spec)))
+
+    async def outputs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
+        """The job's stored outputs with ``seq >= since``: ``{"outputs": [output events], "next": seq}``.
+
+        With ``follow`` it returns once the job is terminal and its outputs drained; to
+        process them as they come, iterate :meth:`follow_outputs` instead.
+        """
+        stream = await self.stream("outputs", _logs_args(job_id, since, follow))
+        items = [event async for event in stream if event.get("kind") == "output"]
+        return _outputs_page(items, stream.result, since)
+
+    async def follow_outputs(self, job_id: str, since: int = 1) -> AsyncStream:
+        """The job's ``output`` events with ``seq >= since``: the stored ones, then live ones.
+
+        Iteration stops once the job is terminal and its outputs drained; ``stream.result``
+        is then ``{"next": seq}``. ``stream.aclose()`` detaches early.
+        """
+        return await self.stream("outputs", _logs_args(job_id, since, True))
 
     async def watch(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from protocol.status import PIPELINE_TASK
 from pyrexisctl._sync_io import Stream, _SyncConnection
 from pyrexisctl._wire import (
     UNSET,
@@ -22,6 +23,7 @@ from pyrexisctl._wire import (
     _list_args,
     _logs_args,
     _logs_page,
+    _outputs_page,
     _queue_arg,
     _queue_config,
     _record,
@@ -132,6 +134,31 @@ class _SyncOps(_SyncConnection):
         detaches early; the job is not affected.
         """
         return self.stream("logs", _logs_args(job_id, since, True))
+
+    def submit_pipeline(self, pipeline: Mapping[str, Any], **spec: Any) -> Record:
+        """Submit a pipeline job: ``pipeline`` is its spec (``input``, ``stages``,
+        ``output``, ``on_item_error``; see docs/pipelines.md), ``spec`` the job's own
+        JobSpec fields (``queue``, ``priority``, ``timeout``, ``labels``, ``job_id``...).
+        Returns its record; the ``pipeline`` key carries its figures once it runs."""
+        return _record(self.request("submit", _spec(PIPELINE_TASK, pipeline, spec)))
+
+    def outputs(self, job_id: str, since: int = 1, follow: bool = False) -> Record:
+        """The job's stored outputs with ``seq >= since``: ``{"outputs": [output events], "next": seq}``.
+
+        With ``follow`` it returns once the job is terminal and its outputs drained; to
+        process them as they come, iterate :meth:`follow_outputs` instead.
+        """
+        stream = self.stream("outputs", _logs_args(job_id, since, follow))
+        items = [event for event in stream if event.get("kind") == "output"]
+        return _outputs_page(items, stream.result, since)
+
+    def follow_outputs(self, job_id: str, since: int = 1) -> Stream:
+        """The job's ``output`` events with ``seq >= since``: the stored ones, then live ones.
+
+        Iteration stops once the job is terminal and its outputs drained; ``stream.result``
+        is then ``{"next": seq}``. ``stream.close()`` detaches early.
+        """
+        return self.stream("outputs", _logs_args(job_id, since, True))
 
     def watch(
         self,

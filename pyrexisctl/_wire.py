@@ -266,6 +266,12 @@ def _logs_page(lines: RecordList, final: Any, since: int) -> Record:
     return {"lines": lines, "next": next_seq if isinstance(next_seq, int) else since}
 
 
+def _outputs_page(items: RecordList, final: Any, since: int) -> Record:
+    """The answer of the ``outputs`` method from an ``outputs`` stream's events and final result."""
+    next_seq = final.get("next") if isinstance(final, dict) else None
+    return {"outputs": items, "next": next_seq if isinstance(next_seq, int) else since}
+
+
 def _watch_args(
     job_id: str | None, task: str | None, queue: str | None, kinds: Sequence[str] | None
 ) -> dict[str, Any]:

@@ -1423,3 +1423,7 @@ def completion(shell: str) -> None:
         render.echo_json({"shell": shell, "script": script})
     else:
         click.echo(script)
+
+
+# Commands kept in modules of their own; they register themselves on ``main``.
+from pyrexisctl import pipeline_cli  # noqa: E402, F401

@@ -315,7 +315,47 @@ def job_detail(job: Mapping[str, Any], now: float | None = None) -> str:
         pairs.append(("timeout", format_duration(_num(job.get("timeout")))))
     if job.get("on_interrupt"):
         pairs.append(("on interrupt", str(job["on_interrupt"])))
+    pipeline = job.get("pipeline")
+    if isinstance(pipeline, Mapping):
+        pairs.append(("items", pipeline_items(pipeline)))
+        if pipeline.get("output"):
+            pairs.append(("output", str(pipeline["output"])))
+        for error in pipeline.get("errors") or []:
+            if isinstance(error, Mapping):
+                stage = "input" if error.get("stage") is None else f"stage {error.get('stage')}"
+                pairs.append(("item error", f"item {error.get('index')} at {stage}: {error.get('message')}"))
+        return key_values(pairs) + "\n\n" + pipeline_table(pipeline)
     return key_values(pairs)
+
+
+def pipeline_items(pipeline: Mapping[str, Any]) -> str:
+    """``done/known items, N errors, M outputs`` of a pipeline's record."""
+    items = pipeline.get("items") or {}
+    known = items.get("known")
+    text = f"{_plain(items.get('done'))}/{'?' if known is None else _plain(known)} done"
+    text += f", {_plain(items.get('read'))} read, {_plain(items.get('errors'))} errors"
+    return text + f", {_plain(pipeline.get('outputs'))} outputs"
+
+
+PIPELINE_HEADERS = ("STAGE", "MODE", "CONC", "IN", "OUT", "ERR", "RETRY", "QUEUE", "BUSY", "P50", "P99", "DONE")
+
+
+def pipeline_table(pipeline: Mapping[str, Any]) -> str:
+    """A pipeline's figures, one stage a row: items in and out, errors, retries, the queue
+    in front of it (now / its bound), busy time, p50 and p99 per item, and how many input
+    items from the start are done with it."""
+    rows = []
+    for stage in pipeline.get("stages") or []:
+        if not isinstance(stage, Mapping):
+            continue
+        rows.append([
+            str(stage.get("name", "?")), str(stage.get("mode", "?")), _plain(stage.get("concurrency")),
+            _plain(stage.get("items_in")), _plain(stage.get("items_out")), _plain(stage.get("errors")),
+            _plain(stage.get("retries")), f"{_plain(stage.get('queue'))}/{_plain(stage.get('buffer'))}",
+            format_duration(_num(stage.get("busy"))), format_duration(_num(stage.get("p50"))),
+            format_duration(_num(stage.get("p99"))), _plain(stage.get("contiguous")),
+        ])  # fmt: skip
+    return table(PIPELINE_HEADERS, rows, right=set(range(2, 12)))
 
 
 def job_outcome(job: Mapping[str, Any]) -> str:
@@ -400,6 +440,14 @@ def stats_text(stats: Mapping[str, Any]) -> str:
         ("completed/s", "-" if rate is None else f"{rate:.1f} (last 60 s)"),
         ("submit->start", latency_text),
     ]
+    dask = stats.get("dask")
+    if isinstance(dask, Mapping):
+        text = f"{dask.get('status', '?')} {dask.get('scheduler') or ''}, {dask.get('workers', 0)} workers, {dask.get('threads', 0)} threads"
+        if dask.get("abandoned"):
+            text += f", {dask['abandoned']} abandoned"
+        if dask.get("error"):
+            text += f" ({dask['error']})"
+        pairs.append(("dask", text))
     lag = stats.get("loop_lag_ms")
     if isinstance(lag, Mapping):
         pairs.append(("loop lag", _millis(lag, ("p50", "p99", "max"))))
@@ -543,6 +591,32 @@ def schedule_detail(schedule: Mapping[str, Any], now: float | None = None) -> st
 
 
 # --------------------------------------------------------------------------- progress
+
+
+class LiveBlock:
+    """A block of lines redrawn in place on a terminal (silent when not a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = sys.stderr if stream is None else stream
+        self.enabled = self._stream.isatty()
+        self._lines = 0
+
+    def update(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self.clear()
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        lines = [line[:width] for line in text.splitlines()]
+        self._stream.write("\n".join(lines) + "\n")
+        self._stream.flush()
+        self._lines = len(lines)
+
+    def clear(self) -> None:
+        """Erase the block (cursor up over each line, erase to the end of the screen)."""
+        if self._lines:
+            self._stream.write(f"\x1b[{self._lines}F\x1b[J")
+            self._stream.flush()
+            self._lines = 0
 
 
 class ProgressLine:

@@ -29,6 +29,7 @@ from protocol.durations import parse_duration
 from protocol.errors import PyrexisError
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
+from protocol.status import PIPELINE_MODE
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
@@ -59,6 +60,8 @@ DEFAULT_MAX_STREAMS = 128
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
+DEFAULT_CACHE_MAX_ENTRIES = 100_000
+DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_KEEP_FINISHED = 7 * 86400.0
 DEFAULT_KEEP_MAX = 100_000
 ENV_PREFIX = "PYREXIS_"
@@ -249,6 +252,7 @@ class Config:
     processes: int = option(default_factory=_cpus, shown_default="CPUs", help="Process-mode slots.")
     async_slots: int = option(1000, help="Async-mode slots.")
     shell_slots: int = option(default_factory=lambda: 2 * _cpus(), shown_default="2 × CPUs", help="Shell-mode slots.")
+    pipelines: int = option(8, help="Pipelines running at once; their stages use the executors' pools.")
     sync: Literal["full", "normal"] = option(
         "full", help="SQLite synchronous: full survives power loss; normal may lose the last commits on power loss (not on a crash).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = option("INFO", parse=_level, live=True, help="Least severe log lines written.")
@@ -298,6 +302,18 @@ class Config:
                                   help="Keep a finished job (its logs and outputs) this long after it ended, e.g. 12h, 7d (0: forever).")
     keep_max: int = option(DEFAULT_KEEP_MAX, live=True, metavar="N",
                            help="Keep at most N finished jobs; the oldest ends go first (0: no limit).")
+    # -- the dask mode (extra pyrexis[dask]): on when a cluster is given, one way or the other --
+    dask_scheduler: str | None = option(None, metavar="tcp://HOST:8786", shown_default="none",
+                                        help="Run dask-mode jobs on the Dask cluster of this scheduler (needs the extra pyrexis[dask]).")
+    dask_local: int | None = option(None, metavar="N", shown_default="none",
+                                    help="Run dask-mode jobs on a LocalCluster of N worker processes started with the daemon (needs pyrexis[dask]).")
+    dask_slots: int | None = option(None, shown_default="the cluster's total threads, followed as workers come and go",
+                                    help="Dask-mode slots.")
+    # -- the result cache (pyrexisd.core.cache); 0 entries or 0 bytes: nothing is kept --
+    cache_max_entries: int = option(DEFAULT_CACHE_MAX_ENTRIES,
+                                    help="Entries the result cache keeps; the least recently used go first (0: cache nothing).")
+    cache_max_bytes: int = option(DEFAULT_CACHE_MAX_BYTES,
+                                  help="Bytes of packed results the result cache keeps; the least recently used go first (0: cache nothing).")
     # -- declared in the file only (tables, not flags) --
     queues: Mapping[str, QueueDecl] = field(default_factory=dict)
     schedules: Mapping[str, ScheduleDecl] = field(default_factory=dict)
@@ -305,7 +321,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.max_result == 0:
             object.__setattr__(self, "max_result", default_max_result(self.max_frame))
-        for name in ("threads", "processes", "async_slots", "shell_slots", "max_inflight", "max_connections", "max_streams"):
+        for name in ("threads", "processes", "async_slots", "shell_slots", "pipelines", "max_inflight", "max_connections", "max_streams"):
             if getattr(self, name) < 1:
                 raise ConfigError(key_of(name), "must be at least 1")
         for name in ("max_waiting", "max_waiting_per_user", "max_running_per_user"):
@@ -326,6 +342,10 @@ class Config:
             raise ConfigError("allow_user", "uids are >= 0")
         if any(gid < 0 for gid in self.allow_groups):
             raise ConfigError("allow_group", "gids are >= 0")
+        if self.cache_max_entries < 0:
+            raise ConfigError("cache_max_entries", "must be >= 0 (0: keep nothing)")
+        if self.cache_max_bytes < 0:
+            raise ConfigError("cache_max_bytes", "must be >= 0 (0: keep nothing)")
         if self.sync not in ("full", "normal"):
             raise ConfigError("sync", "must be 'full' or 'normal'")
         if self.loop not in LOOPS:
@@ -352,6 +372,16 @@ class Config:
                 f"must be between 1 and {self.frame_spec} with this max_frame and max_result "
                 "(a job's record must fit in a frame with its result)",
             )
+        if self.dask_scheduler is not None and self.dask_local is not None:
+            raise ConfigError("dask_scheduler", "give dask_scheduler (a running cluster) or dask_local (a cluster of its own), not both")
+        if self.dask_scheduler is not None and "://" not in self.dask_scheduler:
+            raise ConfigError("dask_scheduler", f"must be an address such as tcp://HOST:8786, not {self.dask_scheduler!r}")
+        for name in ("dask_local", "dask_slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(name, "must be at least 1")
+        if self.dask_slots is not None and not self.dask_enabled:
+            raise ConfigError("dask_slots", "needs the dask mode: give dask_scheduler or dask_local too")
         if self.keep_finished < 0:
             raise ConfigError("keep_finished", "must be >= 0 (0: keep forever)")
         if self.keep_max < 0:
@@ -378,6 +408,19 @@ class Config:
     def tasks_for_users(self) -> frozenset[str]:
         """The tasks a peer that is not an admin may submit."""
         return frozenset(self.user_tasks if self.user_tasks is not None else default_user_tasks())
+
+    @property
+    def dask_enabled(self) -> bool:
+        """Whether the daemon runs the ``dask`` mode."""
+        return self.dask_scheduler is not None or self.dask_local is not None
+
+    @property
+    def modes(self) -> frozenset[str]:
+        """The modes this daemon runs jobs in."""
+        extra = {"dask"} if self.dask_enabled else set()
+        if self.pipelines:
+            extra.add(PIPELINE_MODE)
+        return frozenset(self.slots) | extra
 
     @property
     def slots(self) -> dict[str, int]:

@@ -153,7 +153,7 @@ def discover_task_modules(config: Config) -> tuple[str, ...]:
 
 def load_tasks(registry: Registry, config: Config, modules: tuple[str, ...]) -> None:
     """Register the built-ins, then import each task module (its ``@task``s register)."""
-    register_builtins(registry, enable_shell=config.enable_shell)
+    register_builtins(registry, enable_shell=config.enable_shell, pipelines=True)
     for module in modules:
         try:
             importlib.import_module(module)
@@ -172,10 +172,25 @@ def make_executors(
         "process": ProcessExecutor(config.processes, modules, config.kill_grace, on_worker),
         "async": AsyncExecutor(config.async_slots),
     }
+    if config.dask_enabled:
+        executors["dask"] = dask_executor(config, modules)
     if config.enable_shell:
         # Nothing larger than a frame could be a job's result: the output file is read up to that.
         executors["shell"] = ShellExecutor(config.shell_slots, config.kill_grace, max_output=config.max_frame)
     return executors
+
+
+def dask_executor(config: Config, modules: tuple[str, ...]) -> Executor:
+    """The dask mode's executor; a clear start-up error when its extra is not installed."""
+    from pyrexisd.executors.dask_link import DaskUnavailable
+    from pyrexisd.executors.dask_mode import DaskExecutor
+
+    try:
+        return DaskExecutor(
+            config.dask_scheduler, config.dask_local, config.dask_slots, modules, config.max_result, config.kill_grace
+        )
+    except DaskUnavailable as exc:
+        raise StartupError(exc.message) from None
 
 
 def _warn_if_backlog_capped(backlog: int) -> None:

@@ -10,6 +10,7 @@ the caller: what a caller may see and do is decided there, not here.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -146,6 +147,7 @@ class Handlers:
             "update": self.update,
             "wait": self.wait,
             "logs": self.logs,
+            "outputs": self.outputs,
             "watch": self.watch,
             "close": self.close,
             "stats": self.stats,
@@ -238,26 +240,11 @@ class Handlers:
 
     async def logs(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(LogsArgs, args)
-        service = self.service
-        stream.begin_stream()
-        row = await service.current(caller, a.job_id)
-        next_seq = a.since
-        while True:
-            signal = service.log_signal(row.seq)
-            now = await service.find(caller, a.job_id)
-            finished = now is None or now.terminal or not a.follow
-            while True:
-                lines = await service.read_logs(row.seq, next_seq)
-                for line in lines:
-                    await stream.send(log_event(a.job_id, line))
-                    next_seq = line.seq + 1
-                if len(lines) < LOG_PAGE:
-                    break
-            if finished or stream.closing.is_set():
-                return {"next": next_seq}
-            await _first(signal, stream.closing.wait(), service.stopping.wait())
-            if service.stopping.is_set():
-                raise ShuttingDown("the daemon is stopping")
+        return await _follow_stored(self.service, a, stream, caller, "log")
+
+    async def outputs(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        a = parse(LogsArgs, args)
+        return await _follow_stored(self.service, a, stream, caller, "output")
 
     async def watch(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(WatchArgs, args)
@@ -337,6 +324,32 @@ class Handlers:
 
     async def reload(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return await self.service.reload(caller)
+
+
+async def _follow_stored(service: Service, a: LogsArgs, stream: Stream, caller: Caller, kind: str) -> dict[str, int]:
+    """``logs`` and ``outputs``: the stored ``kind`` events from ``since``, then (with
+    ``follow``) the ones committed later, until the job is terminal and drained."""
+    stream.begin_stream()
+    row = await service.current(caller, a.job_id)
+    read = service.read_logs if kind == "log" else service.read_outputs
+    make = log_event if kind == "log" else output_event
+    next_seq = a.since
+    while True:
+        signal = service.log_signal(row.seq)
+        now = await service.find(caller, a.job_id)
+        finished = now is None or now.terminal or not a.follow
+        while True:
+            items: Sequence[Any] = await read(row.seq, next_seq)
+            for item in items:
+                await stream.send(make(a.job_id, item))
+                next_seq = item.seq + 1
+            if len(items) < LOG_PAGE:
+                break
+        if finished or stream.closing.is_set():
+            return {"next": next_seq}
+        await _first(signal, stream.closing.wait(), service.stopping.wait())
+        if service.stopping.is_set():
+            raise ShuttingDown("the daemon is stopping")
 
 
 async def _first(*aws: Any) -> None:

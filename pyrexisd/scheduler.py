@@ -479,6 +479,14 @@ class Scheduler:
     def free_slots(self, mode: str) -> int:
         return self.slots.get(mode, 0) - self.busy.get(mode, 0)
 
+    def resize(self, mode: str, slots: int) -> None:
+        """``mode`` now has ``slots`` slots. Fewer than are busy: running jobs go on, and
+        none of that mode starts until they are below the new count."""
+        if slots < 0:
+            raise ValueError("slots must be >= 0")
+        self.slots[mode] = slots
+        self.busy.setdefault(mode, 0)
+
     def try_start_now(self, queue: str, mode: str) -> bool:
         """Take a slot for a job that was just submitted, if it may start at once.
 

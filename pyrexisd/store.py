@@ -48,9 +48,9 @@ JOB_COLUMNS: tuple[str, ...] = (
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
     "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
-    "sched_key", "owner",
+    "sched_key", "owner", "pipeline",
 )  # fmt: skip
-_BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress"})
+_BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress", "pipeline"})
 _ARGS_INDEX = JOB_COLUMNS.index("args")
 # args are written from the row's packed copy (see job_params), the other blobs packed here.
 _BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS and c != "args")
@@ -168,6 +168,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN owner INTEGER;
     CREATE INDEX jobs_owner ON jobs (owner, created_at, job_id);
     ALTER TABLE schedules ADD COLUMN owner INTEGER;
+    """,
+    # A pipeline job's state: per-stage figures and where a resume starts (NULL for
+    # other jobs). Checkpoints update it, with the outputs they cover, in one commit.
+    """
+    ALTER TABLE jobs ADD COLUMN pipeline BLOB;
     """,
     # Retention: finished jobs in the order they ended, for pruning the oldest first.
     """
@@ -327,8 +332,8 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 class _Batch:
     __slots__ = (
-        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "prunes",
-        "waiters", "first_at", "started", "on_thread", "statements_done", "committed",
+        "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "checkpoints",
+        "prunes", "waiters", "first_at", "started", "on_thread", "statements_done", "committed",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -343,6 +348,7 @@ class _Batch:
         self.removed: list[tuple[str]] = []
         self.pids: list[tuple[int | None, int | None, int]] = []
         self.rekeys: list[tuple[float, str]] = []
+        self.checkpoints: list[tuple[Any, ...]] = []
         self.prunes: list[tuple[int]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
@@ -474,6 +480,7 @@ class Store:
         removed_schedules: Sequence[str] = (),
         pids: Sequence[tuple[int, int | None, int | None]] = (),
         rekeys: Sequence[tuple[str, float]] = (),
+        checkpoints: Sequence[tuple[int, dict[str, Any], dict[str, Any] | None, int]] = (),
         prunes: Sequence[int] = (),
         lazy: bool = False,
     ) -> asyncio.Future[None]:
@@ -507,6 +514,10 @@ class Store:
             batch.pids.extend((pid, start, seq) for seq, pid, start in pids)
         if rekeys:  # (queue, aging): its pending jobs' keys follow a new aging rate
             batch.rekeys.extend((aging, queue) for queue, aging in rekeys)
+        if checkpoints:  # pipeline jobs (seq, state, progress, output_seq): those columns only
+            batch.checkpoints.extend(
+                (_pack(state), _pack(progress), output_seq, seq) for seq, state, progress, output_seq in checkpoints
+            )
         if prunes:
             batch.prunes.extend((seq,) for seq in prunes)
         loop = asyncio.get_running_loop()
@@ -632,6 +643,12 @@ class Store:
                 conn.executemany(
                     "UPDATE jobs SET sched_key = ? * enqueued_at - priority WHERE queue = ? AND status = 'pending'",
                     batch.rekeys,
+                )
+            if batch.checkpoints:
+                # Only these columns, after the batch's whole rows: a checkpoint's state
+                # is the newest, and the rest of the row may be mid-change in memory.
+                conn.executemany(
+                    "UPDATE jobs SET pipeline = ?, progress = ?, output_seq = ? WHERE seq = ?", batch.checkpoints
                 )
             batch.statements_done = time.perf_counter()
             conn.execute("COMMIT")

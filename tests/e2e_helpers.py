@@ -111,3 +111,12 @@ def read_marker(path: str) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid``, in KiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

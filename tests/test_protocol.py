@@ -1228,7 +1228,7 @@ def test_tasks_shape(c: RawClient) -> None:
         assert t["default_mode"] in t["modes"]
         assert isinstance(t["description"], str)
         assert isinstance(t["schema"], dict) and t["schema"].get("type") == "object"
-    assert set(tasks["echo"]["modes"]) == {"thread", "process", "async"}
+    assert set(tasks["echo"]["modes"]) == {"thread", "process", "async", "dask"}  # dask: where the daemon runs it
     assert "value" in tasks["echo"]["schema"]["properties"]
     assert tasks["sleep"]["modes"] == ["async"] and tasks["sleep"]["default_mode"] == "async"
     assert "seconds" in tasks["sleep"]["schema"]["properties"]

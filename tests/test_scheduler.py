@@ -946,3 +946,22 @@ TestSchedulerMachine.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_resize_follows_a_mode_whose_capacity_changes() -> None:
+    """A mode's slots may change while jobs run (the dask mode follows its cluster)."""
+    s = Scheduler({"dask": 0, "thread": 1}, FakeClock())
+    for seq in range(1, 7):
+        s.add(seq, "default", "dask", 0, 0.0)
+    assert s.pick() == []  # no slots yet: the jobs wait
+    s.resize("dask", 3)
+    assert [start.seq for start in s.pick()] == [1, 2, 3]
+    s.resize("dask", 1)  # fewer than are busy: the running go on, none starts
+    s.release("default", "dask")
+    assert s.pick() == []
+    s.release("default", "dask")
+    assert s.pick() == []  # one busy, one slot
+    s.release("default", "dask")
+    assert [start.seq for start in s.pick()] == [4]
+    with pytest.raises(ValueError):
+        s.resize("dask", -1)

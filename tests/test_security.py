@@ -91,6 +91,52 @@ def start(start_daemon: Callable[..., Daemon], open_dir: str, *args: str) -> Dae
     return start_daemon("--kill-grace", "2", *args, socket=socket_in(open_dir))
 
 
+def test_a_users_pipeline_runs_only_open_tasks_on_its_own_files(start_daemon: Callable[..., Daemon], open_dir: str) -> None:
+    """Given a daemon that allows nobody, then nobody's pipeline may use only the tasks
+    open to users, read only its own files and write only into its own directory; a
+    pipeline that keeps to that runs, and its output file is nobody's."""
+    assert NOBODY is not None
+    d = start(start_daemon, open_dir, "--allow-user", "nobody", "--tasks", "pipeline_tasks")
+    roots_file = os.path.join(open_dir, "root.jsonl")
+    with open(roots_file, "w") as fh:
+        fh.write("1\n")
+    os.chmod(roots_file, 0o644)
+    mine = os.path.join(open_dir, "nobodys")
+    os.mkdir(mine)
+    os.chown(mine, NOBODY.pw_uid, NOBODY.pw_gid)
+    echo = [{"task": "echo", "item": "value"}]
+
+    def as_user() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with RawClient(d.socket, timeout=10) as c:
+            for name, spec in (
+                ("closed task", {"input": {"items": [1]}, "stages": [{"task": "double"}]}),
+                ("roots input", {"input": {"path": roots_file}, "stages": echo}),
+                ("roots dir", {"input": {"items": [1]}, "stages": echo, "output": os.path.join(open_dir, "o.jsonl")}),
+            ):
+                try:
+                    c.submit("pipeline", spec)
+                    out[name] = "accepted"
+                except WireError as exc:
+                    out[name] = (exc.code, [e["loc"] for e in (exc.details or {}).get("errors", [])])
+            with open(os.path.join(mine, "in.jsonl"), "w") as fh:
+                fh.write('"a"\n"b"\n')
+            job = c.submit("pipeline", {"input": {"path": os.path.join(mine, "in.jsonl")}, "stages": echo,
+                                        "output": os.path.join(mine, "out.jsonl")})  # fmt: skip
+            out["done"] = c.wait(job["job_id"], timeout=30)
+        return out
+
+    seen = as_nobody(as_user)
+    assert seen["closed task"] == ("unauthorized", [])
+    assert seen["roots input"] == ("invalid_request", [["args", "input", "path"]])
+    assert seen["roots dir"] == ("invalid_request", [["args", "output"]])
+    assert seen["done"]["status"] == "completed", seen["done"]
+    out = os.path.join(mine, "out.jsonl")
+    assert os.stat(out).st_uid == NOBODY.pw_uid
+    with open(out) as fh:
+        assert fh.read().splitlines() == ['"a"', '"b"']
+
+
 # --------------------------------------------------------------------- who may connect
 
 
@@ -229,7 +275,8 @@ def test_an_allowed_user_sees_and_controls_only_its_own_jobs(start_daemon: Calla
         assert seen[op] == ("not_found", {"job_id": roots["job_id"]}), op
     assert (seen["list"], seen["pause"], seen["configure_queue"]) == ("unauthorized",) * 3
     assert seen["stats"] == {"scheduled": 1}
-    assert seen["tasks"] == ["echo", "shell", "sleep"]
+    # pipeline is open to all: what its stages run is checked against the open tasks.
+    assert seen["tasks"] == ["echo", "pipeline", "shell", "sleep"]
     with d.client() as c:
         assert [j["job_id"] for j in c.request("list")["jobs"]] == [roots["job_id"]]
         everyone = c.request("list", {"all_users": True})["jobs"]

@@ -29,11 +29,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from protocol.errors import Conflict, InvalidRequest, Overloaded, Unauthorized, UnknownTask
 from protocol.models import JobSpec, validation_errors
+from protocol.pipeline import PIPELINE_TASK, PipelineSpec
 from pyrexisd import dependencies
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline import plan as pipeline_plan
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 
@@ -142,6 +144,16 @@ class Quotas:
         return round(min(60.0, max(1.0, excess / rate)), 1)
 
 
+def mode_not_run(mode: str) -> str:
+    """Why a daemon refuses a job of a mode it does not run."""
+    if mode == "dask":
+        return (
+            "this daemon does not run the dask mode: start pyrexisd with --dask-scheduler ADDRESS or "
+            "--dask-local N, which needs the extra pyrexis[dask] (pip install 'pyrexis[dask]')"
+        )
+    return f"this daemon does not run the {mode} mode"
+
+
 class Admission:
     """Turns raw specs into rows; every refusal is an :class:`InvalidRequest` family error
     naming the field at fault (and, in a batch, the spec's ``index``)."""
@@ -160,6 +172,7 @@ class Admission:
         self.owners = owners if owners is not None else Owners()
         self._max_spec = config.max_spec
         self.user_tasks = config.tasks_for_users
+        self.modes = config.modes
         self.quotas = Quotas(config, counts if counts is not None else _NoCounts(), clock)
 
     def prepare(self, caller: Caller, raw: Any, index: int | None = None) -> Admitted:
@@ -178,7 +191,9 @@ class Admission:
         definition = self.registry.get(spec.task)
         if definition is None:
             raise UnknownTask(f"no task named {spec.task!r}", {"task": spec.task, **where})
-        if not caller.admin and spec.task not in self.user_tasks:
+        if spec.task == PIPELINE_TASK:
+            spec = self._admit_pipeline(caller, spec, where)
+        elif not caller.admin and spec.task not in self.user_tasks:
             # Python tasks run as the daemon's user: only those the operator opened.
             raise Unauthorized(
                 f"task {spec.task!r} is not open to other users of this daemon", {"task": spec.task, **where}
@@ -189,6 +204,8 @@ class Admission:
                 f"task {spec.task!r} does not run in {mode} mode",
                 {"errors": [{"loc": ["mode"], "msg": f"supported: {', '.join(definition.modes)}"}], **where},
             )
+        if mode not in self.modes:
+            raise InvalidRequest(mode_not_run(mode), {"errors": [{"loc": ["mode"], "msg": "not run by this daemon"}], **where})
         if spec.job_id is not None and spec.job_id in spec.depends_on:
             raise InvalidRequest(
                 f"job {spec.job_id!r} depends on itself",
@@ -242,6 +259,20 @@ class Admission:
             owner=caller.uid,
         )
         return Admitted(spec, definition, row)
+
+    def _admit_pipeline(self, caller: Caller, spec: JobSpec, where: dict[str, int]) -> JobSpec:
+        """A pipeline's spec checked against the registry, what the caller may run and
+        the files it may name (a pipeline itself is open to everyone: its stages' tasks
+        are what must be open)."""
+        try:
+            PipelineSpec.model_validate(spec.args)
+        except ValidationError as exc:
+            raise InvalidRequest("invalid pipeline spec", {"errors": validation_errors(exc, ("args",)), **where}) from None
+        try:
+            return pipeline_plan.admit(spec, self.registry, caller.admin, caller.uid, self.user_tasks)
+        except (InvalidRequest, Unauthorized, UnknownTask) as exc:
+            exc.details = {**(exc.details or {}), **where}
+            raise
 
     def prepare_batch(self, caller: Caller, raws: Sequence[Any], batch: bool) -> list[Admitted]:
         """Every spec of a submit by ``caller`` (``batch``: of a ``submit_many``, errors

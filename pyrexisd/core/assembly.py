@@ -7,12 +7,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol.pipeline import PIPELINE_MODE
+from protocol.status import MODES
 from pyrexisd.config import Config
 from pyrexisd.core.attempt import AttemptLimits
 from pyrexisd.core.background import Background
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline.calls import ItemCache, NoCache
+from pyrexisd.core.pipeline.runner import PipelineEnv, Pipelines
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
 from pyrexisd.core.retention import Retention, Rules
@@ -65,11 +69,18 @@ def build_core(
     clock: Callable[[], float] = time.time,
     window: int = DEFAULT_WINDOW,
     daemon_uid: int | None = None,
+    pipeline_cache: ItemCache | None = None,
 ) -> Core:
     """A core on ``store``, running work on ``executors`` (mode → executor), for a daemon
     running as ``daemon_uid`` (this process's effective uid by default); ``window`` ready
-    jobs per queue and mode are held in memory, the others paged in from the store."""
-    scheduler = Scheduler({mode: ex.slots for mode, ex in executors.items()}, clock, config.aging, window=window)
+    jobs per queue and mode are held in memory, the others paged in from the store;
+    ``pipeline_cache`` answers pipeline stages' calls it holds (none by default)."""
+    # A mode without an executor (a daemon restarted without --dask-local, say) has no
+    # slots: its waiting jobs load and wait for a daemon that runs it, instead of failing
+    # the start.
+    slots = {mode: 0 for mode in MODES} | {mode: ex.slots for mode, ex in executors.items()}
+    slots[PIPELINE_MODE] = config.pipelines
+    scheduler = Scheduler(slots, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
     background = Background()
@@ -77,9 +88,15 @@ def build_core(
     ledger = Ledger(store, hub, metrics, scheduler, clock, owners)
     waiting = Waiting(store, ledger, scheduler, background, clock)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
+    pipelines = Pipelines(
+        PipelineEnv(
+            store, ledger.publish_stored, executors, registry, config.max_result, clock,
+            lambda uid: owners.is_admin(owners.of(uid)), pipeline_cache or NoCache(),
+        )  # fmt: skip
+    )
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
-        config.kill_grace, clock, owners, config.max_running_per_user,
+        config.kill_grace, clock, owners, config.max_running_per_user, pipelines,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
     retention = Retention(

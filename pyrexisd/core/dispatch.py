@@ -17,18 +17,21 @@ users' jobs meanwhile take the free slots.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from protocol.errors import StorageError
+from protocol.pipeline import PIPELINE_MODE
 from pyrexisd.core import model
 from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, ProgressWriter
 from pyrexisd.core.background import Background
 from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
+from pyrexisd.core.pipeline.runner import Pipelines
 from pyrexisd.core.waiting import STORAGE_RETRY, Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor, JobCall, Outcome, RunAs
@@ -62,6 +65,7 @@ class Dispatch:
         clock: Callable[[], float],
         owners: Owners | None = None,
         max_running_per_user: int | None = None,
+        pipelines: Pipelines | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -78,6 +82,7 @@ class Dispatch:
         self.backoff = Backoff()
         self.owners = owners if owners is not None else ledger.owners
         self.max_running_per_user = max_running_per_user
+        self.pipelines = pipelines  # runs the jobs of mode "pipeline"
         self._occupied: Counter[int] = Counter()  # slots each owner's jobs hold
         self._active: dict[int, Attempt] = {}
         self._winding_down: set[Attempt] = set()  # ended early; the work is still stopping
@@ -89,8 +94,15 @@ class Dispatch:
     # -- start-up -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start the executors, then whatever the free slots allow."""
-        for executor in self.executors.values():
+        for mode, executor in self.executors.items():
+            executor.on_slots = functools.partial(self._resize, mode)
             await executor.start()
+        self.kick()
+
+    def _resize(self, mode: str, slots: int) -> None:
+        """An executor's capacity changed while the daemon runs (the dask mode follows
+        its cluster): more slots start waiting jobs at once; fewer let running ones end."""
+        self.scheduler.resize(mode, slots)
         self.kick()
 
     # -- picking and starting -------------------------------------------------------------
@@ -277,7 +289,20 @@ class Dispatch:
         self.metrics.started_after(max(0.0, self.clock() - row.enqueued_at))
         if row.timeout is not None:
             attempt.timer = asyncio.get_running_loop().call_later(row.timeout, self._on_timeout, attempt)
-        attempt.task = self.background.spawn(self._run(attempt, self.executors[row.mode], attempt.call))
+        attempt.task = self.background.spawn(self._run(attempt, self._work_of(attempt)))
+
+    def _work_of(self, attempt: Attempt) -> Callable[[], Awaitable[Outcome]]:
+        """What runs ``attempt``: its mode's executor, or, for a pipeline, the pipelines
+        room (whose shell stages run in the owner's account, as a shell job would)."""
+        row, call = attempt.row, attempt.call
+        assert call is not None
+        if row.mode != PIPELINE_MODE:
+            executor = self.executors[row.mode]
+            return lambda: executor.run(call)
+        pipelines = self.pipelines
+        if pipelines is None:
+            return lambda: _outcome(Outcome.failure("exception", "this daemon runs no pipelines", retryable=False))
+        return lambda: pipelines.run(attempt, self._account(row))
 
     def _account(self, row: JobRow) -> RunAs | None | Outcome:
         """Whose account a shell job's command runs in: a root daemon runs another user's
@@ -294,17 +319,19 @@ class Dispatch:
             )
         return account
 
-    async def _run(self, attempt: Attempt, executor: Executor, call: JobCall) -> None:
+    async def _run(self, attempt: Attempt, work: Callable[[], Awaitable[Outcome]]) -> None:
+        call = attempt.call
+        assert call is not None
+        mode = attempt.row.mode
         try:
-            if attempt.row.depends_on:
+            if attempt.row.depends_on and mode != PIPELINE_MODE:
                 call.inputs = await self._inputs(attempt.row)
-            outcome = await executor.run(call)
+            outcome = await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an executor bug must not take the daemon down
-            log.exception("executor %s failed on job %s", executor.mode, attempt.row.job_id,
-                          extra={"job_id": attempt.row.job_id})
-            outcome = Outcome.failure("exception", f"internal error in the {executor.mode} executor: {exc}")
+            log.exception("executor %s failed on job %s", mode, attempt.row.job_id, extra={"job_id": attempt.row.job_id})
+            outcome = Outcome.failure("exception", f"internal error in the {mode} executor: {exc}")
         finally:
             if attempt.timer is not None:
                 attempt.timer.cancel()
@@ -322,6 +349,10 @@ class Dispatch:
         if self._active.get(attempt.row.seq) is attempt:
             del self._active[attempt.row.seq]
         self.ledger.unpin(attempt.row)
+
+    def running_pipelines(self) -> list[JobRow]:
+        """The rows of the pipelines running now (their figures as of their last checkpoint)."""
+        return [a.row for a in self._active.values() if a.row.mode == PIPELINE_MODE and not a.ended]
 
     def running_attempt(self, row: JobRow) -> Attempt:
         return self._active[row.seq]
@@ -430,7 +461,8 @@ class Dispatch:
     # -- shutdown -----------------------------------------------------------------------
     async def drain(self, grace: float, force: asyncio.Event | None = None) -> None:
         """Let running attempts finish within ``grace`` seconds (``force`` cuts it short)."""
-        running = [a.task for a in self._active.values() if a.task is not None]
+        # A pipeline does not hold the stop up: it checkpoints, stops, and resumes later.
+        running = [a.task for a in self._active.values() if a.task is not None and a.row.mode != PIPELINE_MODE]
         if not running or grace <= 0:
             return
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(running, timeout=grace))]
@@ -470,6 +502,10 @@ class Dispatch:
         for executor in self.executors.values():
             await executor.shutdown()
         self.background.cancel_all()
+
+
+async def _outcome(outcome: Outcome) -> Outcome:
+    return outcome
 
 
 def _missing_task(name: str) -> TaskDef:

@@ -297,8 +297,8 @@ class Ledger:
 
     def publish_stored(self, row: JobRow, lines: Sequence[LogLine], outputs: Sequence[OutputItem]) -> None:
         """Log lines and outputs of ``row`` are durable: followers and watchers may see them."""
-        if lines:
-            self._signal_log(row.seq)
+        if lines or outputs:
+            self._signal_log(row.seq)  # followers of either look again
         if not self.hub.wants(row.job_id):
             return
         for kind, items in (("log", lines), ("output", outputs)):

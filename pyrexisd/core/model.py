@@ -61,6 +61,8 @@ class JobRow:
     pid_start: int | None = None  # its start time, so a recycled pid is never mistaken for it
     sched_key: float | None = None  # the scheduler's static key while pending (the store pages by it)
     owner: int | None = None  # the submitter's uid; None for jobs older than ownership
+    # A pipeline job's last checkpoint: per-stage figures and where a resume starts.
+    pipeline: dict[str, Any] | None = None
     # ``args`` never change after submit: packed once, written as is on every change.
     args_blob: bytes | None = field(default=None, repr=False, compare=False)
     # The args as the task's model validated them at submit (not stored): the first
@@ -113,6 +115,7 @@ class JobRow:
             "on_interrupt": self.on_interrupt,
             "timeout": self.timeout,
             "owner": self.owner,
+            "pipeline": self.pipeline,
         }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import Conflict, InvalidState, ShuttingDown, StorageError, Unauthorized
+from protocol.pipeline import PIPELINE_TASK
 from protocol.status import TERMINAL, WAITING
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
@@ -301,7 +302,7 @@ class Service:
         return await self._store.read_outputs(job_seq, since, LOG_PAGE)
 
     def log_signal(self, job_seq: int) -> asyncio.Future[None]:
-        """Resolves at the next commit of log lines or of an end of ``job_seq``."""
+        """Resolves at the next commit of log lines, outputs or an end of ``job_seq``."""
         return self.ledger.log_signal(job_seq)
 
     def subscribe(self, caller: Caller, flt: EventFilter) -> Subscription:
@@ -314,7 +315,13 @@ class Service:
 
     def stats(self, caller: Caller) -> dict[str, Any]:
         """The daemon's counters; the job counts are only the caller's own unless it is an admin."""
-        out = self.metrics.snapshot(self.clock(), self.scheduler.slots, None if caller.admin else caller.uid)
+        executors = self.dispatch.executors
+        slots = {mode: n for mode, n in self.scheduler.slots.items() if mode in executors}
+        out = self.metrics.snapshot(self.clock(), slots, None if caller.admin else caller.uid)
+        for mode, executor in executors.items():
+            state = executor.state()
+            if state is not None:
+                out[mode] = state  # e.g. "dask": the cluster as the mode sees it
         store = self._store
         commits = store.commits
         out["store"] = {
@@ -337,12 +344,21 @@ class Service:
                 "keep_finished": retention.rules.keep_finished,
                 "keep_max": retention.rules.keep_max,
             }
+        # Running pipelines and their figures per stage, as of their last checkpoint.
+        out["pipelines"] = {
+            row.job_id: _pipeline_summary(row)
+            for row in self.dispatch.running_pipelines()
+            if self.owners.sees(caller, row.owner)
+        }
         return out
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""
         allowed = None if caller.admin else self.admission.user_tasks
-        return [t.describe() for t in self.registry.all() if allowed is None or t.name in allowed]
+        # A pipeline is open to everyone: what its stages may run is checked at submit.
+        return [
+            t.describe() for t in self.registry.all() if allowed is None or t.name in allowed or t.name == PIPELINE_TASK
+        ]
 
     # -- operations -------------------------------------------------------------------------
     async def clean(
@@ -431,3 +447,8 @@ class Service:
 
     async def remove_schedule(self, caller: Caller, name: str) -> None:
         await self.schedules.remove(name, self.owners.lets(caller))
+
+
+def _pipeline_summary(row: JobRow) -> dict[str, Any]:
+    state = row.pipeline or {}
+    return {"items": state.get("items"), "outputs": state.get("outputs"), "stages": state.get("stages", [])}

@@ -1,4 +1,4 @@
-"""Executors: thread, process, async and shell, behind one interface."""
+"""Executors: thread, process, async, shell and dask, behind one interface."""
 
 from pyrexisd.executors.base import Executor, JobCall, JobEvents, Outcome
 

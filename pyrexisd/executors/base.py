@@ -1,4 +1,4 @@
-"""One interface for every way of running a job: thread, process, async, shell."""
+"""One interface for every way of running a job: thread, process, async, shell, dask."""
 
 from __future__ import annotations
 
@@ -212,6 +212,20 @@ class Executor(ABC):
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
+        # Set by the job core: told when the slot count changes while the daemon runs.
+        self.on_slots: Callable[[int], None] | None = None
+
+    def set_slots(self, slots: int) -> None:
+        """The executor's capacity changed (a cluster grew, shrank or went away): the
+        scheduler starts jobs of this mode up to the new count; running ones go on."""
+        if slots != self.slots:
+            self.slots = slots
+            if self.on_slots is not None:
+                self.on_slots(slots)
+
+    def state(self) -> dict[str, Any] | None:
+        """What ``stats`` shows of this executor beyond its slots (None: nothing)."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Acquire resources (pools, workers) before the first job."""
