@@ -37,6 +37,9 @@ class JobSpec(BaseModel):
     delay: float | None = Field(default=None, ge=0)
     labels: dict[str, str] = Field(default_factory=dict)
     on_interrupt: OnInterrupt | None = None
+    # False: not answered from the task's result cache (the job runs; its result still
+    # refreshes the cache). An agreed addition to the contract.
+    cache: bool = True
 
     @model_validator(mode="after")
     def _run_at_or_delay(self) -> JobSpec:
@@ -82,6 +85,8 @@ class Job(BaseModel):
     labels: dict[str, str]
     on_interrupt: str
     timeout: float | None = None
+    cached: bool = False
+    cached_from: str | None = None
 
 
 def validation_errors(exc: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

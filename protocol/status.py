@@ -42,9 +42,10 @@ ERROR_TYPES: tuple[str, ...] = (
     "scheduler_lost",
 )
 
-# ``None`` stands for "not yet stored": the statuses a submit may create.
+# ``None`` stands for "not yet stored": the statuses a submit may create. ``completed``
+# only for a hit of the result cache (an agreed addition: the job never runs).
 TRANSITIONS: dict[str | None, frozenset[str]] = {
-    None: frozenset({"pending", "blocked", "scheduled", "running"}),
+    None: frozenset({"pending", "blocked", "scheduled", "running", "completed"}),
     "pending": frozenset({"running", "held", "cancelled"}),
     "blocked": frozenset({"pending", "cancelled", "held"}),
     "scheduled": frozenset({"pending", "held", "cancelled"}),

@@ -24,6 +24,7 @@ from pyrexisctl._wire import (
     Record,
     RecordList,
     _BackupFile,
+    _cache_args,
     _clean_args,
     _hello_args,
     _job_args,
@@ -36,6 +37,7 @@ from pyrexisctl._wire import (
     _record,
     _rows,
     _schedule_args,
+    _since_filter,
     _spec,
     _submit_many_args,
     _Unset,
@@ -73,13 +75,18 @@ class _AsyncOps(_AsyncConnection):
         limit: int | None = None,
         after: str | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> Record:
         """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``.
 
         Only the caller's own jobs, unless ``all_users`` (an admin's right: root and the
-        daemon's uid; anyone else gets ``Unauthorized``)."""
-        args = _list_args(status, task, queue, limit, after, all_users)
-        return _record(await self.request("list", args))
+        daemon's uid; anyone else gets ``Unauthorized``); with ``since`` (a time), only
+        those created at that time or later."""
+        args = _list_args(status, task, queue, limit, after, all_users, since)
+        page = _record(await self.request("list", args))
+        if since is not None:
+            page["jobs"] = _since_filter(page.get("jobs"), since)
+        return page
 
     async def iter_jobs(
         self,
@@ -88,11 +95,13 @@ class _AsyncOps(_AsyncConnection):
         queue: str | None = None,
         page_size: int | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[Record]:
         """Every matching job, oldest first, walking all pages of ``list``."""
+        # One page in memory at a time: ``export`` streams a million jobs through this.
         after: str | None = None
         while True:
-            page = await self.list(status, task, queue, page_size, after, all_users)
+            page = await self.list(status, task, queue, page_size, after, all_users, since)
             # No "yield from" in an asynchronous generator, so the generated copy loops too.
             for job in page.get("jobs") or []:  # noqa: UP028
                 yield job
@@ -200,6 +209,10 @@ class _AsyncOps(_AsyncConnection):
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
         return _record(await self.request("stats"))
 
+    async def metrics(self) -> str:
+        """Every metric of the daemon in the Prometheus text format (admins only)."""
+        return str((await self.request("metrics"))["text"])
+
     async def tasks(self) -> RecordList:
         """The registered tasks: ``{name, modes, default_mode, description, schema}`` each."""
         return _rows(await self.request("tasks"), "tasks")
@@ -291,3 +304,14 @@ class _AsyncOps(_AsyncConnection):
         """Make the daemon read its configuration file again (as SIGHUP does; admins only):
         ``{"file", "changed": [keys applied], "restart_needed": [keys]}``."""
         return _record(await self.request("reload"))
+
+    async def cache_stats(self, task: str | None = None) -> Record:
+        """The result cache's figures: ``{entries, bytes, max_entries, max_bytes, tasks}``,
+        ``tasks`` a list of ``{task, entries, bytes, hits, misses, evictions}`` (of
+        ``task`` only, when given). A caller that is not an admin sees its own entries."""
+        return _record(await self.request("cache_stats", _cache_args(task)))
+
+    async def cache_clear(self, task: str | None = None) -> Record:
+        """Remove cached results (of ``task``, when given): ``{removed, bytes}``. An admin
+        clears every user's, anyone else its own."""
+        return _record(await self.request("cache_clear", _cache_args(task)))

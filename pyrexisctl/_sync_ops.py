@@ -17,6 +17,7 @@ from pyrexisctl._wire import (
     Record,
     RecordList,
     _BackupFile,
+    _cache_args,
     _clean_args,
     _hello_args,
     _job_args,
@@ -29,6 +30,7 @@ from pyrexisctl._wire import (
     _record,
     _rows,
     _schedule_args,
+    _since_filter,
     _spec,
     _submit_many_args,
     _Unset,
@@ -66,13 +68,18 @@ class _SyncOps(_SyncConnection):
         limit: int | None = None,
         after: str | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> Record:
         """One page of jobs, oldest first: ``{"jobs": [...], "next": cursor or None}``.
 
         Only the caller's own jobs, unless ``all_users`` (an admin's right: root and the
-        daemon's uid; anyone else gets ``Unauthorized``)."""
-        args = _list_args(status, task, queue, limit, after, all_users)
-        return _record(self.request("list", args))
+        daemon's uid; anyone else gets ``Unauthorized``); with ``since`` (a time), only
+        those created at that time or later."""
+        args = _list_args(status, task, queue, limit, after, all_users, since)
+        page = _record(self.request("list", args))
+        if since is not None:
+            page["jobs"] = _since_filter(page.get("jobs"), since)
+        return page
 
     def iter_jobs(
         self,
@@ -81,11 +88,13 @@ class _SyncOps(_SyncConnection):
         queue: str | None = None,
         page_size: int | None = None,
         all_users: bool = False,
+        since: float | None = None,
     ) -> Iterator[Record]:
         """Every matching job, oldest first, walking all pages of ``list``."""
+        # One page in memory at a time: ``export`` streams a million jobs through this.
         after: str | None = None
         while True:
-            page = self.list(status, task, queue, page_size, after, all_users)
+            page = self.list(status, task, queue, page_size, after, all_users, since)
             # No "yield from" in an asynchronous generator, so the generated copy loops too.
             for job in page.get("jobs") or []:  # noqa: UP028
                 yield job
@@ -193,6 +202,10 @@ class _SyncOps(_SyncConnection):
         """Counters of the daemon: ``uptime``, ``by_status``, ``slots``, latencies, ..."""
         return _record(self.request("stats"))
 
+    def metrics(self) -> str:
+        """Every metric of the daemon in the Prometheus text format (admins only)."""
+        return str((self.request("metrics"))["text"])
+
     def tasks(self) -> RecordList:
         """The registered tasks: ``{name, modes, default_mode, description, schema}`` each."""
         return _rows(self.request("tasks"), "tasks")
@@ -284,3 +297,14 @@ class _SyncOps(_SyncConnection):
         """Make the daemon read its configuration file again (as SIGHUP does; admins only):
         ``{"file", "changed": [keys applied], "restart_needed": [keys]}``."""
         return _record(self.request("reload"))
+
+    def cache_stats(self, task: str | None = None) -> Record:
+        """The result cache's figures: ``{entries, bytes, max_entries, max_bytes, tasks}``,
+        ``tasks`` a list of ``{task, entries, bytes, hits, misses, evictions}`` (of
+        ``task`` only, when given). A caller that is not an admin sees its own entries."""
+        return _record(self.request("cache_stats", _cache_args(task)))
+
+    def cache_clear(self, task: str | None = None) -> Record:
+        """Remove cached results (of ``task``, when given): ``{removed, bytes}``. An admin
+        clears every user's, anyone else its own."""
+        return _record(self.request("cache_clear", _cache_args(task)))

@@ -197,6 +197,20 @@ def _hello_args(client: str) -> dict[str, Any]:
     return {"protocol": PROTOCOL_VERSION, "client": client}
 
 
+def _cache_args(task: str | None) -> dict[str, Any]:
+    return _drop_none({"task": task})
+
+
+def _since_filter(jobs: Any, since: float | None) -> RecordList:
+    """The jobs of a ``list`` page created at ``since`` or later. The daemon filters by
+    itself; one older than ``since`` ignores the argument (unknown keys are ignored), and
+    this keeps the answer right anyway."""
+    rows: RecordList = list(jobs or [])
+    if since is None:
+        return rows
+    return [job for job in rows if isinstance(job.get("created_at"), (int, float)) and job["created_at"] >= since]
+
+
 def _job_args(job_id: str) -> dict[str, Any]:
     return {"job_id": job_id}
 
@@ -227,10 +241,13 @@ def _list_args(
     limit: int | None,
     after: str | None,
     all_users: bool = False,
+    since: float | None = None,
 ) -> dict[str, Any]:
     if status is not None and not isinstance(status, str):
         status = [str(s) for s in status]
-    args = _drop_none({"status": status, "task": task, "queue": queue, "limit": limit, "after": after})
+    args = _drop_none(
+        {"status": status, "task": task, "queue": queue, "limit": limit, "after": after, "since": since}
+    )
     if all_users:  # sent only when asked: a daemon older than ownership ignores it anyway
         args["all_users"] = True
     return args

@@ -17,14 +17,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
 from protocol.errors import PyrexisError, WireError
 from protocol.status import MODES, TERMINAL
-from pyrexisctl import render
+from pyrexisctl import jsonl, render
 from pyrexisctl.client import UNSET, Client, DaemonUnreachable, Event, Record
 
 EXIT_OK = 0
@@ -367,6 +367,7 @@ _SPEC_KEYS = (
     "timeout",
     "job_id",
     "dependency_policy",
+    "cache",
 )
 
 
@@ -597,7 +598,8 @@ for stdin) holds a JSON list of job specs, or {"jobs": [...]}. A spec
 has the fields of the protocol's JobSpec: "task" (required), "args",
 "job_id", "priority", "queue", "mode", "timeout", "max_retries",
 "depends_on" (ids of existing jobs or of specs earlier in the file),
-"dependency_policy", "run_at", "delay", "labels", "on_interrupt".
+"dependency_policy", "run_at", "delay", "labels", "on_interrupt",
+"cache" (false: not answered from the result cache).
 Example:
   [{"task": "echo", "job_id": "fetch", "args": {"value": 1}},
    {"task": "echo", "job_id": "build", "depends_on": ["fetch"]},
@@ -606,11 +608,22 @@ Example:
 It prints the created jobs (a table; NDJSON records with --json)."""
 
 
-@main.command(epilog=_GRAPH_HELP)
+_JSONL_HELP = """\b
+--jsonl FILE.jsonl (or - for stdin) submits one job spec per line (the
+JobSpec fields above, one JSON object a line; blank lines are skipped).
+The lines go in chunks (--chunk specs each), each chunk all or nothing;
+the job ids are printed as each chunk is accepted (NDJSON records with
+--json). A bad line stops the run: its line number and field are shown,
+nothing of its chunk is submitted (the chunks before it are), exit 1.
+Give the specs a "job_id" and running the same file again is safe."""
+
+
+@main.command(epilog=_GRAPH_HELP + "\n\n" + _JSONL_HELP)
 @click.argument("task", required=False)
 @arg_options
 @job_options(with_mode=True)
 @submit_options
+@click.option("--no-cache", is_flag=True, help="Run the job even if the result cache holds its result.")
 @click.option(
     "--graph",
     "graph",
@@ -619,42 +632,102 @@ It prints the created jobs (a table; NDJSON records with --json)."""
     metavar="FILE.json",
     help="Submit the job specs of FILE atomically instead of one TASK (see below).",
 )
+@click.option(
+    "--jsonl",
+    "jsonl_file",
+    type=click.File("rb"),
+    metavar="FILE.jsonl",
+    help="Submit one job spec per line of FILE (- for stdin), in atomic chunks (see below).",
+)
+@click.option(
+    "--chunk",
+    type=click.IntRange(1, jsonl.MAX_CHUNK),
+    default=jsonl.DEFAULT_CHUNK,
+    show_default=True,
+    metavar="N",
+    help="With --jsonl: specs per submit_many.",
+)
 def submit(
     task: str | None,
     arg_pairs: dict[str, Any],
     args_json: dict[str, Any],
     graph: list[dict[str, Any]] | None,
+    jsonl_file: IO[bytes] | None,
+    chunk: int,
+    no_cache: bool,
     **options: Any,
 ) -> None:
-    """Submit a job of TASK; print its id. Or, with --graph, several jobs at once.
+    """Submit a job of TASK; print its id. Or, with --graph or --jsonl, several jobs.
 
     With --wait, show its progress, then print how it ended and its result; exit 3 if
     it failed or was cancelled.
     """
-    if graph is None:
+    if graph is None and jsonl_file is None:
         if task is None:
-            raise click.UsageError("give a TASK, or --graph FILE.json")
+            raise click.UsageError("give a TASK, or --graph FILE.json, or --jsonl FILE.jsonl")
+        if no_cache:
+            options["cache"] = False
         _submit_and_maybe_wait(task, {**args_json, **arg_pairs}, options, shell=False)
         return
+    flag = "--graph" if graph is not None else "--jsonl"
     given = [
         name
         for name, value in (
             ("TASK", task),
             ("--arg", arg_pairs),
             ("--args-json", args_json),
+            ("--no-cache", no_cache),
+            ("--graph", graph if jsonl_file is not None else None),
             *((f"--{key.replace('_', '-')}", value) for key, value in options.items()),
         )
         if value is not None and value is not False and value not in ((), {}, [])
     ]
     if given:
-        raise click.UsageError(f"--graph takes the whole job specs from the file, not {given[0]}")
+        raise click.UsageError(f"{flag} takes the whole job specs from the file, not {given[0]}")
     settings = _settings()
+    if jsonl_file is not None:
+        _submit_jsonl(settings, jsonl_file, chunk)
+        return
     with settings.client() as client:
-        records = client.submit_many(graph)
+        records = client.submit_many(graph or [])
     if settings.json:
         render.echo_ndjson(records)
     else:
         click.echo(render.jobs_table(records, colour=render.use_colour()))
+
+
+def _submit_jsonl(settings: Settings, source: IO[bytes], chunk: int) -> None:
+    """``submit --jsonl``: the lines chunk by chunk; a refused line ends it with exit 1."""
+
+    def show(records: Sequence[Record]) -> None:
+        if settings.json:
+            render.echo_ndjson(records)
+        else:
+            for record in records:
+                click.echo(str(record.get("job_id")))
+
+    accepted = 0
+
+    def counted(records: Sequence[Record]) -> None:
+        nonlocal accepted
+        show(records)
+        accepted += len(records)
+
+    with settings.client() as client:
+        try:
+            jsonl.submit_lines(client, source, chunk, counted)
+        except jsonl.LineError as exc:
+            code = f"{exc.code}: " if exc.code else ""
+            click.echo(f"error: {code}{exc.message}", err=True)
+            click.echo(
+                f"  submitted before its chunk: {accepted} jobs (ids above); nothing from its chunk on",
+                err=True,
+            )
+            _exit(EXIT_ERROR)
+        except WireError:
+            if accepted:
+                click.echo(f"{accepted} jobs were submitted before this error", err=True)
+            raise
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
@@ -692,18 +765,32 @@ def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **option
     _submit_and_maybe_wait("shell", args, options, shell=True)
 
 
+def filter_options(func: F) -> F:
+    """``--status``, ``--queue``, ``--task`` and ``--all-users``: which jobs a listing holds."""
+    options: list[Callable[[F], F]] = [
+        click.option(
+            "--status",
+            "-s",
+            "statuses",
+            multiple=True,
+            metavar="S",
+            callback=_split_commas,
+            help="Only jobs in this status (repeatable, or comma-separated).",
+        ),
+        click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue."),
+        click.option("--task", "-t", metavar="T", help="Only jobs of this task."),
+        click.option(
+            "--all-users",
+            "-u",
+            is_flag=True,
+            help="Every user's jobs, not only your own (root and the daemon's user only).",
+        ),
+    ]
+    return _apply(func, options)
+
+
 @main.command(name="list")
-@click.option(
-    "--status",
-    "-s",
-    "statuses",
-    multiple=True,
-    metavar="S",
-    callback=_split_commas,
-    help="Only jobs in this status (repeatable, or comma-separated).",
-)
-@click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue.")
-@click.option("--task", "-t", metavar="T", help="Only jobs of this task.")
+@filter_options
 @click.option(
     "--limit",
     "-n",
@@ -711,12 +798,6 @@ def run(command: tuple[str, ...], cwd: str | None, env: dict[str, Any], **option
     help="At most N jobs (default 100); with --all, the page size.",
 )
 @click.option("--all", "all_pages", is_flag=True, help="Every matching job, page after page.")
-@click.option(
-    "--all-users",
-    "-u",
-    is_flag=True,
-    help="Every user's jobs, not only your own (root and the daemon's user only).",
-)
 @json_option
 def list_jobs(
     statuses: list[str],
@@ -748,6 +829,60 @@ def list_jobs(
         click.echo("no jobs", err=True)
     if more:
         click.echo(f"(more jobs: use --all or --limit; showing {len(rows)})", err=True)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _time_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A time: seconds since the epoch, an ISO 8601 date or time (local time unless it
+    says its zone), or an age such as ``90s``, ``15m``, ``2h``, ``3d``, ``1w`` (ago)."""
+    if value is None:
+        return None
+    text = value.strip()
+    unit = _UNITS.get(text[-1:].lower())
+    try:
+        if unit is not None:
+            age = float(text[:-1])
+            if age < 0:
+                raise ValueError(text)
+            return time.time() - age * unit
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime  # only when a date is given
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a time: give epoch seconds, an ISO date/time "
+            "(2026-11-30T04:00) or an age (90s, 15m, 2h, 3d, 1w)"
+        ) from None
+
+
+@main.command()
+@click.option("--jsonl", "as_jsonl", is_flag=True, default=True, help="One JSON record per line (the only format; the default).")
+@filter_options
+@click.option("--since", metavar="TIME", callback=_time_arg, help="Only jobs created at TIME or later (epoch s, ISO date/time, or an age: 2h).")
+@click.option("--page", type=click.IntRange(1, 10_000), default=1000, show_default=True, metavar="N", help="Jobs read per request.")
+def export(
+    as_jsonl: bool,
+    statuses: list[str],
+    queue: str | None,
+    task: str | None,
+    since: float | None,
+    all_users: bool,
+    page: int,
+) -> None:
+    """Print every matching job record as NDJSON, oldest first.
+
+    Streamed page by page, so memory stays flat however many jobs match. The lines have
+    the same format `submit --jsonl` reads: a record's spec fields resubmit it.
+    """
+    with _settings().client() as client:
+        for line in jsonl.export(client, statuses or None, task, queue, since, all_users, page):
+            click.echo(line)
 
 
 @main.command()
@@ -1089,6 +1224,42 @@ def schedule_remove(name: str) -> None:
         click.echo(f"removed schedule {name}")
 
 
+@main.group()
+def cache() -> None:
+    """The result cache of tasks declared with cache=True or cache_ttl."""
+
+
+@cache.command(name="stats")
+@click.option("--task", "-t", metavar="T", help="Only this task.")
+@json_option
+def cache_stats(task: str | None) -> None:
+    """Entries, bytes, hits, misses and evictions per task (yours, unless you are an admin).
+
+    Hits, misses and evictions count since the daemon started; entries survive restarts.
+    """
+    settings = _settings()
+    with settings.client() as client:
+        result = client.cache_stats(task)
+    if settings.json:
+        render.echo_json(result)
+    else:
+        click.echo(render.cache_text(result))
+
+
+@cache.command(name="clear")
+@click.option("--task", "-t", metavar="T", help="Only the results of this task.")
+@json_option
+def cache_clear(task: str | None) -> None:
+    """Remove cached results (every user's for an admin, your own otherwise)."""
+    settings = _settings()
+    with settings.client() as client:
+        result = client.cache_clear(task)
+    if settings.json:
+        render.echo_json(result)
+    else:
+        click.echo(f"removed {result.get('removed', 0)} cached results ({render.format_bytes(result.get('bytes'))})")
+
+
 @main.command()
 @json_option
 def tasks() -> None:
@@ -1116,6 +1287,23 @@ def stats() -> None:
         render.echo_json(result)
     else:
         click.echo(render.stats_text(result))
+
+
+@main.command()
+@json_option
+def metrics() -> None:
+    """Print the daemon's metrics in the Prometheus text format.
+
+    The same text as the HTTP listener's GET /metrics; redirect it to a *.prom file of
+    node_exporter's textfile collector on machines without the listener. Admins only.
+    """
+    settings = _settings()
+    with settings.client() as client:
+        text = client.metrics()
+    if settings.json:
+        render.echo_json({"text": text})
+    else:
+        click.echo(text, nl=False)
 
 
 @main.command()

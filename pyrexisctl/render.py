@@ -7,8 +7,6 @@ they are cheap to import and easy to test. Only :func:`echo_json`, :func:`echo_n
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import pwd
 import shutil
@@ -18,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import click
+
+from protocol import jsonl
 
 JOB_HEADERS = ("ID", "TASK", "QUEUE", "PRI", "STATUS", "ATTEMPTS", "AGE", "ELAPSED", "OWNER")
 _JOB_RIGHT = frozenset({3, 5, 6, 7})
@@ -56,18 +56,10 @@ def paint_status(status: str, text: str | None = None, colour: bool = False) -> 
 # --------------------------------------------------------------------------- JSON
 
 
-def _json_default(value: Any) -> Any:
-    # msgpack ``bin`` has no JSON counterpart: keep it lossless and recognisable.
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return repr(value)
-
-
 def to_json(value: Any) -> str:
-    """``value`` as one line of JSON (bytes become ``{"$base64": ...}``)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    """``value`` as one line of JSON (bytes become ``{"$base64": ...}``): the JSONL line
+    format of :mod:`protocol.jsonl`."""
+    return jsonl.dumps(value)
 
 
 def echo_json(value: Any) -> None:
@@ -248,18 +240,6 @@ def format_error(error: Any) -> str:
     return f"{text} (retryable)" if error.get("retryable") else text
 
 
-def format_bytes(value: Any) -> str:
-    """``812 B``, ``12.3 MB``, ``4.1 GB`` (powers of 1000), ``-`` for no number."""
-    number = _num(value)
-    if number is None:
-        return "-"
-    for unit in ("B", "KB", "MB"):
-        if number < 1000:
-            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
-        number /= 1000
-    return f"{number:.1f} GB"
-
-
 def format_progress(progress: Any) -> str:
     """A ``progress`` map as ``45% message``."""
     if not isinstance(progress, Mapping):
@@ -303,6 +283,8 @@ def job_detail(job: Mapping[str, Any], now: float | None = None) -> str:
     pairs.append(("args", short_value(job.get("args"))))
     if job.get("status") == "completed":
         pairs.append(("result", short_value(job.get("result"))))
+    if job.get("cached_from") is not None:
+        pairs.append(("cached", f"yes: the result of job {job['cached_from']} (it did not run)"))
     if job.get("error"):
         pairs.append(("error", format_error(job.get("error"))))
     if job.get("depends_on"):
@@ -418,6 +400,41 @@ def _counts(counts: Any) -> str:
     if not isinstance(counts, Mapping) or not counts:
         return "-"
     return "  ".join(f"{key} {value}" for key, value in counts.items())
+
+
+def format_bytes(n: Any) -> str:
+    """A byte count for people: ``512 B``, ``3.4 KiB``, ``12.0 MiB``."""
+    value = _num(n)
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "-"  # not reached
+
+
+def cache_text(stats: Mapping[str, Any]) -> str:
+    """The ``cache_stats`` answer for people: a table per task, then the totals."""
+    rows = [
+        [
+            str(t.get("task", "?")),
+            str(t.get("entries", 0)),
+            format_bytes(t.get("bytes")),
+            str(t.get("hits", 0)),
+            str(t.get("misses", 0)),
+            str(t.get("evictions", 0)),
+        ]
+        for t in stats.get("tasks") or []
+    ]
+    totals = (
+        f"{stats.get('entries', 0)} entries of at most {stats.get('max_entries', '-')}, "
+        f"{format_bytes(stats.get('bytes'))} of at most {format_bytes(stats.get('max_bytes'))}"
+    )
+    if not rows:
+        return f"no cached results\n{totals}"
+    headers = ("TASK", "ENTRIES", "BYTES", "HITS", "MISSES", "EVICTIONS")
+    return table(headers, rows, right=(1, 2, 3, 4, 5)) + "\n" + totals
 
 
 def stats_text(stats: Mapping[str, Any]) -> str:

@@ -30,6 +30,7 @@ from protocol.errors import PyrexisError
 from protocol.framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME, MAX_DEPTH
 from protocol.paths import resolve_socket_path
 from protocol.status import PIPELINE_MODE
+from pyrexisd.http.address import HttpAddress
 from pyrexisd.scheduler import DEFAULT_AGING
 
 DEFAULT_MAX_RESULT = 1024 * 1024
@@ -62,6 +63,9 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 DEFAULT_CACHE_MAX_ENTRIES = 100_000
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_HTTP_MAX_BODY = 1024 * 1024
+DEFAULT_HTTP_RATE = 100.0  # requests per second per client, with bursts of twice as many
+DEFAULT_HTTP_MAX_STREAMS = 64
 DEFAULT_KEEP_FINISHED = 7 * 86400.0
 DEFAULT_KEEP_MAX = 100_000
 ENV_PREFIX = "PYREXIS_"
@@ -149,7 +153,10 @@ def _groups(value: Any) -> tuple[int, ...]:
 
 def _limit(value: Any) -> Any:
     """0 means no limit (None)."""
-    return None if value in (0, "0") else value
+    try:
+        return None if not isinstance(value, bool) and float(value) == 0 else value
+    except (TypeError, ValueError):
+        return value  # the type check says what is wrong
 
 
 def _level(value: Any) -> Any:
@@ -309,6 +316,20 @@ class Config:
                                     help="Run dask-mode jobs on a LocalCluster of N worker processes started with the daemon (needs pyrexis[dask]).")
     dask_slots: int | None = option(None, shown_default="the cluster's total threads, followed as workers come and go",
                                     help="Dask-mode slots.")
+    # -- the HTTP listener (pyrexisd.http; off unless http is set) --
+    http: str | None = option(None, metavar="ADDR", shown_default="off",
+                              help="Also serve the HTTP API and dashboard on HOST:PORT, [V6]:PORT or unix:/PATH (needs "
+                              "pyrexis[http]). Loopback and Unix paths act as the daemon's user; other addresses need "
+                              "--http-token-file.")
+    http_token_file: str | None = option(None, metavar="PATH", shown_default="none",
+                                         help="File holding the bearer token every HTTP request must carry "
+                                         "(required off loopback; owner-only).")
+    http_max_body: int = option(DEFAULT_HTTP_MAX_BODY, help="Largest HTTP request body in bytes; a larger one answers 413.")
+    http_rate: float | None = option(DEFAULT_HTTP_RATE, parse=_limit,
+                                     help="HTTP requests per second per client address (bursts of twice that); past it "
+                                     "429 (0: no limit).")
+    http_max_streams: int = option(DEFAULT_HTTP_MAX_STREAMS,
+                                   help="Server-Sent Events streams open at once, all HTTP clients together; the next answers 429.")
     # -- the result cache (pyrexisd.core.cache); 0 entries or 0 bytes: nothing is kept --
     cache_max_entries: int = option(DEFAULT_CACHE_MAX_ENTRIES,
                                     help="Entries the result cache keeps; the least recently used go first (0: cache nothing).")
@@ -346,6 +367,17 @@ class Config:
             raise ConfigError("cache_max_entries", "must be >= 0 (0: keep nothing)")
         if self.cache_max_bytes < 0:
             raise ConfigError("cache_max_bytes", "must be >= 0 (0: keep nothing)")
+        if self.http is not None:
+            try:
+                HttpAddress.parse(self.http)
+            except ValueError as exc:
+                raise ConfigError("http", str(exc)) from None
+        if self.http_max_body < 1024:
+            raise ConfigError("http_max_body", "must be at least 1024 bytes")
+        if self.http_rate is not None and self.http_rate <= 0:
+            raise ConfigError("http_rate", "must be > 0 (or 0: no limit)")
+        if self.http_max_streams < 1:
+            raise ConfigError("http_max_streams", "must be at least 1")
         if self.sync not in ("full", "normal"):
             raise ConfigError("sync", "must be 'full' or 'normal'")
         if self.loop not in LOOPS:

@@ -1,10 +1,11 @@
 """The daemon's lifecycle, told in the order things happen (:meth:`Daemon.run`).
 
-Start: capture signals (they only set flags), take the database lock, bind the socket
-(in a directory only the daemon's uid can write, with the modes the access policy needs;
-refusing a live daemon, removing a stale socket) before any job can run, open the store,
-load the core and recover the jobs the last daemon left running, start dispatch, serve.
-Stop: stop accepting, stop the schedules, let running jobs finish within the grace period
+Start: capture signals (they only set flags), check ``--http`` (its extra, its token),
+take the database lock, bind the socket (in a directory only the daemon's uid can write,
+with the modes the access policy needs; refusing a live daemon, removing a stale socket)
+and the HTTP listener's before any job can run, open the store, load the core and
+recover the jobs the last daemon left running, start dispatch, serve (the socket, then
+HTTP). Stop: stop accepting (both), stop the schedules, let running jobs finish within the grace period
 (a second signal skips it), interrupt the rest, fail the waiters, close connections and
 executors, remove the socket.
 """
@@ -39,6 +40,7 @@ from pyrexisd.executors.shell import ShellExecutor
 from pyrexisd.executors.spawner import SpawnerError
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
+from pyrexisd.http.setup import HttpSetup, connection_figures, prepare_http
 from pyrexisd.reload import Reloader, apply_declared
 from pyrexisd.server import Limits, Server
 from pyrexisd.settings import ConfigSource
@@ -253,6 +255,7 @@ class Daemon:
         self.core: Core | None = None
         self.server: Server | None = None
         self.access = AccessPolicy(config.allow_users, config.allow_groups)
+        self.http: HttpSetup | None = None
 
     def _on_signal(self, signum: int) -> None:
         # Only flags: the main coroutine does the work in order.
@@ -289,6 +292,11 @@ class Daemon:
         # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
+            if config.http is not None:
+                try:  # before anything else: a missing extra is one line
+                    self.http = prepare_http(config)
+                except ValueError as exc:
+                    raise StartupError(str(exc)) from None
             try:
                 _makedirs(os.path.dirname(os.path.abspath(config.db)), 0o700)
             except OSError as exc:
@@ -298,6 +306,11 @@ class Daemon:
             try:
                 listening, where = self._bind()
                 try:
+                    if self.http is not None:
+                        try:  # with the other socket: before any job can run
+                            self.http.bind()
+                        except OSError as exc:
+                            raise StartupError(f"cannot listen for HTTP on {config.http}: {exc.strerror or exc}") from None
                     modules = discover_task_modules(config)
                     load_tasks(REGISTRY, config, modules)
                     _warn_of_unknown_user_tasks(config, REGISTRY)
@@ -318,6 +331,8 @@ class Daemon:
                             _remove_socket(where)
                     if where is not None:
                         where.close()
+                    if self.http is not None:
+                        self.http.unbind()
             finally:
                 for lock in locks:
                     lock.close()
@@ -375,13 +390,20 @@ class Daemon:
             origin = self.source.path if self.source is not None else "the configuration"
             raise StartupError(f"{origin}: {exc.message}") from None
         core.retention.start()
-        server = Server(Handlers(core.service, config.max_frame).table, server_limits(config), self.access)
+        handlers = Handlers(core.service, config.max_frame)
+        server = Server(handlers.table, server_limits(config), self.access)
         self.server = server
         if self.source is not None:
             core.service.reloader = Reloader(core, self.source, config, server).reload
         watchdog: asyncio.Task[None] | None = None
+        http = None if self.http is None else self.http.listener(handlers, config, STOP_COMMIT_WAIT)
+        core.service.exporter.add(lambda: connection_figures(server, http))
         try:
             await server.listen(listening, None if where is None else lambda: _remove_socket(where))
+            if http is not None:
+                assert self.http is not None
+                await http.start()
+                log.info("HTTP API and dashboard on %s", self.http.shown)
             access = self.access
             log.info(
                 "pyrexisd ready on %s (db %s, sync %s, slots %s, %s)",
@@ -397,6 +419,8 @@ class Daemon:
 
             systemd.notify("STOPPING=1\nSTATUS=draining running jobs")
             server.stop_accepting()
+            if http is not None:
+                http.stop_accepting()
             schedules.stop()
             await core.retention.stop()
             core.stop_taking_work()
@@ -411,6 +435,8 @@ class Daemon:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if http is not None:
+                await http.close()
             await server.close()
         log.info("pyrexisd stopped")
         return 0

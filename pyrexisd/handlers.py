@@ -32,6 +32,7 @@ from pyrexisd.events import (
     progress_event,
     state_event,
 )
+from pyrexisd.prometheus import CONTENT_TYPE
 from pyrexisd.server import Handler, Stream
 from pyrexisd.store import QueueChanges
 
@@ -70,6 +71,8 @@ class ListArgs(_Args):
     limit: int = Field(default=100, ge=1, le=MAX_LIST)
     after: str | None = None
     all_users: bool = False
+    since: float | None = None
+    newest_first: bool = False
 
 
 class WatchArgs(_Args):
@@ -128,6 +131,10 @@ class CleanArgs(_Args):
     all_users: bool = False
 
 
+class CacheArgs(_Args):
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class Handlers:
     """The op table's handlers, one method per op, all on one :class:`Service`."""
 
@@ -162,6 +169,9 @@ class Handlers:
             "clean": self.clean,
             "backup": self.backup,
             "reload": self.reload,
+            "cache_stats": self.cache_stats,
+            "cache_clear": self.cache_clear,
+            "metrics": self.metrics,
         }
         """Op name → handler. ``hello`` lists exactly these ops."""
 
@@ -192,7 +202,7 @@ class Handlers:
     async def list(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         a = parse(ListArgs, args)
         return await self.service.list_jobs(
-            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users
+            caller, statuses_arg(a.status), a.task, a.queue, a.limit, a.after, a.all_users, a.since, a.newest_first
         )
 
     async def cancel(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
@@ -273,6 +283,9 @@ class Handlers:
     async def stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return self.service.stats(caller)
 
+    async def metrics(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return {"text": self.service.metrics_text(caller), "content_type": CONTENT_TYPE}
+
     async def tasks(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return {"tasks": self.service.task_list(caller)}
 
@@ -324,6 +337,12 @@ class Handlers:
 
     async def reload(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return await self.service.reload(caller)
+
+    async def cache_stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return self.service.cache_stats(caller, parse(CacheArgs, args).task)
+
+    async def cache_clear(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.cache_clear(caller, parse(CacheArgs, args).task)
 
 
 async def _follow_stored(service: Service, a: LogsArgs, stream: Stream, caller: Caller, kind: str) -> dict[str, int]:

@@ -1,16 +1,85 @@
-"""Counters the ``stats`` op reports, kept in memory and updated as changes commit."""
+"""Counters the ``stats`` op reports, kept in memory and updated as changes commit.
+
+Everything here is plain counting on the hot path (a dict update, a bisect): turning the
+figures into Prometheus metric families happens only when someone scrapes
+(:mod:`pyrexisd.prometheus`). Label values that people choose (queue and task names) are
+capped (:class:`LabelCap`), so a client inventing queue names cannot grow the metrics
+without bound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from bisect import bisect_left
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.status import WAITING
+from protocol.status import TERMINAL, WAITING
 
 LAG_EVERY = 0.1  # seconds between loop-lag probes
 LAG_SAMPLES = 600  # the last minute of probes
+
+
+MAX_LABEL_VALUES = 100  # distinct queue (or task) names that get a label value of their own
+OTHER = "_other"  # the label value of every name past the cap
+
+# Histogram bounds, in seconds (or writes, for the commit batch size).
+WAIT_BOUNDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+RUN_BOUNDS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0)
+COMMIT_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+BATCH_BOUNDS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0)
+LAG_BOUNDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+@dataclass(slots=True)
+class Buckets:
+    """A histogram's state: counts per upper bound (the last one is +Inf) and the sum."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs as Prometheus wants them (counts are cumulative)."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == math.inf else repr(float(bound)), running))
+        return out
+
+
+class LabelCap:
+    """Label values for names people choose: the first ``limit`` names seen keep their
+    own value for the daemon's lifetime, every later one is :data:`OTHER`. First come
+    keeps its place, so a counter's series never moves between values (it stays
+    monotonic)."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self.limit = limit
+        self._kept: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        kept = self._kept
+        if name in kept:
+            return name
+        if len(kept) < self.limit:
+            kept.add(name)
+            return name
+        return OTHER
 
 
 class LoopLag:
@@ -19,6 +88,7 @@ class LoopLag:
 
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self.buckets = Buckets(LAG_BOUNDS)  # every probe since the start
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
@@ -35,7 +105,9 @@ class LoopLag:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._samples.append(max(0.0, now - self._due))
+        late = max(0.0, now - self._due)
+        self._samples.append(late)
+        self.buckets.observe(late)
         self._due = now + LAG_EVERY
         self._handle = loop.call_at(self._due, self._tick)
 
@@ -69,12 +141,39 @@ class Metrics:
         self._completions: deque[tuple[float, str]] = deque()  # (time, queue), the last minute
         self._latencies: deque[float] = deque(maxlen=1000)
         self.loop_lag = LoopLag()
+        # -- what only the Prometheus export reads (see pyrexisd.prometheus) --
+        self.queue_label = LabelCap()
+        self.task_label = LabelCap()
+        self.by_queue_task_status: Counter[tuple[str, str, str]] = Counter()  # raw names
+        self.submitted: Counter[tuple[str, str]] = Counter()  # (queue, task) label values
+        self.attempts_started: Counter[tuple[str, str, str]] = Counter()  # (queue, task, mode)
+        self.ended: Counter[tuple[str, str, str]] = Counter()  # (queue, task, outcome)
+        self.retried: Counter[tuple[str, str]] = Counter()  # attempts that failed and retry
+        self.queue_wait = Buckets(WAIT_BOUNDS)
+        self.run_time: dict[str, Buckets] = {}  # per mode
+        self.commit_time = Buckets(COMMIT_BOUNDS)
+        self.commit_batch = Buckets(BATCH_BOUNDS)
+        self.http_requests: Counter[tuple[str, str, int]] = Counter()  # (method, route, status)
+        self.http_streams = 0  # Server-Sent Events streams open
 
     def moved(
-        self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None, owner: int = 0
+        self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None, owner: int = 0,
+        task: str = "",
     ) -> None:
         """A job's status change (and maybe queue change) has committed; ``owner`` is the
         uid the job counts for."""
+        by_qts = self.by_queue_task_status
+        if old is not None:
+            by_qts[(old_queue or queue, task, old)] -= 1
+        by_qts[(queue, task, new)] += 1
+        if old is None:
+            self.submitted[(self.queue_label(queue), self.task_label(task))] += 1
+        if new == "running":
+            self.attempts_started[(self.queue_label(queue), self.task_label(task), mode)] += 1
+        elif new in TERMINAL:
+            self.ended[(self.queue_label(queue), self.task_label(task), new)] += 1
+        elif new == "retrying" and old == "running":
+            self.retried[(self.queue_label(queue), self.task_label(task))] += 1
         mine = self.by_owner.get(owner)
         if mine is None:
             mine = self.by_owner[owner] = Counter()
@@ -97,8 +196,9 @@ class Metrics:
             self.waiting += 1
             self.waiting_by_owner[owner] += 1
 
-    def loaded(self, queue: str, status: str, owner: int, n: int) -> None:
-        """At start-up: ``n`` stored jobs of ``owner`` are in ``queue`` with ``status``."""
+    def loaded(self, queue: str, status: str, owner: int, n: int, task: str = "") -> None:
+        """At start-up: ``n`` stored jobs of ``owner`` and ``task`` are in ``queue`` with ``status``."""
+        self.by_queue_task_status[(queue, task, status)] += n
         self.by_queue_status[(queue, status)] += n
         self.by_owner.setdefault(owner, Counter())[(queue, status)] += n
         self.running_by_owner_mode.setdefault(owner, Counter())
@@ -131,6 +231,19 @@ class Metrics:
 
     def started_after(self, seconds: float) -> None:
         self._latencies.append(seconds)
+        self.queue_wait.observe(seconds)
+
+    def ran(self, mode: str, seconds: float) -> None:
+        """An attempt in ``mode`` ended after ``seconds``."""
+        buckets = self.run_time.get(mode)
+        if buckets is None:
+            buckets = self.run_time[mode] = Buckets(RUN_BOUNDS)
+        buckets.observe(seconds)
+
+    def committed(self, seconds: float, writes: int) -> None:
+        """The store committed a batch of ``writes`` in ``seconds``."""
+        self.commit_time.observe(seconds)
+        self.commit_batch.observe(float(writes))
 
     def _trim(self, now: float) -> None:
         c = self._completions

@@ -48,7 +48,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
     "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
     "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
-    "sched_key", "owner", "pipeline",
+    "sched_key", "owner", "pipeline", "cached_from",
 )  # fmt: skip
 _BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress", "pipeline"})
 _ARGS_INDEX = JOB_COLUMNS.index("args")
@@ -72,6 +72,10 @@ _UPSERT_QUEUE = (
 _UPSERT_SCHEDULE = (
     "INSERT OR REPLACE INTO schedules (name, cron, every, job, next_run, created_at, last_run, last_job_id, owner) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_CACHE = (
+    "INSERT OR REPLACE INTO cache (key, task, owner, job_id, result, stored_at, expires_at, used_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_SETTING = (
     "INSERT INTO settings (key, value) VALUES (?, ?) "
@@ -174,6 +178,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN pipeline BLOB;
     """,
+    # The result cache (pyrexisd.core.cache): one row per (task code, args, owner) digest,
+    # its result packed; a job answered from it names the job whose result it reused.
+    """
+    ALTER TABLE jobs ADD COLUMN cached_from TEXT;
+    CREATE TABLE cache (
+        key BLOB PRIMARY KEY,
+        task TEXT NOT NULL,
+        owner INTEGER,
+        job_id TEXT NOT NULL,
+        result BLOB NOT NULL,
+        stored_at REAL NOT NULL,
+        expires_at REAL,
+        used_at REAL NOT NULL
+    );
+    """,
     # Retention: finished jobs in the order they ended, for pruning the oldest first.
     """
     CREATE INDEX jobs_finished ON jobs (finished_at, seq) WHERE status IN ('completed', 'failed', 'cancelled');
@@ -209,6 +228,30 @@ class QueueSettings:
     weight: float
     max_concurrency: int | None
     aging: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRow:
+    """One entry of the result cache as stored (``result`` packed)."""
+
+    key: bytes
+    task: str
+    owner: int | None
+    job_id: str
+    result: bytes
+    stored_at: float
+    expires_at: float | None
+    used_at: float
+
+
+@dataclass(slots=True)
+class CacheWrites:
+    """Changes of the result cache for one group commit: entries stored, entries
+    dropped (by key), and entries used (``(used_at, key)``, for the LRU order)."""
+
+    put: Sequence[CacheRow] = ()
+    drop: Sequence[bytes] = ()
+    touch: Sequence[tuple[float, bytes]] = ()
 
 
 class QueueChanges(TypedDict, total=False):
@@ -333,7 +376,8 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 class _Batch:
     __slots__ = (
         "jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "checkpoints",
-        "prunes", "waiters", "first_at", "started", "on_thread", "statements_done", "committed",
+        "prunes", "waiters", "first_at", "started", "on_thread", "statements_done", "committed", "cache_put",
+        "cache_drop", "cache_touch",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -350,6 +394,9 @@ class _Batch:
         self.rekeys: list[tuple[float, str]] = []
         self.checkpoints: list[tuple[Any, ...]] = []
         self.prunes: list[tuple[int]] = []
+        self.cache_put: list[tuple[Any, ...]] = []
+        self.cache_drop: list[tuple[bytes]] = []
+        self.cache_touch: list[tuple[float, bytes]] = []
         self.waiters: list[asyncio.Future[None]] = []
 
 
@@ -384,6 +431,8 @@ class Store:
         self.commits = 0  # batches committed, for metrics and tests
         self.committed_writes = 0  # writes those batches carried (group commit's gain)
         self.commit_seconds = 0.0  # from a batch's start to its waiters resolved
+        # Told of each committed batch: its seconds and its number of writes (metrics).
+        self.on_commit: Callable[[float, int], None] | None = None
         # Where a commit's time goes (seconds, summed over commits): a write waiting for the
         # batch to start, the hand-over to the writer's thread, the statements, COMMIT
         # (the fsync), and the hand-back to the loop.
@@ -481,6 +530,7 @@ class Store:
         pids: Sequence[tuple[int, int | None, int | None]] = (),
         rekeys: Sequence[tuple[str, float]] = (),
         checkpoints: Sequence[tuple[int, dict[str, Any], dict[str, Any] | None, int]] = (),
+        cache: CacheWrites | None = None,
         prunes: Sequence[int] = (),
         lazy: bool = False,
     ) -> asyncio.Future[None]:
@@ -518,6 +568,12 @@ class Store:
             batch.checkpoints.extend(
                 (_pack(state), _pack(progress), output_seq, seq) for seq, state, progress, output_seq in checkpoints
             )
+        if cache is not None:
+            batch.cache_put.extend(
+                (c.key, c.task, c.owner, c.job_id, c.result, c.stored_at, c.expires_at, c.used_at) for c in cache.put
+            )
+            batch.cache_drop.extend((key,) for key in cache.drop)
+            batch.cache_touch.extend(cache.touch)
         if prunes:
             batch.prunes.extend((seq,) for seq in prunes)
         loop = asyncio.get_running_loop()
@@ -597,6 +653,8 @@ class Store:
             self.commits += 1
             self.committed_writes += len(batch.waiters)
             self.commit_seconds += now - batch.started
+            if self.on_commit is not None:
+                self.on_commit(now - batch.started, len(batch.waiters))
             split = self.split
             split["queued"] += batch.started - batch.first_at
             split["handover"] += batch.on_thread - batch.started
@@ -650,6 +708,12 @@ class Store:
                 conn.executemany(
                     "UPDATE jobs SET pipeline = ?, progress = ?, output_seq = ? WHERE seq = ?", batch.checkpoints
                 )
+            if batch.cache_drop:
+                conn.executemany("DELETE FROM cache WHERE key = ?", batch.cache_drop)
+            if batch.cache_put:
+                conn.executemany(_UPSERT_CACHE, batch.cache_put)
+            if batch.cache_touch:
+                conn.executemany("UPDATE cache SET used_at = ? WHERE key = ?", batch.cache_touch)
             batch.statements_done = time.perf_counter()
             conn.execute("COMMIT")
             batch.committed = time.perf_counter()
@@ -716,17 +780,23 @@ class Store:
         after: tuple[float, str] | None,
         owner: int | None = None,
         unowned_too: bool = False,
+        since: float | None = None,
+        newest_first: bool = False,
     ) -> list[JobRow]:
-        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``;
-        only ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
+        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``
+        (or newest first, strictly before it), created at ``since`` or later; only
+        ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
         where, params = _filters(owner, unowned_too, statuses, task, queue)
         if after is not None:
-            where.append("(created_at, job_id) > (?, ?)")
+            where.append("(created_at, job_id) < (?, ?)" if newest_first else "(created_at, job_id) > (?, ?)")
             params.extend(after)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
         sql = _SELECT_JOB
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, job_id LIMIT ?"
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?" if newest_first else " ORDER BY created_at, job_id LIMIT ?"
         params.append(limit)
 
         def q(conn: sqlite3.Connection) -> list[JobRow]:
@@ -764,12 +834,12 @@ class Store:
 
         return await self._read(q)
 
-    async def counts(self) -> list[tuple[str, str, str, int | None, int]]:
-        """(queue, status, mode, owner, count) over every job, for the in-memory counters."""
+    async def counts(self) -> list[tuple[str, str, str, int | None, str, int]]:
+        """(queue, status, mode, owner, task, count) over every job, for the in-memory counters."""
 
-        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, int]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, str, int]]:
             return list(
-                conn.execute("SELECT queue, status, mode, owner, count(*) FROM jobs GROUP BY 1, 2, 3, 4")
+                conn.execute("SELECT queue, status, mode, owner, task, count(*) FROM jobs GROUP BY 1, 2, 3, 4, 5")
             )
 
         return await self._read(q)
@@ -839,6 +909,32 @@ class Store:
                 "SELECT name, cron, every, job, next_run, created_at, last_run, last_job_id, owner FROM schedules"
             )
             return [Schedule(n, c, e, _unpack(j), nr, ca, lr, lj, o) for n, c, e, j, nr, ca, lr, lj, o in rows]
+
+        return await self._read(q)
+
+    async def cache_index(self) -> list[tuple[bytes, str, int | None, str, int, float | None]]:
+        """``(key, task, owner, job_id, size, expires_at)`` of every cache entry, least
+        recently used first (the results themselves stay on disk)."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[bytes, str, int | None, str, int, float | None]]:
+            rows = conn.execute(
+                "SELECT key, task, owner, job_id, length(result), expires_at FROM cache ORDER BY used_at, rowid"
+            )
+            return rows.fetchall()
+
+        return await self._read(q)
+
+    async def cache_results(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, str]]:
+        """The stored ``(result, job_id)`` of those of ``keys`` that have an entry."""
+
+        def q(conn: sqlite3.Connection) -> dict[bytes, tuple[Any, str]]:
+            out: dict[bytes, tuple[Any, str]] = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, blob, job_id in conn.execute(f"SELECT key, result, job_id FROM cache WHERE key IN ({marks})", chunk):
+                    out[key] = (_unpack(blob), job_id)
+            return out
 
         return await self._read(q)
 

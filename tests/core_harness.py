@@ -157,7 +157,7 @@ def writer_blocked(path: str) -> Iterator[Callable[[], None]]:
 @asynccontextmanager
 async def running_core(
     path: str, slots: int = 1, clock: FakeClock | None = None, lazy_delay: float = 0.003, window: int = 2048,
-    **config: Any,
+    registry: Registry | None = None, **config: Any,
 ) -> AsyncIterator[CoreHarness]:
     """A loaded and started core on a real store at ``path``, torn down at the end."""
     clock = clock or FakeClock()
@@ -166,7 +166,7 @@ async def running_core(
     executor = ManualExecutor(slots)
     core = build_core(
         Config(socket="/nonexistent/pyrexis-test.sock", db=path, threads=slots, **config),
-        store, make_registry(), {"thread": executor}, clock, window, daemon_uid=DAEMON_UID,
+        store, registry or make_registry(), {"thread": executor}, clock, window, daemon_uid=DAEMON_UID,
     )  # fmt: skip
     try:
         await core.load()

@@ -107,3 +107,12 @@ async def padded(x: int, size: int) -> dict[str, Any]:
     """x with ``size`` bytes of padding: outputs that fill a disk."""
     await asyncio.sleep(0.002)
     return {"x": x, "pad": "x" * size}
+
+
+@task(cache=True, modes=("thread", "async"))
+def square_noted(x: int, path: str) -> int:
+    """x squared, noting each real call in ``path``: a call the result cache answers
+    leaves no line."""
+    with open(path, "a") as fh:
+        fh.write(f"{x}\n")
+    return x * x

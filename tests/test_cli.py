@@ -218,6 +218,9 @@ def test_tasks_and_stats(daemon: Daemon) -> None:
     assert "uptime" in ok(daemon.socket, "stats").stdout
     stats = json.loads(ok(daemon.socket, "--json", "stats").stdout)
     assert stats["by_status"].get("completed", 0) >= 1
+    text = ok(daemon.socket, "metrics").stdout
+    assert "# TYPE pyrexis_jobs_ended_total counter" in text
+    assert 'pyrexis_jobs_ended_total{outcome="completed",queue="default",task="echo"} 1.0' in text
 
 
 # --------------------------------------------------------------------------- submit, wait, run

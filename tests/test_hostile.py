@@ -366,12 +366,12 @@ REQUEST_VALUES = st.recursive(
 OPS = st.sampled_from([
     "hello", "submit", "submit_many", "get", "list", "cancel", "retry", "hold", "release", "update", "wait",
     "logs", "close", "stats", "tasks", "queues", "pause", "resume", "configure_queue", "schedule_add",
-    "schedule_list", "schedule_remove", "nope",
+    "schedule_list", "schedule_remove", "cache_stats", "cache_clear", "nope",
 ])  # fmt: skip
 ARG_KEYS = st.sampled_from([
     "job_id", "task", "args", "status", "limit", "after", "timeout", "events", "follow", "since", "id",
     "queue", "priority", "jobs", "weight", "max_concurrency", "aging", "name", "cron", "every", "job",
-    "protocol", "all_users", "mode", "delay", "run_at", "depends_on", "labels", "max_retries",
+    "protocol", "all_users", "mode", "delay", "run_at", "depends_on", "labels", "max_retries", "cache",
 ])  # fmt: skip
 # Tasks a fuzzed submit may name: never ``shell`` (it would run the fuzzed text).
 SAFE_TASKS = st.sampled_from(["echo", "sleep", "no-such-task"])

@@ -163,6 +163,14 @@ async def test_queue_settings_are_for_admins_only(h: CoreHarness) -> None:
     assert (await h.service.configure_queue(ADMIN, "default", {"weight": 5.0}))["weight"] == 5.0
 
 
+async def test_metrics_are_for_admins_only(h: CoreHarness) -> None:
+    """The metrics count every user's jobs: a user who is not an admin may not read them."""
+    await h.service.submit(ALICE, {"task": "work", "args": {}})
+    with pytest.raises(Unauthorized):
+        h.service.metrics_text(ALICE)
+    assert 'pyrexis_jobs_submitted_total{queue="default",task="work"} 1.0' in h.service.metrics_text(ADMIN)
+
+
 # ------------------------------------------------------------------ what a user may submit
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Daemon, RawClient, expect_error, require_alive, shared_daemon, wait_until
-from e2e_helpers import wait_terminal
+from e2e_helpers import metric_values, wait_terminal
 
 ARGS = ("--tasks", "pipeline_tasks", "--kill-grace", "2")
 
@@ -167,6 +167,10 @@ def test_a_slow_last_stage_keeps_every_queue_at_its_bound_until_cancelled(c: Raw
     # stats shows the running pipeline's stages; pyrexisctl status shows its table.
     running = c.request("stats")["pipelines"]
     assert [s["name"] for s in running[job["job_id"]]["stages"]] == ["double", "add_async", "record"]
+    # So do the metrics, summed by stage task (no job id as a label).
+    metrics = metric_values(c.request("metrics")["text"])
+    assert metrics["pyrexis_pipelines_running"] == [({}, 1.0)]
+    assert ({"task": "record"}, 3.0) in metrics["pyrexis_pipeline_stage_queued"]
     shown = subprocess.run(
         [sys.executable, "-m", "pyrexisctl", "--socket", shared.socket, "status", job["job_id"]],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -314,3 +318,27 @@ def test_an_unknown_stage_task_is_unknown_task_and_nothing_is_accepted(c: RawCli
     error = expect_error("unknown_task", lambda: c.submit("pipeline", {"input": {"items": [1]}, "stages": [{"task": "nope"}]}))
     assert error.details["task"] == "nope"
     assert len(c.request("list", {"task": "pipeline", "limit": 10_000})["jobs"]) == len(before)
+
+
+# -- the result cache, per item -------------------------------------------------------------
+
+def test_a_cached_stage_task_runs_each_item_once_across_pipelines(c: RawClient, tmp_path: Any) -> None:
+    """A stage whose task is declared ``cache=True`` asks the daemon's result cache per
+    item: a second pipeline over the same items runs none of them again."""
+    noted = tmp_path / "calls"
+    spec = {"input": {"items": [1, 2, 3, 4]}, "stages": [{"task": "square_noted", "args": {"path": str(noted)}}]}
+    first = run(c, spec)
+    assert first["status"] == "completed", first
+    assert sorted(noted.read_text().split()) == ["1", "2", "3", "4"]
+    assert stage(first, 0)["cached"] == 0
+
+    second = run(c, {**spec, "input": {"items": [3, 4, 5]}})
+    assert second["status"] == "completed", second
+    assert sorted(stored_outputs(c, second["job_id"])) == [9, 16, 25]
+    assert sorted(noted.read_text().split()) == ["1", "2", "3", "4", "5"]  # only 5 ran
+    assert stage(second, 0)["cached"] == 2
+    (row,) = c.request("cache_stats", {"task": "square_noted"})["tasks"]
+    assert row["hits"] == 2 and row["entries"] == 5, row
+    metrics = metric_values(c.request("metrics")["text"])
+    assert ({"task": "square_noted"}, 2.0) in metrics["pyrexis_cache_hits_total"]
+    assert ({"task": "square_noted"}, 5.0) in metrics["pyrexis_cache_entries"]

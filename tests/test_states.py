@@ -14,9 +14,10 @@ from protocol.errors import Internal, PyrexisError
 from protocol.status import ALL_STATUSES, TERMINAL, TRANSITIONS, WAITING, Status, is_legal
 from pyrexisd.core.model import IllegalTransition, JobRow
 
-# protocol-v1.md, "Statuses": | from | to |
+# protocol-v1.md, "Statuses": | from | to |, with the agreed addition that a hit of the
+# result cache completes a job at once (submit -> completed, the job never runs).
 CONTRACT_TABLE: dict[str | None, set[str]] = {
-    None: {"pending", "blocked", "scheduled", "running"},  # (submit)
+    None: {"pending", "blocked", "scheduled", "running", "completed"},  # (submit)
     "pending": {"running", "held", "cancelled"},
     "blocked": {"pending", "cancelled", "held"},
     "scheduled": {"pending", "held", "cancelled"},
@@ -78,9 +79,10 @@ def test_is_legal_matches_the_contract_for_every_pair(old: str, new: str) -> Non
 
 @pytest.mark.parametrize("new", CONTRACT_STATUSES)
 def test_submit_may_create_only_the_contract_statuses(new: str) -> None:
-    """Given a job not yet stored, then submit may create pending, blocked, scheduled or
-    running, and nothing else (no retrying, held or terminal job out of nowhere)."""
-    assert is_legal(None, new) is (new in {"pending", "blocked", "scheduled", "running"})
+    """Given a job not yet stored, then submit may create pending, blocked, scheduled,
+    running, or completed (a result cache hit), and nothing else (no retrying or held
+    job, no failed or cancelled one out of nowhere)."""
+    assert is_legal(None, new) is (new in {"pending", "blocked", "scheduled", "running", "completed"})
 
 
 @pytest.mark.parametrize("status", CONTRACT_STATUSES)

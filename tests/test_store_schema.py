@@ -177,7 +177,7 @@ async def test_a_version_1_file_migrates_step_by_step_and_keeps_its_rows(
     assert (job.seq, job.task, job.args, job.status, job.labels, job.result) == (
         7, "echo", {"value": 1}, "completed", {"team": "ops"}, 42,
     )  # fmt: skip
-    assert (job.output_seq, job.pid, job.pid_start) == (0, None, None)
+    assert (job.output_seq, job.pid, job.pid_start, job.cached_from) == (0, None, None, None)
     assert logs == [LogLine(7, 1, "stdout", "hello", 101.5)]
     assert queues == [QueueSettings("slow", True, 2.0, 3, 0.5)]
     assert settings == {"paused_by_default": True}

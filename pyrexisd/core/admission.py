@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from protocol.errors import Conflict, InvalidRequest, Overloaded, Unauthorized, UnknownTask
 from protocol.models import JobSpec, validation_errors
@@ -33,6 +33,7 @@ from protocol.pipeline import PIPELINE_TASK, PipelineSpec
 from pyrexisd import dependencies
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
+from pyrexisd.core.cache import CacheKey, ResultCache
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.pipeline import plan as pipeline_plan
@@ -46,6 +47,8 @@ class Admitted:
     spec: JobSpec
     task: TaskDef
     row: JobRow
+    # Where the result cache may hold this job's result, when it may be answered from it.
+    cache_key: CacheKey | None = None
 
 
 def _canonical(value: Any) -> Any:
@@ -58,7 +61,12 @@ def _canonical(value: Any) -> Any:
 
 def spec_digest(spec: JobSpec) -> bytes:
     """Identity of a spec for idempotent resubmits: fields as sent, defaults filled in."""
-    packed = msgpack.packb(_canonical(spec.model_dump()), use_bin_type=True)
+    fields = spec.model_dump()
+    if fields["cache"]:
+        # Fields added since the first release weigh only when not at their default, so
+        # that a job stored before they existed is still the same spec.
+        del fields["cache"]
+    packed = msgpack.packb(_canonical(fields), use_bin_type=True)
     return hashlib.sha256(packed).digest()
 
 
@@ -165,8 +173,10 @@ class Admission:
         clock: Callable[[], float],
         owners: Owners | None = None,
         counts: WaitingCounts | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.registry = registry
+        self.cache = cache
         self.config = config
         self.clock = clock
         self.owners = owners if owners is not None else Owners()
@@ -212,7 +222,8 @@ class Admission:
                 {"errors": [{"loc": ["depends_on"], "msg": "a dependency cycle"}], **where},
             )
         try:
-            kwargs = TaskDef.model_kwargs(definition.validate_args(spec.args))
+            validated = definition.validate_args(spec.args)
+            kwargs = TaskDef.model_kwargs(validated)
             args_blob = msgpack.packb(spec.args, use_bin_type=True)
             spec_size = len(args_blob) + (
                 len(msgpack.packb([spec.labels, spec.depends_on], use_bin_type=True))
@@ -258,7 +269,19 @@ class Admission:
             kwargs=kwargs,
             owner=caller.uid,
         )
-        return Admitted(spec, definition, row)
+        admitted = Admitted(spec, definition, row)
+        if definition.cache and spec.cache and self.cache is not None:
+            admitted.cache_key = self._cache_key(definition, validated, row, now)
+        return admitted
+
+    def _cache_key(self, definition: TaskDef, validated: BaseModel, row: JobRow, now: float) -> CacheKey | None:
+        """The cache key of a job that may be answered from the cache: one that would be
+        ready at once. A job that waits (dependencies, a later ``run_at``) runs when due,
+        and its result refreshes the cache then."""
+        assert self.cache is not None
+        if row.depends_on or (row.run_at is not None and row.run_at > now) or not self.cache.enabled:
+            return None
+        return self.cache.key(definition, validated, row.owner)
 
     def _admit_pipeline(self, caller: Caller, spec: JobSpec, where: dict[str, int]) -> JobSpec:
         """A pipeline's spec checked against the registry, what the caller may run and
@@ -363,9 +386,11 @@ class Admission:
 
     @staticmethod
     def initial_status(row: JobRow, known: Mapping[str, str], now: float) -> str:
-        """Where a new job starts waiting: ``blocked`` on dependencies that have not all
-        completed (completed is final: no need to block on those), ``scheduled`` until a
-        future ``run_at``, else ``pending``."""
+        """Where a new job starts: ``completed`` when the result cache answered it,
+        ``blocked`` on dependencies that have not all completed (completed is final: no
+        need to block on those), ``scheduled`` until a future ``run_at``, else ``pending``."""
+        if row.cached_from is not None:
+            return "completed"
         if row.depends_on and not all(known.get(d) == "completed" for d in row.depends_on):
             return "blocked"
         if row.run_at is not None and row.run_at > now:

@@ -12,10 +12,12 @@ from protocol.status import MODES
 from pyrexisd.config import Config
 from pyrexisd.core.attempt import AttemptLimits
 from pyrexisd.core.background import Background
+from pyrexisd.core.cache import ResultCache, StageCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
-from pyrexisd.core.pipeline.calls import ItemCache, NoCache
+from pyrexisd.core.pipeline.calls import ItemCache
 from pyrexisd.core.pipeline.runner import PipelineEnv, Pipelines
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
@@ -45,12 +47,15 @@ class Core:
     store: Store
     clock: Callable[[], float]
     retention: Retention
+    cache: ResultCache | None = None
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
         daemon left running, the waiting jobs. Nothing runs yet."""
         await self.ledger.load()
         self.ledger.raise_seq(await self.retention.load())
+        if self.cache is not None:
+            await self.cache.load(self.service.registry.all())
         await self.queues.load()
         await recover_interrupted(self.store, self.ledger, self.clock)
         await self.waiting.load()
@@ -83,26 +88,35 @@ def build_core(
     scheduler = Scheduler(slots, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
+    store.on_commit = metrics.committed
     background = Background()
     owners = Owners(daemon_uid)
     ledger = Ledger(store, hub, metrics, scheduler, clock, owners)
     waiting = Waiting(store, ledger, scheduler, background, clock)
     limits = AttemptLimits(max_log_bytes=config.max_log_bytes, max_result=config.max_result)
+    cache = ResultCache(store, clock, config.cache_max_entries, config.cache_max_bytes, config.max_result)
+    if pipeline_cache is None:
+        def stage_cache(row: JobRow) -> ItemCache:
+            return StageCache(cache, row.owner, row.job_id)
+    else:
+        def stage_cache(row: JobRow) -> ItemCache:
+            return pipeline_cache
     pipelines = Pipelines(
         PipelineEnv(
             store, ledger.publish_stored, executors, registry, config.max_result, clock,
-            lambda uid: owners.is_admin(owners.of(uid)), pipeline_cache or NoCache(),
+            lambda uid: owners.is_admin(owners.of(uid)), stage_cache,
         )  # fmt: skip
     )
     dispatch = Dispatch(
         store, ledger, waiting, scheduler, executors, registry, hub, metrics, background, limits,
-        config.kill_grace, clock, owners, config.max_running_per_user, pipelines,
+        config.kill_grace, clock, owners, config.max_running_per_user, pipelines, cache,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
     retention = Retention(
         store, ledger, metrics, owners, Rules(config.keep_finished, config.keep_max), waiting.depended_on, clock
     )
     service = Service(
-        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, retention
+        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, cache,
+        retention,
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, retention)
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, retention, cache)

@@ -23,11 +23,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from protocol.errors import StorageError
+from protocol.errors import InvalidRequest, StorageError
 from protocol.pipeline import PIPELINE_MODE
 from pyrexisd.core import model
 from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, ProgressWriter
 from pyrexisd.core.background import Background
+from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.ledger import Gate, Ledger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
@@ -66,8 +67,10 @@ class Dispatch:
         owners: Owners | None = None,
         max_running_per_user: int | None = None,
         pipelines: Pipelines | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache
         self.ledger = ledger
         self.waiting = waiting
         self.scheduler = scheduler
@@ -389,8 +392,10 @@ class Dispatch:
     ) -> None:
         row = attempt.row
         now = self.clock()
+        call = attempt.call
+        cached = call.task if call is not None and call.task.cache else None
         try:
-            await self._write_end(row, outcome, notes, starts, now)
+            await self._write_end(row, outcome, notes, starts, now, cached)
         except StorageError as exc:
             if starts:
                 self._put_back(starts)
@@ -405,7 +410,7 @@ class Dispatch:
                     await asyncio.sleep(pause)
                     pause = min(STORAGE_RETRY, pause * 2)
                     try:
-                        await self._write_end(row, outcome, notes, [], now)
+                        await self._write_end(row, outcome, notes, [], now, cached)
                         break
                     except StorageError as again:
                         log.error("could not record the end of job %s, retrying: %s", row.job_id, again,
@@ -417,7 +422,13 @@ class Dispatch:
         self.kick()
 
     async def _write_end(
-        self, row: JobRow, outcome: Outcome, notes: list[tuple[str, str]], starts: list[JobRow], now: float
+        self,
+        row: JobRow,
+        outcome: Outcome,
+        notes: list[tuple[str, str]],
+        starts: list[JobRow],
+        now: float,
+        cached: TaskDef | None = None,
     ) -> None:
         # One commit for "this one finished" and "these started". An end that starts
         # nothing and that nobody waits for need not commit alone: it rides with the next
@@ -425,10 +436,27 @@ class Dispatch:
         lazy = not starts and not self.ledger.awaited(row.job_id)
         async with self.ledger.change([row, *starts], lazy=lazy) as change:
             model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
+            if cached is not None and row.status == "completed":
+                # Written in this same commit: whoever sees the job completed finds its
+                # result in the cache too (a failed commit drops the entry with the end).
+                self._cache_result(cached, row)
             for stream, text in notes:
                 change.log(row, stream, text, now)
             for start in starts:
                 model.start_attempt(start, now)
+
+    def _cache_result(self, definition: TaskDef, row: JobRow) -> None:
+        """A cached task's job completed: its result goes in the cache. Not when it took
+        its dependencies' results as ``inputs``: they are not part of the key."""
+        cache = self.cache
+        if cache is None or (definition.inputs_param is not None and row.depends_on):
+            return
+        try:
+            # A job older than ownership is the daemon's: keyed as the daemon's jobs are.
+            key = cache.key_of_args(definition, row.args, self.owners.of(row.owner))
+        except InvalidRequest:  # args the task loaded now refuses: nothing to key on
+            return
+        cache.put(key, row.result, row.job_id, definition.cache_ttl)
 
     def _ended(self, attempt: Attempt) -> None:
         """An attempt's end is committed: it leaves the running set; a retry waits."""

@@ -197,8 +197,8 @@ class Ledger:
     async def load(self) -> None:
         """Read what the committed view starts from: the last seq and the counts."""
         self._seq = await self.store.max_seq()
-        for queue, status, _mode, owner, n in await self.store.counts():
-            self.metrics.loaded(queue, status, self.owners.of(owner), n)
+        for queue, status, _mode, owner, task, n in await self.store.counts():
+            self.metrics.loaded(queue, status, self.owners.of(owner), n, task)
 
     def raise_seq(self, floor: int) -> None:
         """New jobs are numbered above ``floor`` (the highest seq retention pruned)."""
@@ -275,7 +275,9 @@ class Ledger:
     def moved(self, row: JobRow, old: str | None, old_queue: str | None, now: float) -> None:
         """A status change of ``row`` has committed: count it, tell the watchers, and if it
         ended, wake its waiters and those who depend on it."""
-        self.metrics.moved(row.queue, row.mode, old, row.status, old_queue, self.owners.of(row.owner))
+        self.metrics.moved(row.queue, row.mode, old, row.status, old_queue, self.owners.of(row.owner), row.task)
+        if old == "running" and row.started_at is not None:
+            self.metrics.ran(row.mode, max(0.0, now - row.started_at))
         if self.hub.wants(row.job_id):
             self.hub.publish(state_event(row, now), row.task, row.queue, row.owner)
         if row.terminal:

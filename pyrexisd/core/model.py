@@ -63,6 +63,7 @@ class JobRow:
     owner: int | None = None  # the submitter's uid; None for jobs older than ownership
     # A pipeline job's last checkpoint: per-stage figures and where a resume starts.
     pipeline: dict[str, Any] | None = None
+    cached_from: str | None = None  # answered from the result cache: the job whose result it is
     # ``args`` never change after submit: packed once, written as is on every change.
     args_blob: bytes | None = field(default=None, repr=False, compare=False)
     # The args as the task's model validated them at submit (not stored): the first
@@ -116,6 +117,8 @@ class JobRow:
             "timeout": self.timeout,
             "owner": self.owner,
             "pipeline": self.pipeline,
+            "cached": self.cached_from is not None,
+            "cached_from": self.cached_from,
         }
 
 

@@ -22,13 +22,21 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import Conflict, InvalidState, ShuttingDown, StorageError, Unauthorized
+from protocol.errors import (
+    Conflict,
+    Internal,
+    InvalidState,
+    ShuttingDown,
+    StorageError,
+    Unauthorized,
+)
 from protocol.pipeline import PIPELINE_TASK
 from protocol.status import TERMINAL, WAITING
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core import model
 from pyrexisd.core.admission import Admission, Admitted, decode_cursor, encode_cursor
+from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
@@ -39,6 +47,7 @@ from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
 from pyrexisd.executors.base import Outcome
 from pyrexisd.metrics import Metrics
+from pyrexisd.prometheus import Exporter, cache_families, pipeline_families
 from pyrexisd.recurring import Recurring
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import QueueChanges, Store
@@ -66,9 +75,11 @@ class Service:
         hub: EventHub,
         clock: Callable[[], float],
         owners: Owners | None = None,
+        cache: ResultCache | None = None,
         retention: Retention | None = None,
     ) -> None:
         self.config = config
+        self.cache = cache
         self.retention = retention
         self._store = store
         self.registry = registry
@@ -81,10 +92,16 @@ class Service:
         self.hub = hub
         self.clock = clock
         self.owners = owners if owners is not None else ledger.owners
-        self.admission = Admission(registry, config, clock, self.owners, metrics)
+        self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
         # Installed by the daemon: reads the configuration file again and applies it.
         self.reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self.exporter = Exporter(metrics, lambda: self.scheduler.slots, lambda: self.queues.rows(None))
+        self.exporter.add(
+            lambda: pipeline_families(((row.pipeline or {}).get("stages", []) for row in dispatch.running_pipelines()), metrics.task_label)
+        )
+        if cache is not None:
+            self.exporter.add(lambda: cache_families(cache.stats(), metrics.task_label))
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -115,15 +132,19 @@ class Service:
             found = await self._store.get_jobs_by_id(external) if external else {}
             known = self.admission.check_dependencies(caller, admitted, found, batch)
         existing = await self._resubmits(caller, admitted, batch)
+        served = 0
+        if self.cache is not None and any(a.cache_key is not None for a in admitted):
+            served = await self._from_cache(self.cache, admitted, existing)
         self.check_open()
         fresh = [a.row for i, a in enumerate(admitted) if i not in existing]
         if fresh:
             quotas = self.admission.quotas
-            quotas.reserve(caller.uid, len(fresh))
+            waits = len(fresh) - served  # a job the cache answered never waits
+            quotas.reserve(caller.uid, waits)
             try:
                 await self._accept(fresh, known)
             finally:
-                quotas.release(caller.uid, len(fresh))
+                quotas.release(caller.uid, waits)
         return [existing[i] if i in existing else a.row.record() for i, a in enumerate(admitted)]
 
     async def _resubmits(self, caller: Caller, admitted: list[Admitted], batch: bool) -> dict[int, dict[str, Any]]:
@@ -141,6 +162,27 @@ class Service:
             if i not in out and self.ledger.claimed(job_id):
                 raise Conflict(f"job_id {job_id!r} is being submitted concurrently", {"job_id": job_id})
         return out
+
+    async def _from_cache(
+        self, cache: ResultCache, admitted: list[Admitted], existing: dict[int, dict[str, Any]]
+    ) -> int:
+        """Answer from the result cache the new jobs it holds a result for: they will be
+        stored ``completed``, never run. How many it answered."""
+        asked = [(a, a.cache_key) for i, a in enumerate(admitted) if a.cache_key is not None and i not in existing]
+        if not asked:
+            return 0
+        hits = await cache.lookup_many([key for _, key in asked])
+        now = self.clock()
+        served = 0
+        for a, key in asked:
+            hit = hits.get(key.digest)
+            if hit is not None:
+                row = a.row
+                row.cached_from = hit.job_id
+                row.result = hit.result
+                row.finished_at = now
+                served += 1
+        return served
 
     async def _accept(self, rows: list[JobRow], known: dict[str, str]) -> None:
         """Commit new jobs, each already ``running`` when a slot is free for it now."""
@@ -173,7 +215,7 @@ class Service:
         for row in rows:
             if row.status == "running":
                 self.dispatch.launch(row)
-            else:
+            elif row.cached_from is None:
                 self.waiting.enqueue(row)
         self.dispatch.kick()
 
@@ -268,8 +310,11 @@ class Service:
         limit: int,
         after: str | None,
         all_users: bool = False,
+        since: float | None = None,
+        newest_first: bool = False,
     ) -> dict[str, Any]:
-        """A page of records, oldest first, and the cursor of the next page (or None).
+        """A page of records, oldest first (or newest first), and the cursor of the next
+        page (or None); only jobs created at ``since`` or later, when given.
 
         The caller's own jobs, or with ``all_users`` every user's (admins only). A page is
         cut short where its records would not fit in one frame; one record always fits
@@ -280,7 +325,9 @@ class Service:
         cursor = decode_cursor(after) if after else None
         owner = None if all_users else caller.uid
         unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
-        rows = await self._store.list_jobs(statuses, task, queue, limit + 1, cursor, owner, unowned)
+        rows = await self._store.list_jobs(
+            statuses, task, queue, limit + 1, cursor, owner, unowned, since, newest_first
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         budget = self.config.max_frame - FRAME_ENVELOPE
@@ -351,6 +398,30 @@ class Service:
             if self.owners.sees(caller, row.owner)
         }
         return out
+
+    # -- the result cache ----------------------------------------------------------------
+    def _result_cache(self) -> ResultCache:
+        if self.cache is None:
+            raise Internal("this core has no result cache")
+        return self.cache
+
+    def cache_stats(self, caller: Caller, task: str | None) -> dict[str, Any]:
+        """The result cache's figures per task: the whole cache for an admin, the
+        caller's own entries and counters for anyone else."""
+        return self._result_cache().stats(task, self.owners.lets(caller))
+
+    async def cache_clear(self, caller: Caller, task: str | None) -> dict[str, int]:
+        """Remove cached results (of ``task``): every user's for an admin, the caller's
+        own for anyone else. Durable before it answers."""
+        self.check_open()
+        return await self._result_cache().clear(task, self.owners.lets(caller))
+
+    def metrics_text(self, caller: Caller) -> str:
+        """Every metric in the Prometheus text format: the whole daemon's figures, so only
+        for admins (the counts are everyone's)."""
+        if not caller.admin:
+            raise Unauthorized("only an admin may read the daemon's metrics: they count every user's jobs")
+        return self.exporter.text().decode()
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""

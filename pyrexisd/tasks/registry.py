@@ -45,6 +45,10 @@ class TaskDef:
     is_async: bool
     module: str
     schema: dict[str, Any] = field(default_factory=dict)
+    # Results are kept in the daemon's result cache (pyrexisd.core.cache), for
+    # ``cache_ttl`` seconds (None: until evicted).
+    cache: bool = False
+    cache_ttl: float | None = None
 
     def validate_args(self, args: dict[str, Any]) -> BaseModel:
         """The args as the task's model, or ``invalid_request`` with field errors."""
@@ -80,6 +84,8 @@ class TaskDef:
             "default_mode": self.default_mode,
             "description": self.description,
             "schema": self.schema,
+            "cache": self.cache,
+            "cache_ttl": self.cache_ttl,
         }
 
 
@@ -157,6 +163,8 @@ def make_task(
     timeout: float | None = None,
     on_interrupt: str | None = None,
     description: str | None = None,
+    cache: bool = False,
+    cache_ttl: float | None = None,
 ) -> TaskDef:
     """Build the :class:`TaskDef` of ``func`` (see :func:`task` for the options)."""
     task_name = name or func.__name__
@@ -172,6 +180,11 @@ def make_task(
         raise TaskDefinitionError(f"task {task_name!r}: a coroutine function runs in async mode only")
     if on_interrupt not in (None, "retry", "fail"):
         raise TaskDefinitionError(f"task {task_name!r}: on_interrupt must be 'retry' or 'fail'")
+    if cache_ttl is not None and not cache_ttl > 0:
+        raise TaskDefinitionError(f"task {task_name!r}: cache_ttl must be a number of seconds > 0")
+    if (cache or cache_ttl is not None) and not hasattr(inspect.unwrap(func), "__code__"):
+        # The cache's key is a digest of the function's code: there must be some.
+        raise TaskDefinitionError(f"task {task_name!r}: a cached task must be a Python function")
     model, ctx_param, inputs_param = _args_model(task_name, func)
     doc = description if description is not None else inspect.getdoc(func) or ""
     return TaskDef(
@@ -189,6 +202,8 @@ def make_task(
         is_async=is_async,
         module=getattr(func, "__module__", "?"),
         schema=model.model_json_schema(),
+        cache=cache or cache_ttl is not None,
+        cache_ttl=cache_ttl,
     )
 
 
@@ -201,6 +216,8 @@ def task(
     timeout: float | None = None,
     on_interrupt: str | None = None,
     description: str | None = None,
+    cache: bool = False,
+    cache_ttl: float | None = None,
     registry: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register a function or coroutine function as a PYREXIS task.
@@ -208,6 +225,10 @@ def task(
     ``mode`` is the default execution mode (``async`` for a coroutine function, else
     ``thread``); ``modes`` lists every mode a job may ask for. ``max_retries``,
     ``timeout`` and ``on_interrupt`` are the defaults for jobs that do not set them.
+    ``cache=True`` keeps the task's results in the daemon's result cache, keyed by the
+    task's code and its validated args: a job with the same args, submitted while the
+    code is unchanged, completes at once with the stored result. ``cache_ttl`` (seconds)
+    limits how long a result is reused, and implies ``cache``.
     The function itself is returned unchanged, so it can still be called directly and
     pickled by reference for process mode. ``@task`` without parentheses works too.
     """
@@ -225,6 +246,8 @@ def task(
                 timeout=timeout,
                 on_interrupt=on_interrupt,
                 description=description,
+                cache=cache,
+                cache_ttl=cache_ttl,
             )
         )
         return func

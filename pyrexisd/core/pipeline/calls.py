@@ -43,11 +43,18 @@ class Cached:
     value: Any
 
 
+class CachedValue(Protocol):
+    """What a lookup answers: the value kept for a call."""
+
+    @property
+    def value(self) -> Any: ...
+
+
 class ItemCache(Protocol):
     """The result cache as a stage uses it, per call: ``args`` are the call's arguments
     (for a shell stage, its command's args plus ``"stdin"``: the items it reads)."""
 
-    async def lookup(self, task: TaskDef, args: dict[str, Any]) -> Cached | None: ...
+    async def lookup(self, task: TaskDef, args: dict[str, Any]) -> CachedValue | None: ...
 
     def store(self, task: TaskDef, args: dict[str, Any], value: Any) -> None: ...
 
@@ -55,7 +62,7 @@ class ItemCache(Protocol):
 class NoCache:
     """No cache: every call runs."""
 
-    async def lookup(self, task: TaskDef, args: dict[str, Any]) -> Cached | None:
+    async def lookup(self, task: TaskDef, args: dict[str, Any]) -> CachedValue | None:
         return None
 
     def store(self, task: TaskDef, args: dict[str, Any], value: Any) -> None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import StorageError, WireError
 from protocol.pipeline import spec_from
 from pyrexisd.core.attempt import Attempt, AttemptEvents, PublishStored
+from pyrexisd.core.model import JobRow
 from pyrexisd.core.pipeline.calls import ItemCache, ItemFailure, NoCache, StageCaller, Stopped
 from pyrexisd.core.pipeline.channel import Channel, Unit
 from pyrexisd.core.pipeline.figures import StageFigures
@@ -61,7 +62,7 @@ class PipelineEnv:
     max_result: int
     clock: Callable[[], float]
     is_admin: Callable[[int | None], bool]
-    cache: ItemCache = field(default_factory=NoCache)
+    cache_for: Callable[[JobRow], ItemCache] = lambda row: NoCache()  # one pipeline's view of the result cache
 
 
 class Pipelines:
@@ -118,7 +119,7 @@ class PipelineRun:
         self.callers = [
             StageCaller(
                 stage, env.executors[stage.mode], row.job_id, row.attempts, self.figures[stage.index],
-                events.log, events.drain, env.cache, run_as,
+                events.log, events.drain, env.cache_for(row), run_as,
             )  # fmt: skip
             for stage in plan.stages
         ]
