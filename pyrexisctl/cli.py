@@ -866,6 +866,7 @@ def _time_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @filter_options
 @click.option("--since", metavar="TIME", callback=_time_arg, help="Only jobs created at TIME or later (epoch s, ISO date/time, or an age: 2h).")
 @click.option("--page", type=click.IntRange(1, 10_000), default=1000, show_default=True, metavar="N", help="Jobs read per request.")
+@json_option  # accepted like on every command: the output is JSON (one record a line) already
 def export(
     as_jsonl: bool,
     statuses: list[str],
