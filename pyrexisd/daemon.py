@@ -171,7 +171,7 @@ def make_executors(
     executors: dict[str, Executor] = {
         "thread": ThreadExecutor(config.threads),
         # Workers import the same task modules as the daemon.
-        "process": ProcessExecutor(config.processes, modules, config.kill_grace, on_worker),
+        "process": ProcessExecutor(config.processes, modules, config.kill_grace, on_worker, config.max_result),
         "async": AsyncExecutor(config.async_slots),
     }
     if config.dask_enabled:

@@ -17,7 +17,7 @@ import msgpack
 from protocol.errors import Internal
 from protocol.status import TERMINAL, is_legal
 from pyrexisd.config import MAX_MESSAGE
-from pyrexisd.executors.base import Outcome
+from pyrexisd.executors.base import Outcome, too_large
 from pyrexisd.retry import Backoff, retries_left
 
 # Waiting statuses the scheduler tracks (held and blocked jobs wait outside it).
@@ -186,9 +186,7 @@ def stored_problem(value: Any, what: str, max_result: int) -> Outcome | None:
     except (TypeError, ValueError, OverflowError) as exc:
         return Outcome.failure("exception", f"{what} cannot be stored: {exc}", retryable=False)
     if size > max_result:
-        return Outcome.failure(
-            "result_too_large", f"{what} is {size} bytes, above max_result ({max_result})", retryable=False
-        )
+        return too_large(what, size, max_result)
     return None
 
 

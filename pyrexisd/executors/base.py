@@ -197,6 +197,14 @@ class Outcome:
 
 CANCELLED = Outcome(False, None, "cancelled", "cancelled", False)
 
+
+def too_large(what: str, size: int, max_result: int) -> Outcome:
+    """The failure of a result (or an output) of ``size`` bytes above ``max_result``:
+    final, since a new attempt would most likely make the same."""
+    return Outcome.failure(
+        "result_too_large", f"{what} is {size} bytes, above max_result ({max_result})", retryable=False
+    )
+
 MAX_LINE = 16 * 1024  # a log line longer than this is stored as several lines
 
 
