@@ -1444,6 +1444,14 @@ def bench(
 # --------------------------------------------------------------------------- operations
 
 
+def _answer(result: Record, text: Callable[[Record], str]) -> None:
+    """A command's answer: the record as JSON with --json, else ``text`` of it."""
+    if _settings().json:
+        render.echo_json(result)
+    else:
+        click.echo(text(result))
+
+
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
@@ -1481,14 +1489,10 @@ def clean(older_than: float | None, statuses: list[str], queue: str | None, all_
     count of those is shown). The daemon also prunes by itself: see --keep-finished and
     --keep-max of pyrexisd.
     """
-    settings = _settings()
-    with settings.client() as client:
+    with _settings().client() as client:
         result = client.clean(older_than, statuses or None, queue, all_users)
-    if settings.json:
-        render.echo_json(result)
-    else:
-        kept = result.get("kept") or 0
-        click.echo(f"removed {result.get('removed', 0)} finished jobs" + (f" ({kept} kept by the rules)" if kept else ""))
+    kept = result.get("kept") or 0
+    _answer(result, lambda r: f"removed {r.get('removed', 0)} finished jobs" + (f" ({kept} kept by the rules)" if kept else ""))
 
 
 @main.command()
@@ -1501,13 +1505,9 @@ def backup(path: str) -> None:
     FILE.part and renamed to FILE once complete. Restore: stop the daemon, put the
     file in place of the database (removing its -wal and -shm files), start it.
     """
-    settings = _settings()
-    with settings.client() as client:
+    with _settings().client() as client:
         result = client.backup(path)
-    if settings.json:
-        render.echo_json(result)
-    else:
-        click.echo(f"backed up {render.format_bytes(result.get('bytes'))} to {path}")
+    _answer(result, lambda r: f"backed up {render.format_bytes(r.get('bytes'))} to {path}")
 
 
 @main.command()
@@ -1518,17 +1518,17 @@ def reload() -> None:
     What can change live (queues, schedules, limits, retention, log level) is applied;
     what cannot is listed as needing a restart.
     """
-    settings = _settings()
-    with settings.client() as client:
+    with _settings().client() as client:
         result = client.reload()
-    if settings.json:
-        render.echo_json(result)
-        return
-    changed = result.get("changed") or []
-    restart = result.get("restart_needed") or []
-    click.echo(f"reloaded {result.get('file')}: " + (f"changed {', '.join(changed)}" if changed else "nothing changed"))
-    if restart:
-        click.echo(f"needs a restart to apply: {', '.join(restart)}")
+
+    def text(r: Record) -> str:
+        changed, restart = r.get("changed") or [], r.get("restart_needed") or []
+        lines = [f"reloaded {r.get('file')}: " + (f"changed {', '.join(changed)}" if changed else "nothing changed")]
+        if restart:
+            lines.append(f"needs a restart to apply: {', '.join(restart)}")
+        return "\n".join(lines)
+
+    _answer(result, text)
 
 
 @main.command()
@@ -1608,10 +1608,7 @@ def completion(shell: str) -> None:
     cls = get_completion_class(shell)
     assert cls is not None  # click ships all three
     script = cls(main, {}, "pyrexisctl", "_PYREXISCTL_COMPLETE").source()
-    if _settings().json:
-        render.echo_json({"shell": shell, "script": script})
-    else:
-        click.echo(script)
+    _answer({"shell": shell, "script": script}, lambda r: str(r["script"]))
 
 
 # Commands kept in modules of their own; they register themselves on ``main``.
