@@ -16,7 +16,9 @@ from pyrexisctl._wire import (
     UNSET,
     Record,
     RecordList,
+    _BackupFile,
     _cache_args,
+    _clean_args,
     _hello_args,
     _job_args,
     _list_args,
@@ -263,6 +265,38 @@ class _SyncOps(_SyncConnection):
     def schedule_remove(self, name: str) -> None:
         """Delete a schedule (``NotFound`` when there is none); jobs it submitted stay."""
         self.request("schedule_remove", {"name": name})
+
+    def clean(
+        self,
+        older_than: float | None = None,
+        status: str | Sequence[str] | None = None,
+        queue: str | None = None,
+        all_users: bool = False,
+    ) -> Record:
+        """Remove finished jobs (with their logs and outputs) now: ``{"removed", "kept"}``.
+
+        Only those that ended ``older_than`` seconds ago or more, with one of ``status``
+        (``completed``, ``failed``, ``cancelled``), in ``queue``, when given; only the
+        caller's own unless ``all_users`` (admins). ``kept``: jobs the retention rules keep
+        (someone waits on them, a waiting job depends on them)."""
+        return _record(self.request("clean", _clean_args(older_than, status, queue, all_users)))
+
+    def backup(self, path: str) -> Record:
+        """Copy the daemon's database, as of one commit, to the local file ``path`` while
+        the daemon runs (SQLite's backup API; admins only): ``{"bytes", "path"}``.
+
+        The file is written as ``path + ".part"`` and renamed once complete."""
+        stream = self.stream("backup")
+        with _BackupFile(path) as out:
+            for event in stream:
+                out.write(event)
+            out.done()
+        return {"bytes": out.written, "path": path}
+
+    def reload(self) -> Record:
+        """Make the daemon read its configuration file again (as SIGHUP does; admins only):
+        ``{"file", "changed": [keys applied], "restart_needed": [keys]}``."""
+        return _record(self.request("reload"))
 
     def cache_stats(self, task: str | None = None) -> Record:
         """The result cache's figures: ``{entries, bytes, max_entries, max_bytes, tasks}``,

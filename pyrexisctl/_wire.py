@@ -11,6 +11,7 @@ socket or an event loop, so importing it costs neither ``socket`` nor ``asyncio`
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
@@ -440,3 +441,50 @@ class _ClientBase(Generic[_S]):
         self._wire.accept_server_limit(result.get("max_frame"))
         return result
 
+
+
+def _clean_args(
+    older_than: float | None, status: str | Sequence[str] | None, queue: str | None, all_users: bool
+) -> dict[str, Any]:
+    if status is not None and not isinstance(status, str):
+        status = [str(s) for s in status]
+    args = _drop_none({"older_than": older_than, "status": status, "queue": queue})
+    if all_users:
+        args["all_users"] = True
+    return args
+
+
+class _BackupFile:
+    """Where a ``backup`` stream's chunks go: ``path + ".part"`` until the stream ended
+    well, then renamed to ``path`` (an interrupted backup never looks complete)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.part = path + ".part"
+        self.written = 0
+        self._fh: Any = None
+
+    def __enter__(self) -> _BackupFile:
+        self._fh = open(self.part, "wb")  # noqa: SIM115 - closed in __exit__
+        return self
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        data = event.get("data")
+        if event.get("kind") != "backup" or not isinstance(data, bytes):
+            return
+        if event.get("offset") != self.written:
+            raise PyrexisError(f"backup: a chunk at offset {event.get('offset')} after {self.written} bytes")
+        self._fh.write(data)
+        self.written += len(data)
+
+    def done(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.part, self.path)
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        if exc_type is not None and os.path.exists(self.part):
+            os.unlink(self.part)

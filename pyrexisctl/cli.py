@@ -87,7 +87,8 @@ class PyrexisGroup(click.Group):
             # The daemon's answers carry the contract's code, which scripts match on; an
             # error the client found by itself has none to show.
             code = f"{exc.code}: " if isinstance(exc, WireError) else ""
-            click.echo(f"error: {code}{exc.message}", err=True)
+            label = click.style("error:", fg="red") if render.use_colour(sys.stderr) else "error:"
+            click.echo(f"{label} {code}{exc.message}", err=True)
             for line in _detail_lines(exc):
                 click.echo(f"  {line}", err=True)
             ctx.exit(EXIT_ERROR)
@@ -692,7 +693,7 @@ def submit(
     if settings.json:
         render.echo_ndjson(records)
     else:
-        click.echo(render.jobs_table(records))
+        click.echo(render.jobs_table(records, colour=render.use_colour()))
 
 
 def _submit_jsonl(settings: Settings, source: IO[bytes], chunk: int) -> None:
@@ -823,7 +824,7 @@ def list_jobs(
             return
         rows = list(jobs)
     if rows:
-        click.echo(render.jobs_table(rows))
+        click.echo(render.jobs_table(rows, colour=render.use_colour()))
     else:
         click.echo("no jobs", err=True)
     if more:
@@ -865,6 +866,7 @@ def _time_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @filter_options
 @click.option("--since", metavar="TIME", callback=_time_arg, help="Only jobs created at TIME or later (epoch s, ISO date/time, or an age: 2h).")
 @click.option("--page", type=click.IntRange(1, 10_000), default=1000, show_default=True, metavar="N", help="Jobs read per request.")
+@json_option  # accepted like on every command: the output is JSON (one record a line) already
 def export(
     as_jsonl: bool,
     statuses: list[str],
@@ -1437,6 +1439,176 @@ def bench(
         render.echo_ndjson(result.as_dict() for result in results)
     else:
         click.echo(bench_module.results_table(results))
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _answer(result: Record, text: Callable[[Record], str]) -> None:
+    """A command's answer: the record as JSON with --json, else ``text`` of it."""
+    if _settings().json:
+        render.echo_json(result)
+    else:
+        click.echo(text(result))
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from protocol.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    callback=_duration,
+    help="Only jobs that ended at least this long ago: 90, 30m, 12h, 7d.",
+)
+@click.option(
+    "--status",
+    "-s",
+    "statuses",
+    multiple=True,
+    callback=_split_commas,
+    type=click.Choice(sorted(TERMINAL)),
+    help="Only jobs with this status (repeatable).",
+)
+@click.option("--queue", "-q", metavar="Q", help="Only jobs of this queue.")
+@click.option("--all-users", is_flag=True, help="Every user's finished jobs (admins), not only yours.")
+@json_option
+def clean(older_than: float | None, statuses: list[str], queue: str | None, all_users: bool) -> None:
+    """Remove finished jobs, with their logs and outputs, now; print how many.
+
+    Jobs someone waits on or follows, and jobs a waiting job depends on, are kept (the
+    count of those is shown). The daemon also prunes by itself: see --keep-finished and
+    --keep-max of pyrexisd.
+    """
+    with _settings().client() as client:
+        result = client.clean(older_than, statuses or None, queue, all_users)
+    kept = result.get("kept") or 0
+    _answer(result, lambda r: f"removed {r.get('removed', 0)} finished jobs" + (f" ({kept} kept by the rules)" if kept else ""))
+
+
+@main.command()
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, writable=True))
+@json_option
+def backup(path: str) -> None:
+    """Copy the daemon's database to FILE while it runs (admins only).
+
+    SQLite's backup API makes a copy consistent as of one commit; it is written to
+    FILE.part and renamed to FILE once complete. Restore: stop the daemon, put the
+    file in place of the database (removing its -wal and -shm files), start it.
+    """
+    with _settings().client() as client:
+        result = client.backup(path)
+    _answer(result, lambda r: f"backed up {render.format_bytes(r.get('bytes'))} to {path}")
+
+
+@main.command()
+@json_option
+def reload() -> None:
+    """Make the daemon read its configuration file again (like SIGHUP).
+
+    What can change live (queues, schedules, limits, retention, log level) is applied;
+    what cannot is listed as needing a restart.
+    """
+    with _settings().client() as client:
+        result = client.reload()
+
+    def text(r: Record) -> str:
+        changed, restart = r.get("changed") or [], r.get("restart_needed") or []
+        lines = [f"reloaded {r.get('file')}: " + (f"changed {', '.join(changed)}" if changed else "nothing changed")]
+        if restart:
+            lines.append(f"needs a restart to apply: {', '.join(restart)}")
+        return "\n".join(lines)
+
+    _answer(result, text)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Print one frame as plain text and exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=1.0),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between refreshes.",
+)
+@json_option
+def top(once: bool, interval: float) -> None:
+    """A live view of the daemon: slots, queues, running jobs, its own figures.
+
+    On a terminal it is full-screen and q quits; elsewhere a plain frame is printed
+    every interval until Ctrl-C. --once prints one frame; --json prints the figures a
+    frame is made of (one JSON object a refresh).
+    """
+    from pyrexisctl import top as top_view
+
+    settings = _settings()
+    _interruptible()
+    with settings.client() as client:
+        hello = client.hello()
+        server = hello.get("server") or {}
+        name = f"{server.get('name', 'pyrexisd')} {server.get('version', '')}".strip()
+        all_users = True
+
+        def fetch() -> tuple[Record, list[Record], list[Record]]:
+            nonlocal all_users
+            stats = client.stats()
+            queues = client.queues()
+            try:
+                page = client.list(status="running", limit=top_view.RUNNING_SHOWN, all_users=all_users)
+            except WireError as exc:
+                if exc.code != "unauthorized":
+                    raise
+                all_users = False  # not an admin: its own running jobs
+                page = client.list(status="running", limit=top_view.RUNNING_SHOWN)
+            return stats, queues, list(page.get("jobs") or [])
+
+        try:
+            if settings.json:
+                while True:
+                    stats, queue_rows, running = fetch()
+                    render.echo_json({"stats": stats, "queues": queue_rows, "running": running})
+                    if once:
+                        return
+                    time.sleep(interval)
+            if once:
+                stats, queue_rows, running = fetch()
+                click.echo("\n".join(top_view.frame(stats, queue_rows, running, time.time(), name)))
+                return
+            top_view.run(fetch, interval, name)
+        except KeyboardInterrupt:
+            return
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+@json_option
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    \b
+    bash:  eval "$(pyrexisctl completion bash)"     (in ~/.bashrc)
+    zsh:   eval "$(pyrexisctl completion zsh)"      (in ~/.zshrc)
+    fish:  pyrexisctl completion fish > ~/.config/fish/completions/pyrexisctl.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # click ships all three
+    script = cls(main, {}, "pyrexisctl", "_PYREXISCTL_COMPLETE").source()
+    _answer({"shell": shell, "script": script}, lambda r: str(r["script"]))
 
 
 # Commands kept in modules of their own; they register themselves on ``main``.

@@ -7,11 +7,12 @@ they are cheap to import and easy to test. Only :func:`echo_json`, :func:`echo_n
 
 from __future__ import annotations
 
+import os
 import pwd
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import click
@@ -23,6 +24,33 @@ _JOB_RIGHT = frozenset({3, 5, 6, 7})
 
 MAX_VALUE_CHARS = 400
 """Characters of a result, args or error a human view shows (``--json`` shows all)."""
+
+STATUS_COLOURS = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "retrying": "magenta",
+}
+
+
+def use_colour(stream: TextIO | None = None) -> bool:
+    """Colour only on a terminal, and never when ``NO_COLOR`` is set to anything
+    (https://no-color.org) or the terminal is ``dumb``."""
+    stream = sys.stdout if stream is None else stream
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def paint_status(status: str, text: str | None = None, colour: bool = False) -> str:
+    """``text`` (the status itself by default) in its status's colour, when ``colour``."""
+    text = status if text is None else text
+    fg = STATUS_COLOURS.get(status)
+    return click.style(text, fg=fg) if colour and fg else text
 
 
 # --------------------------------------------------------------------------- JSON
@@ -125,8 +153,14 @@ def job_elapsed(job: Mapping[str, Any], now: float) -> float | None:
 # --------------------------------------------------------------------------- tables
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
-    """A compact text table: columns two spaces apart, those in ``right`` right-aligned."""
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    right: Iterable[int] = (),
+    paint: Callable[[int, str, str], str] | None = None,
+) -> str:
+    """A compact text table: columns two spaces apart, those in ``right`` right-aligned.
+    ``paint(column, cell, padded)`` may style a padded cell (widths count the plain text)."""
     materialised = [list(row) for row in rows]
     widths = [len(header) for header in headers]
     for row in materialised:
@@ -135,18 +169,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable
     right_set = frozenset(right)
     last = len(headers) - 1
 
-    def line(cells: Sequence[str]) -> str:
+    def line(cells: Sequence[str], styled: bool) -> str:
         parts = []
         for index, cell in enumerate(cells):
             if index in right_set:
-                parts.append(cell.rjust(widths[index]))
+                padded = cell.rjust(widths[index])
             elif index == last:
-                parts.append(cell)  # no trailing padding
+                padded = cell  # no trailing padding
             else:
-                parts.append(cell.ljust(widths[index]))
+                padded = cell.ljust(widths[index])
+            parts.append(paint(index, cell, padded) if styled and paint is not None else padded)
         return "  ".join(parts).rstrip()
 
-    return "\n".join([line(headers), *(line(row) for row in materialised)])
+    return "\n".join([line(headers, False), *(line(row, True) for row in materialised)])
 
 
 def key_values(pairs: Iterable[tuple[str, str]]) -> str:
@@ -184,10 +219,17 @@ def format_owner(owner: Any) -> str:
         return str(owner)
 
 
-def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float | None = None) -> str:
-    """The job list as a table."""
+_STATUS_COLUMN = JOB_HEADERS.index("STATUS")
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float | None = None, colour: bool = False) -> str:
+    """The job list as a table (statuses coloured when ``colour``)."""
     now = time.time() if now is None else now
-    return table(JOB_HEADERS, (job_row(job, now) for job in jobs), _JOB_RIGHT)
+
+    def paint(column: int, cell: str, padded: str) -> str:
+        return paint_status(cell, padded, True) if column == _STATUS_COLUMN else padded
+
+    return table(JOB_HEADERS, (job_row(job, now) for job in jobs), _JOB_RIGHT, paint if colour else None)
 
 
 def format_error(error: Any) -> str:

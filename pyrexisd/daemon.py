@@ -25,7 +25,7 @@ import resource
 import signal
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO
 
 from protocol.errors import PyrexisError, StorageError
@@ -33,6 +33,7 @@ from pyrexisd import systemd
 from pyrexisd.access import AccessPolicy, SocketDir, UnsafeSocketPath, bind_in, open_socket_dir
 from pyrexisd.config import Config
 from pyrexisd.core.assembly import Core, build_core
+from pyrexisd.core.service import BACKUP_PREFIX
 from pyrexisd.executors.async_ import AsyncExecutor
 from pyrexisd.executors.base import Executor
 from pyrexisd.executors.process import ProcessExecutor
@@ -41,7 +42,9 @@ from pyrexisd.executors.spawner import SpawnerError
 from pyrexisd.executors.thread import ThreadExecutor
 from pyrexisd.handlers import Handlers
 from pyrexisd.http.setup import HttpSetup, connection_figures, prepare_http
+from pyrexisd.reload import Reloader, apply_declared
 from pyrexisd.server import Limits, Server
+from pyrexisd.settings import ConfigSource
 from pyrexisd.store import Store
 from pyrexisd.tasks.builtin import register_builtins
 from pyrexisd.tasks.registry import REGISTRY, Registry
@@ -219,6 +222,24 @@ def _warn_of_unknown_user_tasks(config: Config, registry: Registry) -> None:
             log.warning("--user-tasks names tasks that are not loaded: %s", ", ".join(unknown))
 
 
+REWRITE_TIMEOUT_USEC = 3600 * 1_000_000  # start-up time asked of systemd for a one-time VACUUM
+
+
+def _rewriting() -> None:
+    systemd.notify(f"EXTEND_TIMEOUT_USEC={REWRITE_TIMEOUT_USEC}\nSTATUS=rewriting the database once (VACUUM)")
+
+
+def _remove_stale_backups(db_path: str) -> None:
+    """Copies a backup left behind when the daemon died while making it (we hold the
+    database's lock: no other daemon is making one)."""
+    directory = os.path.dirname(os.path.abspath(db_path))
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.startswith(BACKUP_PREFIX) and name.endswith(".db"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+
 def _remove_socket(where: SocketDir) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(where.name, dir_fd=where.fd)
@@ -232,8 +253,10 @@ def _makedirs(path: str, mode: int) -> None:
 class Daemon:
     """One daemon: owns the store, the job core and the server."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
         self.config = config
+        self.source = source  # where the configuration came from: SIGHUP reads it again
+        self._reloads: set[asyncio.Task[None]] = set()
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.core: Core | None = None
@@ -250,12 +273,29 @@ class Daemon:
             log.info("%s: shutting down", signal.Signals(signum).name)
             self.should_exit.set()
 
+    def _on_hangup(self) -> None:
+        # Like `pyrexisctl reload`; ignored until the daemon serves (the core is not built).
+        if self.core is None or self.core.service.reloader is None:
+            log.warning("SIGHUP: nothing to reload yet")
+            return
+        task = asyncio.ensure_future(self._reload(self.core.service.reloader))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    @staticmethod
+    async def _reload(reloader: Callable[[], Awaitable[dict[str, object]]]) -> None:
+        try:
+            await reloader()
+        except PyrexisError as exc:
+            log.error("SIGHUP: %s", exc.message)
+
     async def run(self) -> int:
         config = self.config
         loop = asyncio.get_running_loop()
         # Signals first: a stop asked for during start-up is kept and honoured once ready.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         # A file size limit (RLIMIT_FSIZE) must make writes fail, not kill the daemon.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         _, older, oldest = gc.get_threshold()
@@ -283,7 +323,8 @@ class Daemon:
                     modules = discover_task_modules(config)
                     load_tasks(REGISTRY, config, modules)
                     _warn_of_unknown_user_tasks(config, REGISTRY)
-                    store = Store(config.db, config.sync)
+                    _remove_stale_backups(config.db)
+                    store = Store(config.db, config.sync, on_rewrite=_rewriting)
                     try:
                         await store.open()
                     except StorageError as exc:
@@ -305,7 +346,7 @@ class Daemon:
                 for lock in locks:
                     lock.close()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def _bind(self) -> tuple[socket.socket, SocketDir | None]:
@@ -352,9 +393,17 @@ class Daemon:
         core.metrics.loop_lag.start()
         schedules = core.service.schedules
         await schedules.start()
+        try:
+            await apply_declared(core, config)  # the file's queues and schedules
+        except PyrexisError as exc:
+            origin = self.source.path if self.source is not None else "the configuration"
+            raise StartupError(f"{origin}: {exc.message}") from None
+        core.retention.start()
         handlers = Handlers(core.service, config.max_frame)
         server = Server(handlers.table, server_limits(config), self.access)
         self.server = server
+        if self.source is not None:
+            core.service.reloader = Reloader(core, self.source, config, server).reload
         watchdog: asyncio.Task[None] | None = None
         http = None if self.http is None else self.http.listener(handlers, config, STOP_COMMIT_WAIT)
         core.service.exporter.add(lambda: connection_figures(server, http))
@@ -387,6 +436,7 @@ class Daemon:
             if http is not None:
                 http.stop_accepting()
             schedules.stop()
+            await core.retention.stop()
             core.stop_taking_work()
             await core.dispatch.drain(0.0 if self.force_exit.is_set() else config.grace, self.force_exit)
             # Let ends in flight commit before deciding who was interrupted (not forever: a

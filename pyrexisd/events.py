@@ -129,6 +129,9 @@ class EventHub:
         self.buffer_limit = buffer_limit
         self._by_job: dict[str, set[Subscription]] = {}
         self._broad: set[Subscription] = set()
+        # Of the streams already closed: how many ended overloaded, how many events they lost.
+        self._overflowed_streams = 0
+        self._dropped_events = 0
 
     def subscribe(self, flt: EventFilter) -> Subscription:
         sub = Subscription(flt, self.buffer_limit)
@@ -139,6 +142,9 @@ class EventHub:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        if sub.dropped:
+            self._overflowed_streams += 1
+            self._dropped_events += sub.dropped
         job_id = sub.filter.job_id
         if job_id is None:
             self._broad.discard(sub)
@@ -148,6 +154,16 @@ class EventHub:
             subs.discard(sub)
             if not subs:
                 del self._by_job[job_id]
+
+    def drops(self) -> dict[str, int]:
+        """Streams open now, and how many streams (open or closed) fell behind and how
+        many events they dropped since the start: a reader too slow for its events."""
+        open_subs = [*self._broad, *(s for subs in self._by_job.values() for s in subs)]
+        return {
+            "streams": len(open_subs),
+            "overflowed": self._overflowed_streams + sum(1 for s in open_subs if s.dropped),
+            "dropped": self._dropped_events + sum(s.dropped for s in open_subs),
+        }
 
     def wants(self, job_id: str) -> bool:
         """Whether anyone might receive an event of ``job_id`` (skip building it if not)."""

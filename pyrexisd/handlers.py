@@ -124,6 +124,13 @@ class ScheduleNameArgs(_Args):
     name: str = Field(min_length=1)
 
 
+class CleanArgs(_Args):
+    older_than: float | None = Field(default=None, ge=0)
+    status: Any = None
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
+    all_users: bool = False
+
+
 class CacheArgs(_Args):
     task: str | None = Field(default=None, min_length=1, max_length=200)
 
@@ -159,6 +166,9 @@ class Handlers:
             "schedule_add": self.schedule_add,
             "schedule_list": self.schedule_list,
             "schedule_remove": self.schedule_remove,
+            "clean": self.clean,
+            "backup": self.backup,
+            "reload": self.reload,
             "cache_stats": self.cache_stats,
             "cache_clear": self.cache_clear,
             "metrics": self.metrics,
@@ -310,6 +320,23 @@ class Handlers:
     async def schedule_remove(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         await self.service.remove_schedule(caller, parse(ScheduleNameArgs, args).name)
         return {}
+
+    async def clean(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        a = parse(CleanArgs, args)
+        return await self.service.clean(caller, a.older_than, statuses_arg(a.status) or [], a.queue, a.all_users)
+
+    async def backup(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        chunks = self.service.backup(caller)
+        total = 0
+        async for chunk in chunks:
+            if not total:
+                stream.begin_stream()
+            await stream.send({"kind": "backup", "offset": total, "data": chunk})
+            total += len(chunk)
+        return {"bytes": total}
+
+    async def reload(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
+        return await self.service.reload(caller)
 
     async def cache_stats(self, args: dict[str, Any], stream: Stream, caller: Caller) -> Any:
         return self.service.cache_stats(caller, parse(CacheArgs, args).task)

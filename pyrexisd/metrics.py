@@ -138,7 +138,7 @@ class Metrics:
         self.running_by_owner_mode: dict[int, Counter[str]] = {}
         self.waiting_by_owner: Counter[int] = Counter()
         self.waiting = 0  # jobs in a waiting status, all owners together
-        self._completions: deque[float] = deque()
+        self._completions: deque[tuple[float, str]] = deque()  # (time, queue), the last minute
         self._latencies: deque[float] = deque(maxlen=1000)
         self.loop_lag = LoopLag()
         # -- what only the Prometheus export reads (see pyrexisd.prometheus) --
@@ -207,13 +207,27 @@ class Metrics:
             self.waiting += n
             self.waiting_by_owner[owner] += n
 
+    def pruned(self, queue: str, status: str, owner: int) -> None:
+        """A finished job of ``owner`` was pruned (retention, ``clean``)."""
+        self.by_queue_status[(queue, status)] -= 1
+        mine = self.by_owner.get(owner)
+        if mine is not None:
+            mine[(queue, status)] -= 1
+
     def completed_per_s(self, now: float) -> float:
         """Completions per second over the last minute (or since the start, if shorter)."""
         self._trim(now)
         return len(self._completions) / min(60.0, max(1e-9, now - self.started))
 
-    def completed(self, now: float) -> None:
-        self._completions.append(now)
+    def completed_per_s_by_queue(self, now: float) -> dict[str, float]:
+        """The same, per queue (queues without completions left out)."""
+        self._trim(now)
+        span = min(60.0, max(1e-9, now - self.started))
+        counts: Counter[str] = Counter(queue for _, queue in self._completions)
+        return {queue: n / span for queue, n in counts.items()}
+
+    def completed(self, now: float, queue: str = "default") -> None:
+        self._completions.append((now, queue))
         self._trim(now)
 
     def started_after(self, seconds: float) -> None:
@@ -234,7 +248,7 @@ class Metrics:
 
     def _trim(self, now: float) -> None:
         c = self._completions
-        while c and c[0] < now - 60.0:
+        while c and c[0][0] < now - 60.0:
             c.popleft()
 
     def count(self, queue: str, statuses: frozenset[str], owner: int | None = None) -> int:

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import operator
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -203,7 +204,18 @@ MIGRATIONS: tuple[str, ...] = (
         used_at REAL NOT NULL
     );
     """,
+    # Retention: finished jobs in the order they ended, for pruning the oldest first.
+    """
+    CREATE INDEX jobs_finished ON jobs (finished_at, seq) WHERE status IN ('completed', 'failed', 'cancelled');
+    """,
 )
+
+TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
+# The WAL file is cut back to this size after a checkpoint (it is reused, not regrown).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+# Pages given back to the file system after each prune: small steps, so the writer's
+# thread is never held for long (the rest goes with the next prunes).
+VACUUM_PAGES = 512
 
 
 def _upgrade(scripts: Sequence[str], version: int) -> str:
@@ -307,6 +319,37 @@ def _unpack(blob: bytes | None) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
+def _rows_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[Any]:
+    """The rows of ``sql`` (its ``{marks}`` an IN list) for all ``values``, queried 500 at
+    a time: well below SQLite's bound-parameter limit."""
+    out: list[Any] = []
+    for i in range(0, len(values), 500):
+        chunk = values[i : i + 500]
+        out.extend(conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk))
+    return out
+
+
+def _filters(
+    owner: int | None, unowned_too: bool, statuses: Sequence[str] | None, task: str | None, queue: str | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE terms and their parameters for the filters ``list`` and ``clean`` share."""
+    where: list[str] = []
+    params: list[Any] = []
+    if owner is not None:
+        where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
+        params.append(owner)
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(statuses)
+    if task is not None:
+        where.append("task = ?")
+        params.append(task)
+    if queue is not None:
+        where.append("queue = ?")
+        params.append(queue)
+    return where, params
+
+
 _COLUMN_VALUES = operator.attrgetter(*JOB_COLUMNS)
 
 
@@ -369,9 +412,9 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
 
 class _Batch:
     __slots__ = (
-        "jobs", "new_jobs", "fresh_jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids", "rekeys", "checkpoints",
-        "waiters",
-        "first_at", "started", "on_thread", "statements_done", "committed", "cache_put", "cache_drop", "cache_touch",
+        "jobs", "new_jobs", "fresh_jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids",
+        "rekeys", "checkpoints", "prunes", "waiters", "first_at", "started", "on_thread", "statements_done",
+        "committed", "cache_put", "cache_drop", "cache_touch",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -389,6 +432,7 @@ class _Batch:
         self.pids: list[tuple[int | None, int | None, int]] = []
         self.rekeys: list[tuple[float, str]] = []
         self.checkpoints: list[tuple[Any, ...]] = []
+        self.prunes: list[tuple[int]] = []
         self.cache_put: list[tuple[Any, ...]] = []
         self.cache_drop: list[tuple[bytes]] = []
         self.cache_touch: list[tuple[float, bytes]] = []
@@ -398,10 +442,19 @@ class _Batch:
 class Store:
     """The database: group-committed writes, reads from committed data only."""
 
-    def __init__(self, path: str, sync: str = "full", lazy_delay: float = LAZY_DELAY) -> None:
+    def __init__(
+        self,
+        path: str,
+        sync: str = "full",
+        lazy_delay: float = LAZY_DELAY,
+        on_rewrite: Callable[[], None] | None = None,
+    ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}")
         self.path = path
+        # Told before the one-time rewrite of an old file (it may take minutes: the
+        # daemon asks systemd for more start-up time).
+        self.on_rewrite = on_rewrite
         self.sync = sync
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -428,16 +481,41 @@ class Store:
     async def open(self) -> None:
         try:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._writer.execute("PRAGMA busy_timeout=5000")
+            # Set before anything creates the file's first page (the WAL switch does): a
+            # file made with it gives freed pages back after each prune.
+            await self._writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._writer.execute(f"PRAGMA synchronous={self.sync.upper()}")
-            await self._writer.execute("PRAGMA busy_timeout=5000")
+            await self._writer.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             await self._migrate(self._writer)
+            await self._incremental_vacuum_on(self._writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA query_only=1")
             await self._reader.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+
+    async def _incremental_vacuum_on(self, conn: aiosqlite.Connection) -> None:
+        """A file made before retention existed has no auto-vacuum, and SQLite switches an
+        existing file only by rewriting it (VACUUM): done once, here, at start-up."""
+        async with conn.execute("PRAGMA auto_vacuum") as cur:
+            row = await cur.fetchone()
+        if row is not None and int(row[0]) == 2:  # INCREMENTAL
+            return
+        started = time.monotonic()
+        log.info("rewriting the database once so that pruned jobs give their space back (VACUUM)")
+        if self.on_rewrite is not None:
+            self.on_rewrite()
+        try:
+            await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            await conn.execute("VACUUM")
+        except sqlite3.Error as exc:
+            # Not fatal: the file keeps its size and reuses its free pages; the next start tries again.
+            log.warning("could not switch the database to incremental auto-vacuum: %s", exc)
+            return
+        log.info("database rewritten with incremental auto-vacuum in %.1f s", time.monotonic() - started)
 
     async def close(self) -> None:
         """Commit what is pending, then close both connections."""
@@ -493,6 +571,7 @@ class Store:
         rekeys: Sequence[tuple[str, float]] = (),
         checkpoints: Sequence[tuple[int, dict[str, Any], dict[str, Any] | None, int]] = (),
         cache: CacheWrites | None = None,
+        prunes: Sequence[int] = (),
         lazy: bool = False,
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
@@ -504,7 +583,8 @@ class Store:
         A ``lazy`` write does not start a commit of its own: it rides with the next one, or
         is committed after ``lazy_delay`` seconds at the latest (sooner if someone calls
         :meth:`hurry`). Raises :class:`StorageError` through the future if the batch
-        cannot commit.
+        cannot commit. ``prunes``: seqs of finished jobs to delete with their logs and
+        outputs (retention); the file gives a few freed pages back after that commit.
         """
         batch = self._pending
         if jobs:
@@ -546,6 +626,8 @@ class Store:
             )
             batch.cache_drop.extend((key,) for key in cache.drop)
             batch.cache_touch.extend(cache.touch)
+        if prunes:
+            batch.prunes.extend((seq,) for seq in prunes)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         if not batch.waiters:
@@ -598,6 +680,13 @@ class Store:
             except BaseException as exc:  # noqa: BLE001 - sqlite3.Error, OSError: the disk's
                 error = exc
             loop.call_soon_threadsafe(self._finished, batch, error)
+            if batch.prunes and error is None:
+                # After the batch's waiters are answered: a small step, and the next batch
+                # queues behind it on this thread for that long at most.
+                try:
+                    raw.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+                except sqlite3.Error as exc:
+                    log.warning("incremental vacuum failed: %s", exc)
 
         # aiosqlite's own queue to its connection thread: the commit's function runs there
         # and calls back by itself, so a batch costs no asyncio future and no task.
@@ -637,7 +726,13 @@ class Store:
         batch.on_thread = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # New rows first: any other write of them in this batch was made after.
+            if batch.prunes:
+                # Deleted first: a pruned job is locked in the ledger meanwhile, so nothing
+                # in this batch writes it again.
+                conn.executemany("DELETE FROM logs WHERE job_seq = ?", batch.prunes)
+                conn.executemany("DELETE FROM outputs WHERE job_seq = ?", batch.prunes)
+                conn.executemany(f"DELETE FROM jobs WHERE seq = ? AND status IN {TERMINAL_SQL}", batch.prunes)
+            # New rows next: any other write of them in this batch was made after.
             if batch.fresh_jobs:
                 conn.executemany(_INSERT_FRESH, batch.fresh_jobs)
             if batch.new_jobs:
@@ -729,12 +824,7 @@ class Store:
 
     async def _select_in(self, column: str, values: Sequence[Any]) -> list[JobRow]:
         def q(conn: sqlite3.Connection) -> list[JobRow]:
-            out: list[JobRow] = []
-            for i in range(0, len(values), 500):  # well below SQLite's bound-parameter limit
-                chunk = values[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                out.extend(job_from_db(r) for r in conn.execute(f"{_SELECT_JOB} WHERE {column} IN ({marks})", chunk))
-            return out
+            return [job_from_db(r) for r in _rows_in(conn, f"{_SELECT_JOB} WHERE {column} IN ({{marks}})", values)]
 
         return await self._read(q)
 
@@ -753,20 +843,7 @@ class Store:
         """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``
         (or newest first, strictly before it), created at ``since`` or later; only
         ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if owner is not None:
-            where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
-            params.append(owner)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if task is not None:
-            where.append("task = ?")
-            params.append(task)
-        if queue is not None:
-            where.append("queue = ?")
-            params.append(queue)
+        where, params = _filters(owner, unowned_too, statuses, task, queue)
         if after is not None:
             where.append("(created_at, job_id) < (?, ?)" if newest_first else "(created_at, job_id) > (?, ?)")
             params.extend(after)
@@ -923,3 +1000,94 @@ class Store:
             return {k: _unpack(v) for k, v in conn.execute("SELECT key, value FROM settings")}
 
         return await self._read(q)
+
+    # -- retention and backup ------------------------------------------------------------
+    async def finished_page(
+        self,
+        after: tuple[float, int],
+        limit: int,
+        before: float | None = None,
+        statuses: Sequence[str] | None = None,
+        queue: str | None = None,
+        owner: int | None = None,
+        unowned_too: bool = False,
+    ) -> list[Finished]:
+        """Up to ``limit`` finished jobs past ``after`` (``(finished_at, seq)``) in the order
+        they ended, oldest first; only those that ended before ``before``, have one of
+        ``statuses``, are in ``queue`` or are ``owner``'s, when given."""
+        where, params = _filters(owner, unowned_too, statuses, None, queue)
+        where += [f"status IN {TERMINAL_SQL}", "(finished_at, seq) > (?, ?)"]
+        params += [after[0], after[1]]
+        if before is not None:
+            where.append("finished_at < ?")
+            params.append(before)
+        sql = (
+            "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs INDEXED BY jobs_finished "
+            f"WHERE {' AND '.join(where)} ORDER BY finished_at, seq LIMIT ?"
+        )
+        params.append(limit)
+
+        def q(conn: sqlite3.Connection) -> list[Finished]:
+            return [Finished(*r) for r in conn.execute(sql, params)]
+
+        return await self._read(q)
+
+    async def finished_now(self, seqs: Sequence[int]) -> list[Finished]:
+        """Those of these jobs that are finished now (a light read: no job record)."""
+
+        sql = (
+            "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs "
+            f"WHERE seq IN ({{marks}}) AND status IN {TERMINAL_SQL}"
+        )
+
+        def q(conn: sqlite3.Connection) -> list[Finished]:
+            return [Finished(*r) for r in _rows_in(conn, sql, seqs)]
+
+        return await self._read(q)
+
+    def file_bytes(self) -> int:
+        """The database's size on disk: the file and its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    async def backup_to(self, target: str) -> int:
+        """Copy the database, consistent as of one commit, to ``target`` with SQLite's
+        backup API, while the daemon runs; its size in bytes. A connection of its own, on
+        a thread of its own: neither the writer nor the reader of clients waits for it."""
+
+        def run() -> int:
+            source = sqlite3.connect(self.path)
+            try:
+                dest = sqlite3.connect(target)
+                try:
+                    # One step: one read transaction, so the copy is one committed state
+                    # (WAL lets the writer go on meanwhile).
+                    source.backup(dest, pages=-1)
+                    dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                finally:
+                    dest.close()
+            finally:
+                source.close()
+            return os.path.getsize(target)
+
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not back up the database: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A finished job as retention sees it."""
+
+    seq: int
+    job_id: str
+    queue: str
+    status: str
+    owner: int | None
+    finished_at: float

@@ -21,6 +21,7 @@ from pyrexisd.core.pipeline.calls import ItemCache
 from pyrexisd.core.pipeline.runner import PipelineEnv, Pipelines
 from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
+from pyrexisd.core.retention import Retention, Rules
 from pyrexisd.core.service import Service
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
@@ -45,12 +46,14 @@ class Core:
     metrics: Metrics
     store: Store
     clock: Callable[[], float]
+    retention: Retention
     cache: ResultCache | None = None
 
     async def load(self) -> None:
         """Start-up, in order: the committed view, the queues' settings, the jobs the last
         daemon left running, the waiting jobs. Nothing runs yet."""
         await self.ledger.load()
+        self.ledger.raise_seq(await self.retention.load())
         if self.cache is not None:
             await self.cache.load(self.service.registry.all())
         await self.queues.load()
@@ -109,7 +112,11 @@ def build_core(
         config.kill_grace, clock, owners, config.max_running_per_user, pipelines, cache,
     )  # fmt: skip
     queues = Queues(store, scheduler, metrics, waiting, dispatch.kick)
-    service = Service(
-        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, cache
+    retention = Retention(
+        store, ledger, metrics, owners, Rules(config.keep_finished, config.keep_max), waiting.depended_on, clock
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, cache)
+    service = Service(
+        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, cache,
+        retention,
+    )
+    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, retention, cache)

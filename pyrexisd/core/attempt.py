@@ -11,6 +11,7 @@ progress, and the limits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -139,7 +140,9 @@ class AttemptEvents:
     def spawned(self, pid: int, started: int | None) -> None:
         row = self.attempt.row
         row.pid, row.pid_start = pid, started
-        self.store.write(pids=[(row.seq, pid, started)]).add_done_callback(log_write_failure)
+        self.store.write(pids=[(row.seq, pid, started)]).add_done_callback(
+            functools.partial(log_write_failure, [row.job_id])
+        )
 
     def _schedule_flush(self) -> None:
         if self._flush is None:
@@ -160,7 +163,7 @@ class AttemptEvents:
         def stored(f: asyncio.Future[None]) -> None:
             if f.cancelled() or f.exception() is not None:
                 log.warning("log lines and outputs of job %s not stored: %s", row.job_id,
-                            None if f.cancelled() else f.exception())
+                            None if f.cancelled() else f.exception(), extra={"job_id": row.job_id})
                 return
             self.publish_stored(row, lines, outputs)
 
@@ -207,9 +210,11 @@ class AttemptEvents:
             self.hub.publish(event, row.task, row.queue, row.owner)
 
 
-def log_write_failure(fut: asyncio.Future[None]) -> None:
+def log_write_failure(job_ids: list[str], fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        log.warning("a progress or pid update was not stored: %s", fut.exception())
+        shown = ", ".join(job_ids[:5]) + (" ..." if len(job_ids) > 5 else "")
+        log.warning("a progress or pid update of job %s was not stored: %s", shown, fut.exception(),
+                    extra={"job_id": job_ids[0] if len(job_ids) == 1 else None})
 
 
 class ProgressWriter:
@@ -237,7 +242,9 @@ class ProgressWriter:
                 attempt.progress_dirty = False
                 rows.append(attempt.row)
         if rows:
-            self.store.write(jobs=rows).add_done_callback(log_write_failure)
+            self.store.write(jobs=rows).add_done_callback(
+                functools.partial(log_write_failure, [row.job_id for row in rows])
+            )
 
     def stop(self) -> None:
         if self._timer is not None:

@@ -197,6 +197,17 @@ class Dispatch:
         if cap is not None and self.waiting.unpark(owner, cap - self._occupied[owner]):
             self.kick()
 
+    def set_running_cap(self, cap: int | None) -> None:
+        """A new ``max_running_per_user`` (reload): under a higher cap, or none, the
+        owners' parked jobs may start in the room it makes."""
+        self.max_running_per_user = cap
+        moved = False
+        for owner in self.waiting.parked_owners():
+            room = 1 << 62 if cap is None else cap - self._occupied.get(owner, 0)
+            moved = self.waiting.unpark(owner, room) or moved
+        if moved:
+            self.kick()
+
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
         try:
@@ -234,7 +245,8 @@ class Dispatch:
                 for row in rows:
                     model.start_attempt(row, now)
         except StorageError as exc:
-            log.error("could not start %d jobs: %s", len(rows), exc)
+            log.error("could not start %d jobs (%s): %s", len(rows), ", ".join(r.job_id for r in rows[:5])
+                      + (" ..." if len(rows) > 5 else ""), exc)
             self._put_back(rows)
             return
         self._started(row.seq for row in rows)
@@ -321,7 +333,7 @@ class Dispatch:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an executor bug must not take the daemon down
-            log.exception("executor %s failed on job %s", mode, attempt.row.job_id)
+            log.exception("executor %s failed on job %s", mode, attempt.row.job_id, extra={"job_id": attempt.row.job_id})
             outcome = Outcome.failure("exception", f"internal error in the {mode} executor: {exc}")
         finally:
             if attempt.timer is not None:
@@ -388,7 +400,7 @@ class Dispatch:
             if starts:
                 self._put_back(starts)
                 starts = []
-            log.error("could not record the end of job %s, retrying: %s", row.job_id, exc)
+            log.error("could not record the end of job %s, retrying: %s", row.job_id, exc, extra={"job_id": row.job_id})
             # Locked until the end is durable, across retries: until then no op may act on
             # (or show) an outcome that could still be lost. (The failed change unlocked
             # the row and no other coroutine ran since, so the hold follows it unbroken.)
@@ -401,7 +413,8 @@ class Dispatch:
                         await self._write_end(row, outcome, notes, [], now, cached)
                         break
                     except StorageError as again:
-                        log.error("could not record the end of job %s, retrying: %s", row.job_id, again)
+                        log.error("could not record the end of job %s, retrying: %s", row.job_id, again,
+                                  extra={"job_id": row.job_id})
         self._ended(attempt)
         self._started(start.seq for start in starts)
         for start in starts:

@@ -27,6 +27,7 @@ answer from it without reading the store.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
@@ -39,6 +40,8 @@ from pyrexisd.events import EventHub, StoredRange, state_event
 from pyrexisd.metrics import Metrics
 from pyrexisd.scheduler import Scheduler
 from pyrexisd.store import Store
+
+log = logging.getLogger(__name__)
 
 RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
 
@@ -200,6 +203,10 @@ class Ledger:
         for queue, status, _mode, owner, task, n in await self.store.counts():
             self.metrics.loaded(queue, status, self.owners.of(owner), n, task)
 
+    def raise_seq(self, floor: int) -> None:
+        """New jobs are numbered above ``floor`` (the highest seq retention pruned)."""
+        self._seq = max(self._seq, floor)
+
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -292,8 +299,10 @@ class Ledger:
         if self.hub.wants(row.job_id):
             self.hub.publish(state_event(row, now), row.task, row.queue, row.owner)
         if row.terminal:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("job %s %s (attempt %d)", row.job_id, row.status, row.attempts, extra={"job_id": row.job_id})
             if row.status == "completed" and old == "running":
-                self.metrics.completed(now)
+                self.metrics.completed(now, row.queue)
             self._signal_log(row.seq)
             self._ended(row)
             self.on_end(row)

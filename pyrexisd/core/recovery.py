@@ -30,7 +30,7 @@ async def recover_interrupted(store: Store, ledger: Ledger, clock: Callable[[], 
         for row, last_line in zip(rows, last_lines, strict=True):
             if row.pid is not None and row.pid_start is not None:
                 if procs.kill_if_same(row.pid, row.pid_start, group=row.mode == "shell"):
-                    log.warning("killed orphan process %d of job %s", row.pid, row.job_id)
+                    log.warning("killed orphan process %d of job %s", row.pid, row.job_id, extra={"job_id": row.job_id})
             model.interrupt(row, now, "the daemon stopped while the job was running")
             row.log_seq = max(row.log_seq, last_line)
             change.log(row, "log", f"interrupted: {row.error or 'back to pending'}", now)

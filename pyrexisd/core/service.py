@@ -14,7 +14,9 @@ counts only its own, and may not change the queues' settings (``unauthorized``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +31,7 @@ from protocol.errors import (
     Unauthorized,
 )
 from protocol.pipeline import PIPELINE_TASK
-from protocol.status import WAITING
+from protocol.status import TERMINAL, WAITING
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core import model
@@ -40,6 +42,7 @@ from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.queues import Queues
+from pyrexisd.core.retention import CleanFilter, Retention
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
 from pyrexisd.executors.base import Outcome
@@ -51,6 +54,8 @@ from pyrexisd.store import QueueChanges, Store
 from pyrexisd.tasks.registry import Registry
 
 LOG_PAGE = 1000  # log lines or outputs read from the store at a time
+BACKUP_CHUNK = 256 * 1024  # bytes of a backup sent in one event
+BACKUP_PREFIX = ".backup-"  # the copy's name, next to the database, while it is sent
 
 
 class Service:
@@ -71,9 +76,11 @@ class Service:
         clock: Callable[[], float],
         owners: Owners | None = None,
         cache: ResultCache | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
+        self.retention = retention
         self._store = store
         self.registry = registry
         self.ledger = ledger
@@ -87,6 +94,8 @@ class Service:
         self.owners = owners if owners is not None else ledger.owners
         self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
+        # Installed by the daemon: reads the configuration file again and applies it.
+        self.reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.exporter = Exporter(metrics, lambda: self.scheduler.slots, lambda: self.queues.rows(None))
         self.exporter.add(
             lambda: pipeline_families(((row.pipeline or {}).get("stages", []) for row in dispatch.running_pipelines()), metrics.task_label)
@@ -370,6 +379,7 @@ class Service:
         store = self._store
         commits = store.commits
         out["store"] = {
+            "file_bytes": store.file_bytes(),
             "commits": commits,
             "writes_per_commit": store.committed_writes / commits if commits else 0.0,
             "commit_ms": 1000.0 * store.commit_seconds / commits if commits else 0.0,
@@ -378,6 +388,16 @@ class Service:
             "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in store.split.items()},
             "sync": store.sync,
         }
+        out["completed_per_s_by_queue"] = self.metrics.completed_per_s_by_queue(self.clock())
+        out["events"] = self.hub.drops()
+        retention = self.retention
+        if retention is not None:
+            out["retention"] = {
+                "finished": retention.finished_count(),
+                "pruned": retention.pruned,
+                "keep_finished": retention.rules.keep_finished,
+                "keep_max": retention.rules.keep_max,
+            }
         # Running pipelines and their figures per stage, as of their last checkpoint.
         out["pipelines"] = {
             row.job_id: _pipeline_summary(row)
@@ -417,6 +437,60 @@ class Service:
         return [
             t.describe() for t in self.registry.all() if allowed is None or t.name in allowed or t.name == PIPELINE_TASK
         ]
+
+    # -- operations -------------------------------------------------------------------------
+    async def clean(
+        self,
+        caller: Caller,
+        older_than: float | None,
+        statuses: Sequence[str],
+        queue: str | None,
+        all_users: bool,
+    ) -> dict[str, Any]:
+        """Prune finished jobs now (``clean``): the caller's own, or with ``all_users``
+        every user's (admins only); ``{"removed": n, "kept": m}`` (kept: by the rules)."""
+        if all_users and not caller.admin:
+            raise Unauthorized("only an admin may clean every user's jobs")
+        if self.retention is None:
+            raise InvalidState("this daemon has no retention")
+        wrong = [s for s in statuses if s not in TERMINAL]
+        if wrong:
+            raise InvalidState(f"only finished jobs can be cleaned, not {wrong[0]!r} ones", {"status": wrong[0]})
+        owner = None if all_users else caller.uid
+        flt = CleanFilter(
+            before=None if older_than is None else self.clock() - older_than,
+            statuses=tuple(statuses),
+            queue=queue,
+            owner=owner,
+            unowned_too=owner is not None and owner == self.owners.daemon_uid,
+        )
+        removed, kept = await self.retention.clean(flt)
+        return {"removed": removed, "kept": kept}
+
+    async def backup(self, caller: Caller) -> AsyncIterator[bytes]:
+        """The database, copied with SQLite's backup API while the daemon runs, in chunks
+        (admins only: it holds every user's jobs). The copy is made next to the database
+        (the only place a hardened unit lets the daemon write) and removed after."""
+        if not caller.admin:
+            raise Unauthorized("only an admin may back up the database: it holds every user's jobs")
+        store = self._store
+        fd, tmp = tempfile.mkstemp(prefix=BACKUP_PREFIX, suffix=".db", dir=os.path.dirname(os.path.abspath(store.path)))
+        os.close(fd)
+        try:
+            await store.backup_to(tmp)
+            with open(tmp, "rb") as fh:
+                while chunk := await asyncio.to_thread(fh.read, BACKUP_CHUNK):
+                    yield chunk
+        finally:
+            os.unlink(tmp)
+
+    async def reload(self, caller: Caller) -> dict[str, Any]:
+        """Read the configuration file again and apply what can change live (admins only)."""
+        if not caller.admin:
+            raise Unauthorized("only an admin may reload the daemon's configuration")
+        if self.reloader is None:
+            raise InvalidState("this daemon was not started from a configuration it can read again")
+        return await self.reloader()
 
     # -- queues and schedules -------------------------------------------------------------
     def queue_rows(self, caller: Caller) -> list[dict[str, Any]]:

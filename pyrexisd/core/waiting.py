@@ -158,6 +158,14 @@ class Waiting:
             self._cached[row.seq] = row
             self.ledger.pin(row)
 
+    def depended_on(self) -> set[str]:
+        """The jobs a blocked or held job depends on (retention keeps them)."""
+        out: set[str] = set()
+        for place in (self._blocked, self._held):
+            for row in place.values():
+                out.update(row.depends_on)
+        return out
+
     def withdraw(self, row: JobRow) -> None:
         """A waiting job leaves wherever it waits (scheduler, parked, blocked or held set)."""
         # A parked job is not the scheduler's (not even beyond a window): its heap entry
@@ -175,6 +183,10 @@ class Waiting:
         entry: Parked = (-row.priority, row.enqueued_at, row.seq, row.queue, row.mode)
         heapq.heappush(self._parked.setdefault(owner, []), entry)
         self._parked_seqs[row.seq] = entry
+
+    def parked_owners(self) -> list[int]:
+        """The owners who have parked jobs."""
+        return list(self._parked)
 
     def is_parked(self, seq: int) -> bool:
         return seq in self._parked_seqs
