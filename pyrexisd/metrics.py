@@ -159,42 +159,43 @@ class Metrics:
     def moved(
         self, queue: str, mode: str, old: str | None, new: str, old_queue: str | None = None, owner: int = 0,
         task: str = "",
+        n: int = 1,
     ) -> None:
         """A job's status change (and maybe queue change) has committed; ``owner`` is the
-        uid the job counts for."""
+        uid the job counts for. ``n``: as many jobs of that kind, all at once."""
         by_qts = self.by_queue_task_status
         if old is not None:
-            by_qts[(old_queue or queue, task, old)] -= 1
-        by_qts[(queue, task, new)] += 1
+            by_qts[(old_queue or queue, task, old)] -= n
+        by_qts[(queue, task, new)] += n
         if old is None:
-            self.submitted[(self.queue_label(queue), self.task_label(task))] += 1
+            self.submitted[(self.queue_label(queue), self.task_label(task))] += n
         if new == "running":
-            self.attempts_started[(self.queue_label(queue), self.task_label(task), mode)] += 1
+            self.attempts_started[(self.queue_label(queue), self.task_label(task), mode)] += n
         elif new in TERMINAL:
-            self.ended[(self.queue_label(queue), self.task_label(task), new)] += 1
+            self.ended[(self.queue_label(queue), self.task_label(task), new)] += n
         elif new == "retrying" and old == "running":
-            self.retried[(self.queue_label(queue), self.task_label(task))] += 1
+            self.retried[(self.queue_label(queue), self.task_label(task))] += n
         mine = self.by_owner.get(owner)
         if mine is None:
             mine = self.by_owner[owner] = Counter()
             self.running_by_owner_mode[owner] = Counter()
         if old is not None:
-            self.by_queue_status[(old_queue or queue, old)] -= 1
-            mine[(old_queue or queue, old)] -= 1
+            self.by_queue_status[(old_queue or queue, old)] -= n
+            mine[(old_queue or queue, old)] -= n
             if old == "running":
-                self.running_by_mode[mode] -= 1
-                self.running_by_owner_mode[owner][mode] -= 1
+                self.running_by_mode[mode] -= n
+                self.running_by_owner_mode[owner][mode] -= n
             elif old in WAITING:
-                self.waiting -= 1
-                self.waiting_by_owner[owner] -= 1
-        self.by_queue_status[(queue, new)] += 1
-        mine[(queue, new)] += 1
+                self.waiting -= n
+                self.waiting_by_owner[owner] -= n
+        self.by_queue_status[(queue, new)] += n
+        mine[(queue, new)] += n
         if new == "running":
-            self.running_by_mode[mode] += 1
-            self.running_by_owner_mode[owner][mode] += 1
+            self.running_by_mode[mode] += n
+            self.running_by_owner_mode[owner][mode] += n
         elif new in WAITING:
-            self.waiting += 1
-            self.waiting_by_owner[owner] += 1
+            self.waiting += n
+            self.waiting_by_owner[owner] += n
 
     def loaded(self, queue: str, status: str, owner: int, n: int, task: str = "") -> None:
         """At start-up: ``n`` stored jobs of ``owner`` and ``task`` are in ``queue`` with ``status``."""

@@ -504,3 +504,16 @@ async def test_a_new_aging_rate_reorders_the_jobs_beyond_the_window(tmp_path: An
         await h.service.configure_queue(ADMIN, "q", {"aging": 1.0})  # 100 s of waiting outweigh 10 points
         await h.service.set_paused(ADMIN, "q", False)
         assert await _run_all(h, 10) == old + new
+
+
+async def test_a_batch_starts_what_free_slots_allow_in_any_of_its_queues(h2: CoreHarness) -> None:
+    """Given a paused queue and an open one and two free slots, when one batch
+    interleaves jobs of both, then the open queue's first two start at submit (a refusal
+    in the paused queue does not stop the batch's other queue), the rest wait."""
+    await h2.service.set_paused(ADMIN, "shut", True)
+    specs = [{"task": "work", "queue": q} for q in ("shut", "open", "shut", "open", "open")]
+    jobs = await h2.service.submit_many(ADMIN, specs)
+
+    assert [j["status"] for j in jobs] == ["pending", "running", "pending", "running", "pending"]
+    await h2.until(lambda: {jobs[1]["job_id"], jobs[3]["job_id"]} <= h2.executor.running, what="both started")
+    assert [(await h2.stored(j["job_id"])).status for j in jobs] == [j["status"] for j in jobs]

@@ -717,6 +717,11 @@ def test_submit_many_invalid_spec_rejects_whole_batch(c: RawClient) -> None:
     specs[2] = {"task": "sleep", "args": {"seconds": "long"}, "queue": q, "job_id": ids[2]}
     err = call_error(c, "submit_many", {"jobs": specs}, "invalid_request")
     assert err["details"]["index"] == 2
+    # Bad args among specs of one task (whose args are validated together): the same.
+    specs[2] = {"task": "echo", "args": {"valu": 2}, "queue": q, "job_id": ids[2]}
+    err = call_error(c, "submit_many", {"jobs": specs}, "invalid_request")
+    assert err["details"]["index"] == 2
+    assert ["args", "value"] in locs(err), locs(err)
     # A spec that is not a map.
     specs[2] = "not a spec"
     err = call_error(c, "submit_many", {"jobs": specs}, "invalid_request")

@@ -37,6 +37,7 @@ from pyrexisd.core.cache import CacheKey, ResultCache
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.pipeline import plan as pipeline_plan
+from pyrexisd.packing import pack
 from pyrexisd.tasks.registry import Registry, TaskDef
 
 
@@ -47,6 +48,9 @@ class Admitted:
     spec: JobSpec
     task: TaskDef
     row: JobRow
+    # At least the packed size of the row's record as a submit answers it (no result,
+    # no error): fixed keys and short strings, then what the spec sent.
+    reply_bound: int
     # Where the result cache may hold this job's result, when it may be answered from it.
     cache_key: CacheKey | None = None
 
@@ -196,8 +200,13 @@ class Admission:
             raise InvalidRequest("invalid job spec", {"errors": validation_errors(exc), **where}) from None
         return self._admit(caller, spec, where)
 
-    def _admit(self, caller: Caller, spec: JobSpec, where: dict[str, int]) -> Admitted:
-        """A valid spec's task, mode, args and size checked; its row built."""
+    def _admit(
+        self, caller: Caller, spec: JobSpec, where: dict[str, int], new_id: str | None = None,
+        validated: BaseModel | None = None,
+    ) -> Admitted:
+        """A valid spec's task, mode, args and size checked; its row built (its job id
+        the spec's, else ``new_id``, else a new one; its args ``validated`` already, or
+        validated here)."""
         definition = self.registry.get(spec.task)
         if definition is None:
             raise UnknownTask(f"no task named {spec.task!r}", {"task": spec.task, **where})
@@ -222,11 +231,12 @@ class Admission:
                 {"errors": [{"loc": ["depends_on"], "msg": "a dependency cycle"}], **where},
             )
         try:
-            validated = definition.validate_args(spec.args)
+            if validated is None:
+                validated = definition.validate_args(spec.args)
             kwargs = TaskDef.model_kwargs(validated)
-            args_blob = msgpack.packb(spec.args, use_bin_type=True)
+            args_blob = pack(spec.args)
             spec_size = len(args_blob) + (
-                len(msgpack.packb([spec.labels, spec.depends_on], use_bin_type=True))
+                len(pack([spec.labels, spec.depends_on]))
                 if spec.labels or spec.depends_on else _EMPTY_EXTRAS
             )
         except InvalidRequest as exc:
@@ -247,7 +257,7 @@ class Admission:
         run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay is not None else None)
         row = JobRow(
             seq=0,
-            job_id=spec.job_id or _new_job_id(),
+            job_id=spec.job_id or new_id or _new_job_id(),
             task=spec.task,
             args=spec.args,
             queue=spec.queue,
@@ -269,7 +279,7 @@ class Admission:
             kwargs=kwargs,
             owner=caller.uid,
         )
-        admitted = Admitted(spec, definition, row)
+        admitted = Admitted(spec, definition, row, RECORD_FIXED + spec_size + len(row.job_id) + len(spec.task) + len(spec.queue))
         if definition.cache and spec.cache and self.cache is not None:
             admitted.cache_key = self._cache_key(definition, validated, row, now)
         return admitted
@@ -307,10 +317,16 @@ class Admission:
         except ValidationError:
             admitted = [self.prepare(caller, raw, i if batch else None) for i, raw in enumerate(raws)]
             raise AssertionError("a batch that fails as a list passes spec by spec") from None
-        admitted = [self._admit(caller, spec, {"index": i} if batch else {}) for i, spec in enumerate(specs)]
+        new_ids = _new_job_ids(len(specs))  # at once: cheaper than counting those needed
+        admitted = [
+            self._admit(caller, spec, {"index": i} if batch else {}, new_id, validated)
+            for i, (spec, new_id, validated) in enumerate(
+                zip(specs, new_ids, self._args_at_once(caller, specs), strict=True)
+            )
+        ]
         if batch:
-            # An upper bound of the reply's size, without packing every record twice.
-            size = sum(record_size_bound(a.row) for a in admitted)
+            # A bound of the reply's size, without packing every record twice.
+            size = sum(a.reply_bound for a in admitted)
             if size > self.config.max_frame - FRAME_ENVELOPE:
                 raise InvalidRequest(
                     f"the batch's records would take {size} bytes, more than a frame holds; "
@@ -338,6 +354,31 @@ class Admission:
                     {"errors": [{"loc": ["depends_on"], "msg": "a dependency cycle"}], **_index(i, batch)},
                 )
         return admitted
+
+    def _args_at_once(self, caller: Caller, specs: list[JobSpec]) -> list[BaseModel | None]:
+        """The specs' args validated one task at a time, each task's in one call; None
+        where they were not (a task unknown or not open to ``caller``, a pipeline, or an
+        invalid args among its task's: :meth:`_admit` then validates them one by one
+        and names the fault)."""
+        out: list[BaseModel | None] = [None] * len(specs)
+        first = specs[0].task if specs else ""
+        by_task: dict[str, Sequence[int]]
+        if all(spec.task == first for spec in specs):
+            by_task = {first: range(len(specs))}
+        else:
+            grouped: dict[str, list[int]] = {}
+            for i, spec in enumerate(specs):
+                grouped.setdefault(spec.task, []).append(i)
+            by_task = dict(grouped)
+        for name, indexes in by_task.items():
+            definition = self.registry.get(name)
+            if definition is None or name == PIPELINE_TASK or not (caller.admin or name in self.user_tasks):
+                continue
+            models = definition.validate_args_many([specs[i].args for i in indexes])
+            if models is not None:
+                for i, model in zip(indexes, models, strict=True):
+                    out[i] = model
+        return out
 
     @staticmethod
     def external_dependencies(admitted: Sequence[Admitted]) -> list[str]:
@@ -408,6 +449,12 @@ def _new_job_id() -> str:
     return f"{_ids.getrandbits(64):016x}"
 
 
+def _new_job_ids(n: int) -> list[str]:
+    """``n`` new job ids, drawn in one call."""
+    digits = _ids.randbytes(8 * n).hex()
+    return [digits[i : i + 16] for i in range(0, 16 * n, 16)]
+
+
 class _NoCounts:
     """No jobs counted (an Admission used only to validate specs)."""
 
@@ -420,16 +467,9 @@ class _NoCounts:
 
 _SPEC_LIST = TypeAdapter(list[JobSpec])
 _EMPTY_EXTRAS = len(msgpack.packb([{}, []], use_bin_type=True))
-# A new job's record besides its args, labels, depends_on and ids: every key, numbers
-# packed as floats, short fixed strings (status, mode, policy, on_interrupt), nils.
+# A new job's record besides its args, labels, depends_on, id, task and queue: every key,
+# numbers packed as floats, short fixed strings (status, mode, policy, on_interrupt), nils.
 RECORD_FIXED = 512
-
-
-def record_size_bound(row: JobRow) -> int:
-    """At least the packed size of a just-admitted job's record (no result, no error)."""
-    args = len(row.args_blob) if row.args_blob is not None else len(msgpack.packb(row.args, use_bin_type=True))
-    extras = len(msgpack.packb([row.labels, row.depends_on], use_bin_type=True)) if row.labels or row.depends_on else _EMPTY_EXTRAS
-    return RECORD_FIXED + args + extras + len(row.job_id) + len(row.task) + len(row.queue)
 
 
 def _index(i: int, batch: bool) -> dict[str, int]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -114,7 +114,10 @@ class Change:
                 for row in self.rows:
                     if row.status == "pending":
                         row.sched_key = key_of(row.queue, row.priority, row.enqueued_at)
-                await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
+                if self.created:
+                    await ledger.store.write(new_jobs=self.rows, logs=self.lines, lazy=self.lazy)
+                else:
+                    await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
         except BaseException:
             self._undo()
             raise
@@ -266,11 +269,21 @@ class Ledger:
             self._publish_lines(rows, change.lines)
         now = self.clock()
         if change.created:
-            for row in rows:
-                self.moved(row, None, None, now)
+            self._arrived(rows, now)
         else:
             for row, (old, old_queue) in zip(rows, olds, strict=True):
                 self.moved(row, old, old_queue, now)
+
+    def _arrived(self, rows: Sequence[JobRow], now: float) -> None:
+        """New rows have committed: counted by kind (a batch's rows are mostly of one),
+        then told one by one."""
+        owner_of = self.owners.of
+        kinds = Counter((row.queue, row.mode, row.status, owner_of(row.owner), row.task) for row in rows)
+        moved = self.metrics.moved
+        for (queue, mode, status, owner, task), n in kinds.items():
+            moved(queue, mode, None, status, None, owner, task, n)
+        for row in rows:
+            self._told(row, None, now)
 
     def moved(self, row: JobRow, old: str | None, old_queue: str | None, now: float) -> None:
         """A status change of ``row`` has committed: count it, tell the watchers, and if it
@@ -278,6 +291,11 @@ class Ledger:
         self.metrics.moved(row.queue, row.mode, old, row.status, old_queue, self.owners.of(row.owner), row.task)
         if old == "running" and row.started_at is not None:
             self.metrics.ran(row.mode, max(0.0, now - row.started_at))
+        self._told(row, old, now)
+
+    def _told(self, row: JobRow, old: str | None, now: float) -> None:
+        """The watchers of a committed status change of ``row`` are told, and if it ended,
+        its waiters and those who depend on it."""
         if self.hub.wants(row.job_id):
             self.hub.publish(state_event(row, now), row.task, row.queue, row.owner)
         if row.terminal:

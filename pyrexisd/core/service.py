@@ -194,16 +194,23 @@ class Service:
         for row in rows:
             row.seq = ledger.next_seq()
         starting: list[JobRow] = []
+        # (queue, mode) pairs refused a slot: no slot frees up within this loop (the
+        # rows are one caller's, so the owner's cap is the same for all of them).
+        refused: set[tuple[str, str]] = set()
         try:
             now = self.clock()
             async with ledger.change(rows, created=True):
                 for row in rows:
-                    row.status = Admission.initial_status(row, known, now)
-                    if row.status == "pending" and self.dispatch.try_start_now(row):
+                    row.status = status = Admission.initial_status(row, known, now)
+                    if status != "pending" or (row.queue, row.mode) in refused:
+                        continue
+                    if self.dispatch.try_start_now(row):
                         row.status = "running"
                         row.attempts = 1
                         row.started_at = now
                         starting.append(row)
+                    else:
+                        refused.add((row.queue, row.mode))
         except StorageError:
             for row in starting:
                 self.dispatch.release_slot(row)

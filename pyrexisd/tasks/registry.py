@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from protocol.errors import InvalidRequest, PyrexisError
 from protocol.models import validation_errors
@@ -70,6 +70,17 @@ class TaskDef:
             out[self.inputs_param] = dict(inputs or {})
         return out
 
+    def validate_args_many(self, many: list[dict[str, Any]]) -> list[BaseModel] | None:
+        """The args of several jobs validated in one call (cheaper than one by one), or
+        None if any of them is invalid: :meth:`validate_args` then names the fault."""
+        adapter = _LIST_ADAPTERS.get(self.args_model)
+        if adapter is None:
+            adapter = _LIST_ADAPTERS[self.args_model] = TypeAdapter(list[self.args_model])  # type: ignore[name-defined]
+        try:
+            return adapter.validate_python(many)
+        except ValidationError:
+            return None
+
     @staticmethod
     def model_kwargs(model: BaseModel) -> dict[str, Any]:
         """The validated args as the function's keyword arguments."""
@@ -87,6 +98,10 @@ class TaskDef:
             "cache": self.cache,
             "cache_ttl": self.cache_ttl,
         }
+
+
+# A task's args model → a validator of a list of them (made at a task's first batch).
+_LIST_ADAPTERS: dict[type[BaseModel], TypeAdapter[list[BaseModel]]] = {}
 
 
 class Registry:
