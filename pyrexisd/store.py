@@ -573,6 +573,7 @@ class Store:
         cache: CacheWrites | None = None,
         prunes: Sequence[int] = (),
         lazy: bool = False,
+        linger: float | None = None,
     ) -> asyncio.Future[None]:
         """Queue rows for the next group commit; the future resolves once they are durable.
 
@@ -582,7 +583,9 @@ class Store:
 
         A ``lazy`` write does not start a commit of its own: it rides with the next one, or
         is committed after ``lazy_delay`` seconds at the latest (sooner if someone calls
-        :meth:`hurry`). Raises :class:`StorageError` through the future if the batch
+        :meth:`hurry`). A write that may ``linger`` is like a lazy one with that shorter
+        deadline (dispatch lets a slot's end and next start wait a moment for another
+        slot's end). Raises :class:`StorageError` through the future if the batch
         cannot commit. ``prunes``: seqs of finished jobs to delete with their logs and
         outputs (retention); the file gives a few freed pages back after that commit.
         """
@@ -634,12 +637,22 @@ class Store:
             batch.first_at = time.perf_counter()
             self._idle.clear()
         batch.waiters.append(fut)
-        if not lazy:
+        if not lazy and linger is None:
             self._urgent = True
             self._schedule()
-        elif self._lazy_timer is None:
-            self._lazy_timer = loop.call_later(self.lazy_delay, self.hurry)
+        else:
+            delay = self.lazy_delay if linger is None else linger
+            timer = self._lazy_timer
+            if timer is None or timer.when() > loop.time() + delay:
+                if timer is not None:
+                    timer.cancel()
+                self._lazy_timer = loop.call_later(delay, self.hurry)
         return fut
+
+    @property
+    def committing(self) -> bool:
+        """A batch is on its way to the disk now."""
+        return self._committing is not None
 
     def hurry(self) -> None:
         """Commit what is pending now, lazy writes included (someone waits on them)."""

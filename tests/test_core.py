@@ -223,6 +223,39 @@ async def test_a_timeout_fails_the_attempt_and_the_late_result_is_discarded(h: C
     assert stored.status == "failed" and stored.result is None
 
 
+async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2: CoreHarness) -> None:
+    """Given two slots busy with jobs that run briefly and two jobs waiting, when one job
+    ends, its end and the next start wait for the other slot (the linger made long here,
+    so the test does not race a timer); when the other ends, one commit carries both ends
+    and both starts. An end with nothing else running does not linger."""
+    h2.core.dispatch.linger = 60.0
+    a, b, c, d = [(await h2.service.submit(ADMIN, {"task": "work"}))["job_id"] for _ in range(4)]
+    await h2.started(a)
+    await h2.started(b)
+    commits = h2.store.commits
+
+    h2.executor.finish(a)
+    await asyncio.sleep(0.05)
+    assert h2.store.commits == commits, "a's end should wait for b's"
+    assert (await h2.stored(a)).status == "running"
+    assert c not in h2.executor.running
+
+    h2.executor.finish(b)  # nothing else runs now: no linger, and a's writes ride along
+    await h2.started(c)
+    await h2.started(d)
+    assert h2.store.commits == commits + 1
+    assert (await h2.stored(a)).status == "completed" and (await h2.stored(b)).status == "completed"
+
+    # The last two: d's end lingers for c's; c's end then has nothing to wait for.
+    h2.executor.finish(c)
+    h2.executor.finish(d)
+    await h2.until(lambda: not h2.executor.running, what="both ended")
+    deadline = asyncio.get_running_loop().time() + 5
+    while [(await h2.stored(j)).status for j in (c, d)] != ["completed", "completed"]:
+        assert asyncio.get_running_loop().time() < deadline, "c's and d's ends never committed"
+        await asyncio.sleep(0.01)
+
+
 # ---------------------------------------------------------------- waiting and promotion
 
 

@@ -69,13 +69,14 @@ class Gate:
 class Change:
     """One durable change of some rows; made by :meth:`Ledger.change`, used with ``async with``."""
 
-    __slots__ = ("_ledger", "rows", "lines", "created", "lazy", "_mementos", "_olds", "_gate", "_locked")
+    __slots__ = ("_ledger", "rows", "lines", "created", "lazy", "linger", "_mementos", "_olds", "_gate", "_locked")
 
-    def __init__(self, ledger: Ledger, rows: Sequence[JobRow], created: bool, lazy: bool) -> None:
+    def __init__(self, ledger: Ledger, rows: Sequence[JobRow], created: bool, lazy: bool, linger: float | None = None) -> None:
         self._ledger = ledger
         self.rows = rows
         self.created = created  # new rows: nothing to undo, nothing they moved from
         self.lazy = lazy  # may wait a few ms for another commit to ride (nobody waits yet)
+        self.linger = linger  # may wait this long (s) for another write to ride with
         self.lines: list[LogLine] = []
         self._mementos: list[tuple[Any, ...]] = []
         self._olds: list[tuple[str, str]] = []  # (status, queue) before the change
@@ -117,7 +118,7 @@ class Change:
                 if self.created:
                     await ledger.store.write(new_jobs=self.rows, logs=self.lines, lazy=self.lazy)
                 else:
-                    await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy)
+                    await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy, linger=self.linger)
         except BaseException:
             self._undo()
             raise
@@ -212,14 +213,15 @@ class Ledger:
         return self._seq
 
     # -- changes ----------------------------------------------------------------------
-    def change(self, rows: Sequence[JobRow], created: bool = False, lazy: bool = False) -> Change:
+    def change(self, rows: Sequence[JobRow], created: bool = False, lazy: bool = False, linger: float | None = None) -> Change:
         """A durable change of ``rows`` (see the module docstring); ``created`` for new rows.
 
         A ``lazy`` change (an end that frees no slot for another job) is committed with the
         next commit or within a few milliseconds; anyone who waits on one of its rows
-        (:meth:`wait`, :meth:`current`) makes it commit at once.
+        (:meth:`wait`, :meth:`current`) makes it commit at once. A change that may
+        ``linger`` waits at most that many seconds for another write to ride with.
         """
-        return Change(self, rows, created, lazy)
+        return Change(self, rows, created, lazy, linger)
 
     async def _until_unlocked(self, gate: Gate) -> None:
         self.store.hurry()  # the change may be a lazy one: someone waits on it now
