@@ -6,10 +6,10 @@ One object owns two aiosqlite connections to one WAL database:
   :meth:`Store.write` and awaits the future it returns. Everything written during one
   loop iteration (or while a commit is in flight) forms one batch: one transaction, one
   ``executemany`` per table, one commit, then every future of the batch is resolved, so
-  ``synchronous=FULL`` costs one fsync per batch, not one per job. A batch is handed to
-  aiosqlite's connection thread as a single call that answers the loop by itself: one
-  hop each way, no task, no future per batch. A *lazy* write (an end nobody waits for)
-  starts no batch of its own; it rides with the next one, or :meth:`Store.hurry` sends it.
+  ``synchronous=FULL`` costs one fsync per batch, not one per job. The batching, the
+  hand-over to aiosqlite's thread and the lazy and lingering writes are
+  :class:`~pyrexisd.group_commit.GroupCommit`'s (``Store.group_commit``); the store
+  turns writes into the statements' parameters and runs the statements.
 * the *reader*, for every query. WAL shows it committed data only, so a client never
   reads a state that is not durable (a read between BEGIN and COMMIT on the writer would).
 
@@ -35,14 +35,13 @@ import msgpack
 
 from protocol.errors import StorageError
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
+from pyrexisd.group_commit import LAZY_DELAY, Batch, GroupCommit
 from pyrexisd.packing import pack
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SYNC_MODES = ("full", "normal")
-# A lazy write (an end nobody waits on yet) waits at most this long for a commit to ride.
-LAZY_DELAY = 0.003
 
 JOB_COLUMNS: tuple[str, ...] = (
     "seq", "job_id", "task", "args", "queue", "priority", "mode", "status", "created_at",
@@ -410,16 +409,16 @@ def job_from_db(values: Sequence[Any]) -> JobRow:
     return row
 
 
-class _Batch:
+class _Batch(Batch):
+    """The writes of one group commit, as the statements' parameters."""
+
     __slots__ = (
         "jobs", "new_jobs", "fresh_jobs", "logs", "outputs", "queues", "settings", "schedules", "removed", "pids",
-        "rekeys", "checkpoints", "prunes", "waiters", "first_at", "started", "on_thread", "statements_done",
-        "committed", "cache_put", "cache_drop", "cache_touch",
+        "rekeys", "checkpoints", "prunes", "cache_put", "cache_drop", "cache_touch",
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self.first_at = 0.0  # perf_counter() of its first write: how long writes wait
-        self.started = self.on_thread = self.statements_done = self.committed = 0.0
+        super().__init__()
         self.jobs: list[tuple[Any, ...]] = []
         self.new_jobs: list[tuple[Any, ...]] = []  # rows not stored yet, every column
         self.fresh_jobs: list[tuple[Any, ...]] = []  # rows not stored yet, _FRESH_COLUMNS
@@ -436,7 +435,6 @@ class _Batch:
         self.cache_put: list[tuple[Any, ...]] = []
         self.cache_drop: list[tuple[bytes]] = []
         self.cache_touch: list[tuple[float, bytes]] = []
-        self.waiters: list[asyncio.Future[None]] = []
 
 
 class Store:
@@ -458,24 +456,8 @@ class Store:
         self.sync = sync
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._pending = _Batch()
-        self._urgent = False  # the pending batch holds a write that must not wait
-        self._scheduled = False  # a commit is due at the next loop iteration
-        self._committing: _Batch | None = None  # the batch on the writer's thread
-        self._idle = asyncio.Event()  # nothing pending, nothing committing (for close)
-        self._idle.set()
-        self._lazy_timer: asyncio.TimerHandle | None = None
-        self.lazy_delay = lazy_delay
-        self._closing = False
-        self.commits = 0  # batches committed, for metrics and tests
-        self.committed_writes = 0  # writes those batches carried (group commit's gain)
-        self.commit_seconds = 0.0  # from a batch's start to its waiters resolved
-        # Told of each committed batch: its seconds and its number of writes (metrics).
-        self.on_commit: Callable[[float, int], None] | None = None
-        # Where a commit's time goes (seconds, summed over commits): a write waiting for the
-        # batch to start, the hand-over to the writer's thread, the statements, COMMIT
-        # (the fsync), and the hand-back to the loop.
-        self.split = {"queued": 0.0, "handover": 0.0, "statements": 0.0, "commit": 0.0, "handback": 0.0}
+        # Writes queued in one loop iteration commit together (see pyrexisd.group_commit).
+        self.group_commit = GroupCommit(_Batch, self._apply, self._writer_conn, self._after_commit, lazy_delay)
 
     # -- lifecycle --------------------------------------------------------------------
     async def open(self) -> None:
@@ -519,10 +501,8 @@ class Store:
 
     async def close(self) -> None:
         """Commit what is pending, then close both connections."""
-        self._closing = True
         if self._writer is not None:
-            self.hurry()
-            await self._idle.wait()
+            await self.group_commit.drain()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -589,7 +569,7 @@ class Store:
         cannot commit. ``prunes``: seqs of finished jobs to delete with their logs and
         outputs (retention); the file gives a few freed pages back after that commit.
         """
-        batch = self._pending
+        batch = self.group_commit.pending
         if jobs:
             batch.jobs.extend(map(job_params, jobs))
         if new_jobs:
@@ -631,108 +611,16 @@ class Store:
             batch.cache_touch.extend(cache.touch)
         if prunes:
             batch.prunes.extend((seq,) for seq in prunes)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        if not batch.waiters:
-            batch.first_at = time.perf_counter()
-            self._idle.clear()
-        batch.waiters.append(fut)
-        if not lazy and linger is None:
-            self._urgent = True
-            self._schedule()
-        else:
-            delay = self.lazy_delay if linger is None else linger
-            timer = self._lazy_timer
-            if timer is None or timer.when() > loop.time() + delay:
-                if timer is not None:
-                    timer.cancel()
-                self._lazy_timer = loop.call_later(delay, self.hurry)
-        return fut
+        return self.group_commit.enqueue(lazy, linger)
 
-    @property
-    def committing(self) -> bool:
-        """A batch is on its way to the disk now."""
-        return self._committing is not None
-
-    def hurry(self) -> None:
-        """Commit what is pending now, lazy writes included (someone waits on them)."""
-        if self._lazy_timer is not None:
-            self._lazy_timer.cancel()
-            self._lazy_timer = None
-        if self._pending.waiters:
-            self._urgent = True
-            self._schedule()
-
-    def _schedule(self) -> None:
-        # Everything written during this loop iteration goes into the same batch.
-        if not self._scheduled and self._committing is None:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start)
-
-    def _start(self) -> None:
-        """Hand the pending batch to the writer's thread: one hop, one call, one fsync."""
-        self._scheduled = False
-        batch = self._pending
-        if self._committing is not None or not batch.waiters:
-            return
-        self._pending = _Batch()
-        self._urgent = False
-        if self._lazy_timer is not None:  # what it was armed for rides with this batch
-            self._lazy_timer.cancel()
-            self._lazy_timer = None
-        self._committing = batch
-        loop = asyncio.get_running_loop()
-        conn = self._writer_conn()
-        raw = conn._conn  # noqa: SLF001 - aiosqlite's sqlite3 connection, used on its thread
-        batch.started = time.perf_counter()
-
-        def on_thread() -> None:
-            error: BaseException | None = None
+    def _after_commit(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        # On the writer's thread, after a batch that pruned: the file gives a few freed
+        # pages back (a small step: the next batch waits behind it that long at most).
+        if batch.prunes:
             try:
-                self._apply(raw, batch)
-            except BaseException as exc:  # noqa: BLE001 - sqlite3.Error, OSError: the disk's
-                error = exc
-            loop.call_soon_threadsafe(self._finished, batch, error)
-            if batch.prunes and error is None:
-                # After the batch's waiters are answered: a small step, and the next batch
-                # queues behind it on this thread for that long at most.
-                try:
-                    raw.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
-                except sqlite3.Error as exc:
-                    log.warning("incremental vacuum failed: %s", exc)
-
-        # aiosqlite's own queue to its connection thread: the commit's function runs there
-        # and calls back by itself, so a batch costs no asyncio future and no task.
-        conn._tx.put_nowait((None, on_thread))  # noqa: SLF001
-
-    def _finished(self, batch: _Batch, error: BaseException | None) -> None:
-        self._committing = None
-        if error is not None:
-            err = StorageError(f"could not commit: {error}")
-            log.error("group commit of %d writes failed: %s", len(batch.waiters), error)
-            for fut in batch.waiters:
-                if not fut.done():
-                    fut.set_exception(err)
-        else:
-            now = time.perf_counter()
-            self.commits += 1
-            self.committed_writes += len(batch.waiters)
-            self.commit_seconds += now - batch.started
-            if self.on_commit is not None:
-                self.on_commit(now - batch.started, len(batch.waiters))
-            split = self.split
-            split["queued"] += batch.started - batch.first_at
-            split["handover"] += batch.on_thread - batch.started
-            split["statements"] += batch.statements_done - batch.on_thread
-            split["commit"] += batch.committed - batch.statements_done
-            split["handback"] += now - batch.committed
-            for fut in batch.waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        if self._pending.waiters and (self._urgent or self._closing):
-            self._schedule()
-        elif not self._pending.waiters:
-            self._idle.set()
+                conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+            except sqlite3.Error as exc:
+                log.warning("incremental vacuum failed: %s", exc)
 
     def _apply(self, conn: sqlite3.Connection, batch: _Batch) -> None:
         # Runs on aiosqlite's thread: one transaction, one executemany per table.

@@ -132,12 +132,12 @@ async def test_an_end_and_the_next_start_share_one_commit(h: CoreHarness) -> Non
     assert second["status"] == "pending"
     await h.started(first["job_id"])
     await asyncio.sleep(0.02)  # let submit commits settle
-    commits = h.store.commits
+    commits = h.store.group_commit.commits
     h.executor.finish(first["job_id"], Outcome.success(42))
     done = await h.service.wait(ADMIN, first["job_id"], 5)
     assert (done["status"], done["result"]) == ("completed", 42)
     await h.started(second["job_id"])
-    assert h.store.commits == commits + 1
+    assert h.store.group_commit.commits == commits + 1
     assert (await h.stored(second["job_id"])).status == "running"
 
 
@@ -232,18 +232,18 @@ async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2
     a, b, c, d = [(await h2.service.submit(ADMIN, {"task": "work"}))["job_id"] for _ in range(4)]
     await h2.started(a)
     await h2.started(b)
-    commits = h2.store.commits
+    commits = h2.store.group_commit.commits
 
     h2.executor.finish(a)
     await asyncio.sleep(0.05)
-    assert h2.store.commits == commits, "a's end should wait for b's"
+    assert h2.store.group_commit.commits == commits, "a's end should wait for b's"
     assert (await h2.stored(a)).status == "running"
     assert c not in h2.executor.running
 
     h2.executor.finish(b)  # nothing else runs now: no linger, and a's writes ride along
     await h2.started(c)
     await h2.started(d)
-    assert h2.store.commits == commits + 1
+    assert h2.store.group_commit.commits == commits + 1
     assert (await h2.stored(a)).status == "completed" and (await h2.stored(b)).status == "completed"
 
     # The last two: d's end lingers for c's; c's end then has nothing to wait for.
@@ -407,11 +407,11 @@ async def test_an_end_nobody_waits_for_rides_with_the_next_commit_and_a_waiter_h
         await h.started(job["job_id"])
         seq = (await h.stored(job["job_id"])).seq
         await asyncio.sleep(0.01)
-        commits = h.store.commits
+        commits = h.store.group_commit.commits
         h.executor.finish(job["job_id"], Outcome.success(5))
         await h.until(lambda: h.core.ledger.is_locked(seq), what="the end to be queued")
         await asyncio.sleep(0.1)  # an urgent write would have committed long since
-        assert h.store.commits == commits
+        assert h.store.group_commit.commits == commits
         assert (await h.stored(job["job_id"])).status == "running"
         record = await asyncio.wait_for(h.service.wait(ADMIN, job["job_id"], None), 5)
         assert (record["status"], record["result"]) == ("completed", 5)
@@ -425,9 +425,9 @@ async def test_an_end_rides_with_the_next_submit(tmp_path: Any) -> None:
         seq = (await h.stored(job["job_id"])).seq
         h.executor.finish(job["job_id"])
         await h.until(lambda: h.core.ledger.is_locked(seq), what="the end to be queued")
-        commits = h.store.commits
+        commits = h.store.group_commit.commits
         await h.service.submit(ADMIN, {"task": "work"})
-        assert h.store.commits == commits + 1
+        assert h.store.group_commit.commits == commits + 1
         assert (await h.stored(job["job_id"])).status == "completed"
 
 

@@ -71,7 +71,7 @@ async def test_a_new_row_changed_before_its_commit_is_stored_changed(tmp_path: P
         row.status, row.attempts, row.started_at = "running", 1, 12.0
         changed = store.write(jobs=[row])
         await asyncio.gather(created, changed)
-        assert store.commits == 1  # both in one batch
+        assert store.group_commit.commits == 1  # both in one batch
         got = await store.get_job("j")
 
     assert got == row

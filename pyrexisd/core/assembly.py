@@ -88,7 +88,7 @@ def build_core(
     scheduler = Scheduler(slots, clock, config.aging, window=window)
     hub = EventHub()
     metrics = Metrics(clock())
-    store.on_commit = metrics.committed
+    store.group_commit.on_commit = metrics.committed
     background = Background()
     owners = Owners(daemon_uid)
     ledger = Ledger(store, hub, metrics, scheduler, clock, owners)

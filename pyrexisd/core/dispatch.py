@@ -466,7 +466,7 @@ class Dispatch:
         typical = self._typical_run.get(mode)
         if typical is None or typical >= self.linger:
             return None
-        if self._working[mode] > 0 or (self._starting[mode] > 0 and self.store.committing):
+        if self._working[mode] > 0 or (self._starting[mode] > 0 and self.store.group_commit.committing):
             return self.linger
         return None
 

@@ -224,7 +224,7 @@ class Ledger:
         return Change(self, rows, created, lazy, linger)
 
     async def _until_unlocked(self, gate: Gate) -> None:
-        self.store.hurry()  # the change may be a lazy one: someone waits on it now
+        self.store.group_commit.hurry()  # the change may be a lazy one: someone waits on it now
         await gate.future()
 
     def hold(self, seqs: Iterable[int]) -> Hold:
@@ -260,7 +260,7 @@ class Ledger:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._locks and loop.time() < deadline:
-            self.store.hurry()
+            self.store.group_commit.hurry()
             await asyncio.wait({gate.future() for gate in self._locks.values()}, timeout=deadline - loop.time())
 
     def _committed(self, change: Change, olds: list[tuple[str, str]]) -> None:
@@ -432,7 +432,7 @@ class Ledger:
                 return ended  # a committed end (a change since would have dropped it)
             pinned = self._pinned.get(job_id)
             if pinned is not None and pinned.seq in self._locks:
-                self.store.hurry()  # its end may be a lazy write: it is awaited now
+                self.store.group_commit.hurry()  # its end may be a lazy write: it is awaited now
             if pinned is not None and pinned.seq not in self._locks and not pinned.terminal:
                 if visible is not None and not visible(pinned.owner):
                     raise no_such_job(job_id)

@@ -377,15 +377,16 @@ class Service:
             if state is not None:
                 out[mode] = state  # e.g. "dask": the cluster as the mode sees it
         store = self._store
-        commits = store.commits
+        group = store.group_commit
+        commits = group.commits
         out["store"] = {
             "file_bytes": store.file_bytes(),
             "commits": commits,
-            "writes_per_commit": store.committed_writes / commits if commits else 0.0,
-            "commit_ms": 1000.0 * store.commit_seconds / commits if commits else 0.0,
+            "writes_per_commit": group.committed_writes / commits if commits else 0.0,
+            "commit_ms": 1000.0 * group.commit_seconds / commits if commits else 0.0,
             # Per commit, where the time goes: writes waiting for their batch to start, the
             # hand-over to the writer's thread, the statements, COMMIT, the hand-back.
-            "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in store.split.items()},
+            "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in group.split.items()},
             "sync": store.sync,
         }
         out["completed_per_s_by_queue"] = self.metrics.completed_per_s_by_queue(self.clock())
