@@ -228,7 +228,7 @@ async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2
     ends, its end and the next start wait for the other slot (the linger made long here,
     so the test does not race a timer); when the other ends, one commit carries both ends
     and both starts. An end with nothing else running does not linger."""
-    h2.core.dispatch.linger.limit = 60.0
+    h2.core.dispatch.linger = 60.0
     a, b, c, d = [(await h2.service.submit(ADMIN, {"task": "work"}))["job_id"] for _ in range(4)]
     await h2.started(a)
     await h2.started(b)
