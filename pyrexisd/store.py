@@ -37,6 +37,7 @@ from protocol.errors import StorageError
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
 from pyrexisd.group_commit import LAZY_DELAY, Batch, GroupCommit
 from pyrexisd.packing import pack
+from pyrexisd.rows_statement import RowsStatement
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,10 +56,10 @@ _ARGS_INDEX = JOB_COLUMNS.index("args")
 # args are written from the row's packed copy (see job_params), the other blobs packed here.
 _BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS and c != "args")
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-_UPSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
-    "ON CONFLICT(seq) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in JOB_COLUMNS if c != "seq")
+_UPSERT_JOB = RowsStatement(
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES",
+    len(JOB_COLUMNS),
+    " ON CONFLICT(seq) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in JOB_COLUMNS if c != "seq"),
 )
 # New rows are plain INSERTs (no conflict to resolve); one that has not started, ended or
 # checkpointed yet leaves the columns still NULL (or at their default) out of the
@@ -68,12 +69,10 @@ _FRESH_UNSET: tuple[str, ...] = (
     "cached_from",
 )  # fmt: skip
 _FRESH_COLUMNS = tuple(c for c in JOB_COLUMNS if c not in _FRESH_UNSET)
-_INSERT_JOB = f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
-_INSERT_FRESH = f"INSERT INTO jobs ({', '.join(_FRESH_COLUMNS)}) VALUES ({', '.join('?' * len(_FRESH_COLUMNS))})"
-_INSERT_LOG = (
-    "INSERT OR REPLACE INTO logs (job_seq, seq, stream, line, time) VALUES (?, ?, ?, ?, ?)"
-)
-_INSERT_OUTPUT = "INSERT OR REPLACE INTO outputs (job_seq, seq, value, time) VALUES (?, ?, ?, ?)"
+_INSERT_JOB = RowsStatement(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES", len(JOB_COLUMNS))
+_INSERT_FRESH = RowsStatement(f"INSERT INTO jobs ({', '.join(_FRESH_COLUMNS)}) VALUES", len(_FRESH_COLUMNS))
+_INSERT_LOG = RowsStatement("INSERT OR REPLACE INTO logs (job_seq, seq, stream, line, time) VALUES", 5)
+_INSERT_OUTPUT = RowsStatement("INSERT OR REPLACE INTO outputs (job_seq, seq, value, time) VALUES", 4)
 _UPSERT_QUEUE = (
     "INSERT INTO queues (name, paused, weight, max_concurrency, aging) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused, weight = excluded.weight, "
@@ -635,15 +634,15 @@ class Store:
                 conn.executemany(f"DELETE FROM jobs WHERE seq = ? AND status IN {TERMINAL_SQL}", batch.prunes)
             # New rows next: any other write of them in this batch was made after.
             if batch.fresh_jobs:
-                conn.executemany(_INSERT_FRESH, batch.fresh_jobs)
+                _INSERT_FRESH.run(conn, batch.fresh_jobs)
             if batch.new_jobs:
-                conn.executemany(_INSERT_JOB, batch.new_jobs)
+                _INSERT_JOB.run(conn, batch.new_jobs)
             if batch.jobs:
-                conn.executemany(_UPSERT_JOB, batch.jobs)
+                _UPSERT_JOB.run(conn, batch.jobs)
             if batch.logs:
-                conn.executemany(_INSERT_LOG, batch.logs)
+                _INSERT_LOG.run(conn, batch.logs)
             if batch.outputs:
-                conn.executemany(_INSERT_OUTPUT, batch.outputs)
+                _INSERT_OUTPUT.run(conn, batch.outputs)
             if batch.queues:
                 conn.executemany(_UPSERT_QUEUE, batch.queues)
             if batch.settings:
