@@ -41,7 +41,7 @@ from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
 from pyrexisd.core.owners import Owners
-from pyrexisd.core.queues import Queues
+from pyrexisd.core.queues import QueueChanges, Queues
 from pyrexisd.core.retention import CleanFilter, Retention
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
@@ -50,7 +50,7 @@ from pyrexisd.metrics import Metrics
 from pyrexisd.prometheus import Exporter, cache_families, pipeline_families
 from pyrexisd.recurring import Recurring
 from pyrexisd.scheduler import Scheduler
-from pyrexisd.store import QueueChanges, Store
+from pyrexisd.store import Store
 from pyrexisd.tasks.registry import Registry
 
 LOG_PAGE = 1000  # log lines or outputs read from the store at a time
@@ -129,7 +129,7 @@ class Service:
         known: dict[str, str] = {}
         if any(a.spec.depends_on for a in admitted):
             external = Admission.external_dependencies(admitted)
-            found = await self._store.get_jobs_by_id(external) if external else {}
+            found = await self._store.reads.get_jobs_by_id(external) if external else {}
             known = self.admission.check_dependencies(caller, admitted, found, batch)
         existing = await self._resubmits(caller, admitted, batch)
         served = 0
@@ -154,9 +154,9 @@ class Service:
             return {}
         # A submit of the same id may be committing right now: read once it is done.
         await self.ledger.claims_settled(wanted)
-        rows = await self._store.get_jobs_by_id(list(wanted))
+        rows = await self._store.reads.get_jobs_by_id(list(wanted))
         while await self.ledger.claims_settled(wanted):
-            rows = await self._store.get_jobs_by_id(list(wanted))
+            rows = await self._store.reads.get_jobs_by_id(list(wanted))
         out = self.admission.resubmits(caller, admitted, rows, batch)
         for job_id, i in wanted.items():
             if i not in out and self.ledger.claimed(job_id):
@@ -302,7 +302,7 @@ class Service:
 
     async def find(self, caller: Caller, job_id: str) -> JobRow | None:
         """The job's stored row, or None (also when ``caller`` may not see it)."""
-        row = await self._store.get_job(job_id)
+        row = await self._store.reads.get_job(job_id)
         return row if row is not None and self.owners.sees(caller, row.owner) else None
 
     async def wait(self, caller: Caller, job_id: str, timeout: float | None) -> dict[str, Any]:
@@ -332,7 +332,7 @@ class Service:
         cursor = decode_cursor(after) if after else None
         owner = None if all_users else caller.uid
         unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
-        rows = await self._store.list_jobs(
+        rows = await self._store.reads.list_jobs(
             statuses, task, queue, limit + 1, cursor, owner, unowned, since, newest_first
         )
         more = len(rows) > limit
@@ -349,11 +349,11 @@ class Service:
 
     async def read_logs(self, job_seq: int, since: int) -> list[LogLine]:
         """Stored log lines of job ``job_seq`` from ``since``, a page at most."""
-        return await self._store.read_logs(job_seq, since, LOG_PAGE)
+        return await self._store.reads.read_logs(job_seq, since, LOG_PAGE)
 
     async def read_outputs(self, job_seq: int, since: int) -> list[OutputItem]:
         """Stored outputs of job ``job_seq`` from ``since``, a page at most."""
-        return await self._store.read_outputs(job_seq, since, LOG_PAGE)
+        return await self._store.reads.read_outputs(job_seq, since, LOG_PAGE)
 
     def log_signal(self, job_seq: int) -> asyncio.Future[None]:
         """Resolves at the next commit of log lines, outputs or an end of ``job_seq``."""
