@@ -415,7 +415,7 @@ class Daemon:
             core.service.reloader = Reloader(core, self.source, config, server).reload
         watchdog: asyncio.Task[None] | None = None
         http = None if self.http is None else self.http.listener(handlers, config, STOP_COMMIT_WAIT)
-        core.service.exporter.add(lambda: connection_figures(server, http))
+        core.stats.exporter.add(lambda: connection_figures(server, http))
         try:
             await server.listen(listening, None if where is None else lambda: _remove_socket(where))
             if http is not None:

@@ -22,6 +22,7 @@ from protocol.status import ALL_STATUSES, TERMINAL
 from pyrexisd import __version__
 from pyrexisd.access import Caller
 from pyrexisd.core.model import JobRow
+from pyrexisd.core.queues import QueueChanges
 from pyrexisd.core.service import LOG_PAGE, Service
 from pyrexisd.events import (
     EventFilter,
@@ -34,7 +35,6 @@ from pyrexisd.events import (
 )
 from pyrexisd.prometheus import CONTENT_TYPE
 from pyrexisd.server import Handler, Stream
-from pyrexisd.store import QueueChanges
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -20,7 +20,8 @@ from croniter import croniter
 
 from protocol.errors import Conflict, InvalidRequest, NotFound, PyrexisError
 from pyrexisd.access import Caller
-from pyrexisd.store import Schedule, Store
+from pyrexisd.store import Store
+from pyrexisd.store_schema import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Recurring:
         self.stopped = False
 
     async def start(self) -> None:
-        for row in await self.store.load_schedules():
+        for row in await self.store.reads.load_schedules():
             self.schedules[row.name] = row
         self._arm()
 

@@ -26,10 +26,10 @@ from protocol.errors import InvalidState, PyrexisError, WireError
 from pyrexisd import logs
 from pyrexisd.config import OPTIONS, OPTIONS_BY_KEY, Config, ConfigError, QueueDecl, ScheduleDecl
 from pyrexisd.core.assembly import Core
+from pyrexisd.core.queues import QueueChanges
 from pyrexisd.core.retention import Rules
 from pyrexisd.server import Server
 from pyrexisd.settings import ConfigSource, changed_keys
-from pyrexisd.store import QueueChanges
 
 log = logging.getLogger("pyrexisd")
 
@@ -129,7 +129,7 @@ async def apply_schedules(core: Core, declared: Mapping[str, ScheduleDecl]) -> N
     """Make the stored schedules agree with the declared ones (see the module docstring)."""
     service = core.service
     recurring = service.schedules
-    made = set((await core.store.settings()).get(DECLARED_SCHEDULES) or ())
+    made = set((await core.store.reads.settings()).get(DECLARED_SCHEDULES) or ())
     daemon = service.owners.caller_for(None)
     for name in sorted(made - set(declared)):
         if name in recurring.schedules:

@@ -1,6 +1,6 @@
 """The durable store: SQLite through aiosqlite, with group commit.
 
-One object owns two aiosqlite connections to one WAL database:
+One object owns the database file and two aiosqlite connections to it, in WAL mode:
 
 * the *writer*, used only by the group commit. Whoever wants something durable calls
   :meth:`Store.write` and awaits the future it returns. Everything written during one
@@ -10,25 +10,24 @@ One object owns two aiosqlite connections to one WAL database:
   hand-over to aiosqlite's thread and the lazy and lingering writes are
   :class:`~pyrexisd.group_commit.GroupCommit`'s (``Store.group_commit``); the store
   turns writes into the statements' parameters and runs the statements.
-* the *reader*, for every query. WAL shows it committed data only, so a client never
-  reads a state that is not durable (a read between BEGIN and COMMIT on the writer would).
+* the *reader*, for every query: :class:`~pyrexisd.store_reads.Reads`
+  (``Store.reads``), which sees committed data only.
 
-Rows are serialised when :meth:`write` is called, so the caller may keep changing its
-in-memory copy while the batch waits.
+The tables and the records they hold are :mod:`pyrexisd.store_schema`'s; opening the
+store makes or migrates them. Rows are serialised when :meth:`write` is called, so the
+caller may keep changing its in-memory copy while the batch waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import operator
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiosqlite
 import msgpack
@@ -38,24 +37,21 @@ from pyrexisd.core.model import JobRow, LogLine, OutputItem
 from pyrexisd.group_commit import LAZY_DELAY, Batch, GroupCommit
 from pyrexisd.packing import pack
 from pyrexisd.rows_statement import RowsStatement
+from pyrexisd.store_reads import Reads
+from pyrexisd.store_schema import (
+    ARGS_INDEX,
+    BLOB_INDEXES,
+    JOB_COLUMNS,
+    MIGRATIONS,
+    TERMINAL_SQL,
+    CacheWrites,
+    QueueSettings,
+)
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SYNC_MODES = ("full", "normal")
 
-JOB_COLUMNS: tuple[str, ...] = (
-    "seq", "job_id", "task", "args", "queue", "priority", "mode", "status", "created_at",
-    "max_retries", "on_interrupt", "dependency_policy", "depends_on", "labels", "timeout",
-    "attempts", "round_base", "started_at", "finished_at", "run_at", "enqueued_at",
-    "result", "error", "progress", "log_seq", "spec_digest", "output_seq", "pid", "pid_start",
-    "sched_key", "owner", "pipeline", "cached_from",
-)  # fmt: skip
-_BLOBS = frozenset({"args", "depends_on", "labels", "result", "error", "progress", "pipeline"})
-_ARGS_INDEX = JOB_COLUMNS.index("args")
-# args are written from the row's packed copy (see job_params), the other blobs packed here.
-_BLOB_INDEXES = tuple(i for i, c in enumerate(JOB_COLUMNS) if c in _BLOBS and c != "args")
-_SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _UPSERT_JOB = RowsStatement(
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES",
     len(JOB_COLUMNS),
@@ -91,124 +87,6 @@ _UPSERT_SETTING = (
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
 
-# Each entry upgrades the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY,
-        job_id TEXT NOT NULL UNIQUE,
-        task TEXT NOT NULL,
-        args BLOB NOT NULL,
-        queue TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        mode TEXT NOT NULL,
-        status TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        max_retries INTEGER NOT NULL,
-        on_interrupt TEXT NOT NULL,
-        dependency_policy TEXT NOT NULL,
-        depends_on BLOB NOT NULL,
-        labels BLOB NOT NULL,
-        timeout REAL,
-        attempts INTEGER NOT NULL,
-        round_base INTEGER NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        run_at REAL,
-        enqueued_at REAL NOT NULL,
-        result BLOB,
-        error BLOB,
-        progress BLOB,
-        log_seq INTEGER NOT NULL,
-        spec_digest BLOB NOT NULL
-    );
-    CREATE INDEX jobs_created ON jobs (created_at, job_id);
-    CREATE INDEX jobs_status ON jobs (status, created_at, job_id);
-    CREATE INDEX jobs_queue ON jobs (queue, created_at, job_id);
-    CREATE TABLE logs (
-        job_seq INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        stream TEXT NOT NULL,
-        line TEXT NOT NULL,
-        time REAL NOT NULL,
-        PRIMARY KEY (job_seq, seq)
-    ) WITHOUT ROWID;
-    CREATE TABLE queues (
-        name TEXT PRIMARY KEY,
-        paused INTEGER NOT NULL,
-        weight REAL NOT NULL,
-        max_concurrency INTEGER,
-        aging REAL NOT NULL
-    );
-    CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB);
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN output_seq INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE outputs (
-        job_seq INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        value BLOB NOT NULL,
-        time REAL NOT NULL,
-        PRIMARY KEY (job_seq, seq)
-    ) WITHOUT ROWID;
-    """,
-    """
-    CREATE TABLE schedules (
-        name TEXT PRIMARY KEY,
-        cron TEXT,
-        every REAL,
-        job BLOB NOT NULL,
-        next_run REAL NOT NULL,
-        created_at REAL NOT NULL,
-        last_run REAL,
-        last_job_id TEXT
-    );
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN pid INTEGER;
-    ALTER TABLE jobs ADD COLUMN pid_start INTEGER;
-    """,
-    # The scheduler's static key of a pending job, so that the jobs beyond its windows are
-    # read back in its order (a partial index: only pending jobs are ever paged in).
-    # Filled in for older rows at start-up, where the queues' aging rates are known.
-    """
-    ALTER TABLE jobs ADD COLUMN sched_key REAL;
-    CREATE INDEX jobs_ready ON jobs (queue, mode, sched_key, seq) WHERE status = 'pending';
-    """,
-    # Ownership: the submitter's uid (NULL for older jobs and schedules, which belong to
-    # whoever runs the daemon); "my jobs" pages through the owner's index.
-    """
-    ALTER TABLE jobs ADD COLUMN owner INTEGER;
-    CREATE INDEX jobs_owner ON jobs (owner, created_at, job_id);
-    ALTER TABLE schedules ADD COLUMN owner INTEGER;
-    """,
-    # A pipeline job's state: per-stage figures and where a resume starts (NULL for
-    # other jobs). Checkpoints update it, with the outputs they cover, in one commit.
-    """
-    ALTER TABLE jobs ADD COLUMN pipeline BLOB;
-    """,
-    # The result cache (pyrexisd.core.cache): one row per (task code, args, owner) digest,
-    # its result packed; a job answered from it names the job whose result it reused.
-    """
-    ALTER TABLE jobs ADD COLUMN cached_from TEXT;
-    CREATE TABLE cache (
-        key BLOB PRIMARY KEY,
-        task TEXT NOT NULL,
-        owner INTEGER,
-        job_id TEXT NOT NULL,
-        result BLOB NOT NULL,
-        stored_at REAL NOT NULL,
-        expires_at REAL,
-        used_at REAL NOT NULL
-    );
-    """,
-    # Retention: finished jobs in the order they ended, for pruning the oldest first.
-    """
-    CREATE INDEX jobs_finished ON jobs (finished_at, seq) WHERE status IN ('completed', 'failed', 'cancelled');
-    """,
-)
-
-TERMINAL_SQL = "('completed', 'failed', 'cancelled')"
 # The WAL file is cut back to this size after a checkpoint (it is reused, not regrown).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Pages given back to the file system after each prune: small steps, so the writer's
@@ -230,122 +108,8 @@ async def _is_empty(conn: aiosqlite.Connection) -> bool:
     return row is not None and int(row[0]) == 0
 
 
-@dataclass(frozen=True, slots=True)
-class QueueSettings:
-    name: str
-    paused: bool
-    weight: float
-    max_concurrency: int | None
-    aging: float
-
-
-@dataclass(frozen=True, slots=True)
-class CacheRow:
-    """One entry of the result cache as stored (``result`` packed)."""
-
-    key: bytes
-    task: str
-    owner: int | None
-    job_id: str
-    result: bytes
-    stored_at: float
-    expires_at: float | None
-    used_at: float
-
-
-@dataclass(slots=True)
-class CacheWrites:
-    """Changes of the result cache for one group commit: entries stored, entries
-    dropped (by key), and entries used (``(used_at, key)``, for the LRU order)."""
-
-    put: Sequence[CacheRow] = ()
-    drop: Sequence[bytes] = ()
-    touch: Sequence[tuple[float, bytes]] = ()
-
-
-class QueueChanges(TypedDict, total=False):
-    """Some of a queue's settings, to change (``max_concurrency=None`` removes the cap)."""
-
-    paused: bool
-    weight: float
-    max_concurrency: int | None
-    aging: float
-
-
-@dataclass(slots=True)
-class Schedule:
-    """A recurring job: its definition and where it stands."""
-
-    name: str
-    cron: str | None
-    every: float | None
-    job: dict[str, Any]
-    next_run: float
-    created_at: float
-    last_run: float | None = None
-    last_job_id: str | None = None
-    owner: int | None = None  # who added it: its runs are that user's jobs
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "cron": self.cron,
-            "every": self.every,
-            "job": self.job,
-            "next_run": self.next_run,
-            "last_run": self.last_run,
-            "last_job_id": self.last_job_id,
-            "owner": self.owner,
-        }
-
-    def job_id_for(self, slot: float) -> str:
-        """The job id of the run for ``slot``: the same for the same slot (so a run is never
-        submitted twice), distinct for distinct slots (microseconds: ``every`` may be < 1 s)."""
-        name = self.name
-        if len(name) > 120:  # job ids are limited to 200 characters
-            name = name[:80] + "~" + hashlib.sha1(name.encode()).hexdigest()[:12]
-        return f"{name}@{self.created_at:.0f}:{slot:.6f}"
-
-
 def _pack(value: Any) -> bytes:
     return pack(value)  # on the loop's thread, like every write
-
-
-def _unpack(blob: bytes | None) -> Any:
-    if blob is None:
-        return None
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
-
-
-def _rows_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> list[Any]:
-    """The rows of ``sql`` (its ``{marks}`` an IN list) for all ``values``, queried 500 at
-    a time: well below SQLite's bound-parameter limit."""
-    out: list[Any] = []
-    for i in range(0, len(values), 500):
-        chunk = values[i : i + 500]
-        out.extend(conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk))
-    return out
-
-
-def _filters(
-    owner: int | None, unowned_too: bool, statuses: Sequence[str] | None, task: str | None, queue: str | None
-) -> tuple[list[str], list[Any]]:
-    """WHERE terms and their parameters for the filters ``list`` and ``clean`` share."""
-    where: list[str] = []
-    params: list[Any] = []
-    if owner is not None:
-        where.append("(owner = ? OR owner IS NULL)" if unowned_too else "owner = ?")
-        params.append(owner)
-    if statuses:
-        where.append(f"status IN ({','.join('?' * len(statuses))})")
-        params.extend(statuses)
-    if task is not None:
-        where.append("task = ?")
-        params.append(task)
-    if queue is not None:
-        where.append("queue = ?")
-        params.append(queue)
-    return where, params
 
 
 _COLUMN_VALUES = operator.attrgetter(*JOB_COLUMNS)
@@ -358,13 +122,13 @@ def job_params(row: JobRow) -> tuple[Any, ...]:
     blobs that are set are packed.
     """
     values = list(_COLUMN_VALUES(row))
-    for i in _BLOB_INDEXES:
+    for i in BLOB_INDEXES:
         value = values[i]
         if value is not None:
             values[i] = _pack(value) if value or not isinstance(value, (list, dict)) else _EMPTY[type(value)]
     if row.args_blob is None:
         row.args_blob = _pack(row.args)
-    values[_ARGS_INDEX] = row.args_blob
+    values[ARGS_INDEX] = row.args_blob
     return tuple(values)
 
 
@@ -395,17 +159,6 @@ def fresh_params(row: JobRow) -> tuple[Any, ...] | None:
 
 _EMPTY_LIST = _EMPTY[list]
 _EMPTY_DICT = _EMPTY[dict]
-
-
-def job_from_db(values: Sequence[Any]) -> JobRow:
-    out = list(values)
-    for i in _BLOB_INDEXES:
-        out[i] = _unpack(out[i])
-    args_blob = out[_ARGS_INDEX]
-    out[_ARGS_INDEX] = _unpack(args_blob)
-    row = JobRow(**dict(zip(JOB_COLUMNS, out, strict=True)))
-    row.args_blob = args_blob
-    return row
 
 
 class _Batch(Batch):
@@ -454,7 +207,7 @@ class Store:
         self.on_rewrite = on_rewrite
         self.sync = sync
         self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self.reads = Reads()  # every query, on the reader connection
         # Writes queued in one loop iteration commit together (see pyrexisd.group_commit).
         self.group_commit = GroupCommit(_Batch, self._apply, self._writer_conn, self._after_commit, lazy_delay)
 
@@ -471,9 +224,7 @@ class Store:
             await self._writer.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             await self._migrate(self._writer)
             await self._incremental_vacuum_on(self._writer)
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._reader.execute("PRAGMA query_only=1")
-            await self._reader.execute("PRAGMA busy_timeout=5000")
+            await self.reads.open(self.path)
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
@@ -502,10 +253,10 @@ class Store:
         """Commit what is pending, then close both connections."""
         if self._writer is not None:
             await self.group_commit.drain()
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        await self.reads.close()
+        if self._writer is not None:
+            await self._writer.close()
+        self._writer = None
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -679,272 +430,12 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
 
-    # -- reads ------------------------------------------------------------------------
     def _writer_conn(self) -> aiosqlite.Connection:
         if self._writer is None:
             raise StorageError("the store is closed")
         return self._writer
 
-    def _reader_conn(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise StorageError("the store is closed")
-        return self._reader
-
-    async def _in_thread(
-        self, conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any
-    ) -> T:
-        """Run ``fn(sqlite3_connection, *args)`` on ``conn``'s thread in one hop."""
-        raw = conn._conn  # noqa: SLF001 - aiosqlite's sqlite3 connection, used on its thread
-        # aiosqlite leaves its private ``_execute`` unannotated: it returns ``fn``'s result.
-        execute = cast("Callable[..., Awaitable[T]]", conn._execute)  # noqa: SLF001
-        return await execute(fn, raw, *args)
-
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await self._in_thread(self._reader_conn(), fn, *args)
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not read: {exc}") from exc
-
-    async def get_job(self, job_id: str) -> JobRow | None:
-        def q(conn: sqlite3.Connection) -> JobRow | None:
-            row = conn.execute(f"{_SELECT_JOB} WHERE job_id = ?", (job_id,)).fetchone()
-            return job_from_db(row) if row else None
-
-        return await self._read(q)
-
-    async def get_jobs(self, seqs: Sequence[int]) -> dict[int, JobRow]:
-        """The jobs with these seqs (those that exist), by seq."""
-        rows = await self._select_in("seq", seqs)
-        return {row.seq: row for row in rows}
-
-    async def get_jobs_by_id(self, job_ids: Sequence[str]) -> dict[str, JobRow]:
-        """The jobs with these ids (those that exist), by job id."""
-        rows = await self._select_in("job_id", job_ids)
-        return {row.job_id: row for row in rows}
-
-    async def _select_in(self, column: str, values: Sequence[Any]) -> list[JobRow]:
-        def q(conn: sqlite3.Connection) -> list[JobRow]:
-            return [job_from_db(r) for r in _rows_in(conn, f"{_SELECT_JOB} WHERE {column} IN ({{marks}})", values)]
-
-        return await self._read(q)
-
-    async def list_jobs(
-        self,
-        statuses: Sequence[str] | None,
-        task: str | None,
-        queue: str | None,
-        limit: int,
-        after: tuple[float, str] | None,
-        owner: int | None = None,
-        unowned_too: bool = False,
-        since: float | None = None,
-        newest_first: bool = False,
-    ) -> list[JobRow]:
-        """Jobs oldest first (``created_at``, then ``job_id``), strictly after ``after``
-        (or newest first, strictly before it), created at ``since`` or later; only
-        ``owner``'s when given (and the jobs without an owner, with ``unowned_too``)."""
-        where, params = _filters(owner, unowned_too, statuses, task, queue)
-        if after is not None:
-            where.append("(created_at, job_id) < (?, ?)" if newest_first else "(created_at, job_id) > (?, ?)")
-            params.extend(after)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(since)
-        sql = _SELECT_JOB
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?" if newest_first else " ORDER BY created_at, job_id LIMIT ?"
-        params.append(limit)
-
-        def q(conn: sqlite3.Connection) -> list[JobRow]:
-            return [job_from_db(r) for r in conn.execute(sql, params)]
-
-        return await self._read(q)
-
-    async def read_logs(self, job_seq: int, since: int, limit: int) -> list[LogLine]:
-        rows = await self._page("logs", "job_seq, seq, stream, line, time", job_seq, since, limit)
-        return [LogLine(*r) for r in rows]
-
-    async def read_outputs(self, job_seq: int, since: int, limit: int) -> list[OutputItem]:
-        rows = await self._page("outputs", "job_seq, seq, value, time", job_seq, since, limit)
-        return [OutputItem(j, s, _unpack(v), t) for j, s, v, t in rows]
-
-    async def _page(self, table: str, columns: str, job_seq: int, since: int, limit: int) -> list[Any]:
-        """A job's rows of ``logs`` or ``outputs`` from ``since`` on, in seq order."""
-        sql = f"SELECT {columns} FROM {table} WHERE job_seq = ? AND seq >= ? ORDER BY seq LIMIT ?"
-
-        def q(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(sql, (job_seq, since, limit)).fetchall()
-
-        return await self._read(q)
-
-    async def max_log_seq(self, job_seq: int) -> int:
-        def q(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT max(seq) FROM logs WHERE job_seq = ?", (job_seq,)).fetchone()
-            return int(row[0] or 0)
-
-        return await self._read(q)
-
-    async def max_seq(self) -> int:
-        def q(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[0])
-
-        return await self._read(q)
-
-    async def counts(self) -> list[tuple[str, str, str, int | None, str, int]]:
-        """(queue, status, mode, owner, task, count) over every job, for the in-memory counters."""
-
-        def q(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, str, int]]:
-            return list(
-                conn.execute("SELECT queue, status, mode, owner, task, count(*) FROM jobs GROUP BY 1, 2, 3, 4, 5")
-            )
-
-        return await self._read(q)
-
-    async def deferred(self) -> list[tuple[int, float]]:
-        """``(seq, run_at)`` of every scheduled and retrying job."""
-
-        def q(conn: sqlite3.Connection) -> list[tuple[int, float]]:
-            rows = conn.execute("SELECT seq, run_at FROM jobs WHERE status IN ('scheduled', 'retrying')")
-            return [(seq, run_at or 0.0) for seq, run_at in rows]
-
-        return await self._read(q)
-
-    async def pending_counts(self) -> list[tuple[str, str, int]]:
-        """``(queue, mode, count)`` of the pending jobs (from the ready index alone)."""
-
-        def q(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-            return conn.execute(
-                "SELECT queue, mode, count(*) FROM jobs INDEXED BY jobs_ready "
-                "WHERE status = 'pending' GROUP BY queue, mode"
-            ).fetchall()
-
-        return await self._read(q)
-
-    async def unkeyed_queues(self) -> list[str]:
-        """Queues with pending jobs whose scheduler key is not stored (older rows)."""
-
-        def q(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT DISTINCT queue FROM jobs INDEXED BY jobs_ready "
-                "WHERE status = 'pending' AND sched_key IS NULL"
-            )
-            return [r[0] for r in rows]
-
-        return await self._read(q)
-
-    async def read_page(self, queue: str, mode: str, after: tuple[float, int], limit: int) -> list[JobRow]:
-        """Up to ``limit`` pending jobs of ``queue`` in ``mode`` past ``after`` in the
-        scheduler's order (``(sched_key, seq)``), in that order."""
-
-        def q(conn: sqlite3.Connection) -> list[JobRow]:
-            rows = conn.execute(
-                f"{_SELECT_JOB} INDEXED BY jobs_ready WHERE status = 'pending' AND queue = ? AND mode = ? "
-                "AND (sched_key, seq) > (?, ?) ORDER BY sched_key, seq LIMIT ?",
-                (queue, mode, after[0], after[1], limit),
-            )
-            return [job_from_db(r) for r in rows]
-
-        return await self._read(q)
-
-    async def jobs_with_status(self, status: str) -> list[JobRow]:
-        def q(conn: sqlite3.Connection) -> list[JobRow]:
-            return [job_from_db(r) for r in conn.execute(f"{_SELECT_JOB} WHERE status = ?", (status,))]
-
-        return await self._read(q)
-
-    async def queue_settings(self) -> list[QueueSettings]:
-        def q(conn: sqlite3.Connection) -> list[QueueSettings]:
-            rows = conn.execute("SELECT name, paused, weight, max_concurrency, aging FROM queues")
-            return [QueueSettings(n, bool(p), w, m, a) for n, p, w, m, a in rows]
-
-        return await self._read(q)
-
-    async def load_schedules(self) -> list[Any]:
-        def q(conn: sqlite3.Connection) -> list[Any]:
-            rows = conn.execute(
-                "SELECT name, cron, every, job, next_run, created_at, last_run, last_job_id, owner FROM schedules"
-            )
-            return [Schedule(n, c, e, _unpack(j), nr, ca, lr, lj, o) for n, c, e, j, nr, ca, lr, lj, o in rows]
-
-        return await self._read(q)
-
-    async def cache_index(self) -> list[tuple[bytes, str, int | None, str, int, float | None]]:
-        """``(key, task, owner, job_id, size, expires_at)`` of every cache entry, least
-        recently used first (the results themselves stay on disk)."""
-
-        def q(conn: sqlite3.Connection) -> list[tuple[bytes, str, int | None, str, int, float | None]]:
-            rows = conn.execute(
-                "SELECT key, task, owner, job_id, length(result), expires_at FROM cache ORDER BY used_at, rowid"
-            )
-            return rows.fetchall()
-
-        return await self._read(q)
-
-    async def cache_results(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Any, str]]:
-        """The stored ``(result, job_id)`` of those of ``keys`` that have an entry."""
-
-        def q(conn: sqlite3.Connection) -> dict[bytes, tuple[Any, str]]:
-            out: dict[bytes, tuple[Any, str]] = {}
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                for key, blob, job_id in conn.execute(f"SELECT key, result, job_id FROM cache WHERE key IN ({marks})", chunk):
-                    out[key] = (_unpack(blob), job_id)
-            return out
-
-        return await self._read(q)
-
-    async def settings(self) -> dict[str, Any]:
-        def q(conn: sqlite3.Connection) -> dict[str, Any]:
-            return {k: _unpack(v) for k, v in conn.execute("SELECT key, value FROM settings")}
-
-        return await self._read(q)
-
-    # -- retention and backup ------------------------------------------------------------
-    async def finished_page(
-        self,
-        after: tuple[float, int],
-        limit: int,
-        before: float | None = None,
-        statuses: Sequence[str] | None = None,
-        queue: str | None = None,
-        owner: int | None = None,
-        unowned_too: bool = False,
-    ) -> list[Finished]:
-        """Up to ``limit`` finished jobs past ``after`` (``(finished_at, seq)``) in the order
-        they ended, oldest first; only those that ended before ``before``, have one of
-        ``statuses``, are in ``queue`` or are ``owner``'s, when given."""
-        where, params = _filters(owner, unowned_too, statuses, None, queue)
-        where += [f"status IN {TERMINAL_SQL}", "(finished_at, seq) > (?, ?)"]
-        params += [after[0], after[1]]
-        if before is not None:
-            where.append("finished_at < ?")
-            params.append(before)
-        sql = (
-            "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs INDEXED BY jobs_finished "
-            f"WHERE {' AND '.join(where)} ORDER BY finished_at, seq LIMIT ?"
-        )
-        params.append(limit)
-
-        def q(conn: sqlite3.Connection) -> list[Finished]:
-            return [Finished(*r) for r in conn.execute(sql, params)]
-
-        return await self._read(q)
-
-    async def finished_now(self, seqs: Sequence[int]) -> list[Finished]:
-        """Those of these jobs that are finished now (a light read: no job record)."""
-
-        sql = (
-            "SELECT seq, job_id, queue, status, owner, finished_at FROM jobs "
-            f"WHERE seq IN ({{marks}}) AND status IN {TERMINAL_SQL}"
-        )
-
-        def q(conn: sqlite3.Connection) -> list[Finished]:
-            return [Finished(*r) for r in _rows_in(conn, sql, seqs)]
-
-        return await self._read(q)
-
+    # -- the file -------------------------------------------------------------------------
     def file_bytes(self) -> int:
         """The database's size on disk: the file and its WAL."""
         total = 0
@@ -979,15 +470,3 @@ class Store:
             return await asyncio.to_thread(run)
         except sqlite3.Error as exc:
             raise StorageError(f"could not back up the database: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """A finished job as retention sees it."""
-
-    seq: int
-    job_id: str
-    queue: str
-    status: str
-    owner: int | None
-    finished_at: float

@@ -32,7 +32,7 @@ class WorkerRegistry:
         fut.add_done_callback(_report)
 
     async def kill_survivors(self) -> None:
-        recorded = (await self.store.settings()).get(SETTING) or []
+        recorded = (await self.store.reads.settings()).get(SETTING) or []
         for pid, started in recorded:
             if started is not None and procs.kill_if_same(int(pid), int(started), group=False):
                 log.warning("killed process worker %d left by the previous daemon", pid)

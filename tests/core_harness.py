@@ -21,6 +21,7 @@ from pyrexisd.config import Config
 from pyrexisd.core.assembly import Core, build_core
 from pyrexisd.executors.base import CANCELLED, Executor, JobCall, Outcome
 from pyrexisd.store import Store
+from pyrexisd.store_reads import in_thread
 from pyrexisd.tasks.registry import Registry, make_task
 
 START = 1_800_000_000.0
@@ -118,7 +119,7 @@ class CoreHarness:
             await asyncio.sleep(0.002)
 
     async def stored(self, job_id: str) -> Any:
-        row = await self.store.get_job(job_id)
+        row = await self.store.reads.get_job(job_id)
         assert row is not None, job_id
         return row
 
@@ -130,7 +131,7 @@ class CoreHarness:
         def set_timeout(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA busy_timeout={ms}")
 
-        await self.store._in_thread(self.store._writer_conn(), set_timeout)  # noqa: SLF001
+        await in_thread(self.store._writer_conn(), set_timeout)  # noqa: SLF001
 
 
 @contextmanager

@@ -128,7 +128,7 @@ async def test_a_pipeline_stage_asks_the_same_cache_per_call(h: CoreHarness) -> 
     assert cache.stats()["entries"] == 1
     digest = cache.key(cached, {"x": 5}, DAEMON_UID).digest
     for _ in range(500):  # its write is a lazy one: committed within milliseconds
-        if await h.store.cache_results([digest]):
+        if await h.store.reads.cache_results([digest]):
             break
         await asyncio.sleep(0.01)
 

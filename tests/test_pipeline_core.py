@@ -66,9 +66,9 @@ async def run_twice(path: str, cache: DictCache) -> tuple[list[Any], list[Any], 
             job = await core.service.submit(ADMIN, spec)
             done = await asyncio.wait_for(core.service.wait(ADMIN, job["job_id"], None), 30)
             assert done["status"] == "completed", done
-            row = await store.get_job(job["job_id"])
+            row = await store.reads.get_job(job["job_id"])
             assert row is not None
-            outputs.append(sorted(o.value for o in await store.read_outputs(row.seq, 1, 100)))
+            outputs.append(sorted(o.value for o in await store.reads.read_outputs(row.seq, 1, 100)))
             # The committed state covers exactly the stored outputs.
             assert row.pipeline is not None and row.pipeline["outputs"] == row.output_seq == 4
         return outputs[0], outputs[1], done

@@ -154,7 +154,7 @@ async def test_a_file_made_without_auto_vacuum_is_switched_once_and_keeps_its_da
         conn.commit()
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
     async with Store(path) as store:
-        assert (await store.get_job("old-1")) is not None
+        assert (await store.reads.get_job("old-1")) is not None
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
 

@@ -40,7 +40,7 @@ async def test_new_rows_of_every_kind_read_back_as_written(tmp_path: Path) -> No
     ]  # fmt: skip
     async with Store(str(tmp_path / "d.db")) as store:
         await store.write(new_jobs=rows)
-        got = await store.get_jobs_by_id([row.job_id for row in rows])
+        got = await store.reads.get_jobs_by_id([row.job_id for row in rows])
 
     assert [got[row.job_id] for row in rows] == rows
 
@@ -55,8 +55,8 @@ async def test_a_batch_whose_new_row_reuses_a_job_id_stores_none_of_it(tmp_path:
         batch = [new_row(2, "fresh-a"), new_row(3, "taken", task="other"), new_row(4, "fresh-b")]
         with pytest.raises(StorageError):
             await store.write(new_jobs=batch)
-        got = await store.get_jobs_by_id(["taken", "fresh-a", "fresh-b"])
-        assert await store.max_seq() == 1
+        got = await store.reads.get_jobs_by_id(["taken", "fresh-a", "fresh-b"])
+        assert await store.reads.max_seq() == 1
 
     assert got == {"taken": first}
 
@@ -72,6 +72,6 @@ async def test_a_new_row_changed_before_its_commit_is_stored_changed(tmp_path: P
         changed = store.write(jobs=[row])
         await asyncio.gather(created, changed)
         assert store.group_commit.commits == 1  # both in one batch
-        got = await store.get_job("j")
+        got = await store.reads.get_job("j")
 
     assert got == row

@@ -89,7 +89,7 @@ async def test_a_new_file_gets_the_latest_schema_in_one_step_with_one_log_line(
 
     async with Store(str(path)) as store:
         await store.write(jobs=[row])
-        got = await store.get_job("j1")
+        got = await store.reads.get_job("j1")
 
     assert store_messages(caplog) == [f"created database schema version {LATEST}"]
     assert user_version(path) == LATEST
@@ -164,10 +164,10 @@ async def test_a_version_1_file_migrates_step_by_step_and_keeps_its_rows(
     make_version_1(path)
 
     async with Store(str(path)) as store:
-        job = await store.get_job("old-job")
-        logs = await store.read_logs(7, 0, 10)
-        queues = await store.queue_settings()
-        settings = await store.settings()
+        job = await store.reads.get_job("old-job")
+        logs = await store.reads.read_logs(7, 0, 10)
+        queues = await store.reads.queue_settings()
+        settings = await store.reads.settings()
 
     assert store_messages(caplog) == [
         f"database schema migrated to version {v}" for v in range(2, LATEST + 1)

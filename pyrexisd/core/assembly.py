@@ -23,6 +23,7 @@ from pyrexisd.core.queues import Queues
 from pyrexisd.core.recovery import recover_interrupted
 from pyrexisd.core.retention import Retention, Rules
 from pyrexisd.core.service import Service
+from pyrexisd.core.stats import Stats
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventHub
 from pyrexisd.executors.base import Executor
@@ -47,6 +48,7 @@ class Core:
     store: Store
     clock: Callable[[], float]
     retention: Retention
+    stats: Stats
     cache: ResultCache | None = None
 
     async def load(self) -> None:
@@ -115,8 +117,11 @@ def build_core(
     retention = Retention(
         store, ledger, metrics, owners, Rules(config.keep_finished, config.keep_max), waiting.depended_on, clock
     )
+    stats = Stats(store, dispatch, queues, scheduler, metrics, hub, clock, owners, cache, retention)
     service = Service(
-        config, store, registry, ledger, waiting, dispatch, queues, scheduler, metrics, hub, clock, owners, cache,
+        config, store, registry, ledger, waiting, dispatch, queues, stats, metrics, hub, clock, owners, cache,
         retention,
     )
-    return Core(ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, retention, cache)
+    return Core(
+        ledger, waiting, dispatch, queues, service, scheduler, hub, metrics, store, clock, retention, stats, cache
+    )

@@ -51,7 +51,8 @@ from pydantic_core import to_jsonable_python
 
 from protocol.errors import StorageError
 from pyrexisd.config import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
-from pyrexisd.store import CacheRow, CacheWrites, Store
+from pyrexisd.store import Store
+from pyrexisd.store_schema import CacheRow, CacheWrites
 from pyrexisd.tasks.registry import TaskDef
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class ResultCache:
                 self._fingerprint(definition)
         now = self.clock()
         drop: list[bytes] = []
-        for key, task, owner, job_id, size, expires_at in await self.store.cache_index():
+        for key, task, owner, job_id, size, expires_at in await self.store.reads.cache_index():
             if expires_at is not None and expires_at <= now:
                 drop.append(key)
                 continue
@@ -253,7 +254,7 @@ class ResultCache:
                 entry = None
             if entry is not None:
                 wanted.append(key.digest)
-        found = await self.store.cache_results(wanted) if wanted else {}
+        found = await self.store.reads.cache_results(wanted) if wanted else {}
         hits: dict[bytes, Hit] = {}
         touched: list[tuple[float, bytes]] = []
         for key in keys:

@@ -218,7 +218,7 @@ class Dispatch:
     async def _load_and_begin(self, starts: list[Start]) -> None:
         seqs = [s.seq for s in starts]
         try:
-            found = await self.store.get_jobs(seqs)
+            found = await self.store.reads.get_jobs(seqs)
         except StorageError as exc:
             log.error("cannot read jobs to start: %s", exc)
             found = {}
@@ -355,7 +355,7 @@ class Dispatch:
 
     async def _inputs(self, row: JobRow) -> dict[str, Any]:
         """The results of a job's dependencies (nil for those that did not complete)."""
-        found = await self.store.get_jobs_by_id(row.depends_on)
+        found = await self.store.reads.get_jobs_by_id(row.depends_on)
         return {
             dep: (found[dep].result if dep in found and found[dep].status == "completed" else None)
             for dep in row.depends_on

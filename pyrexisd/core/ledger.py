@@ -200,8 +200,8 @@ class Ledger:
 
     async def load(self) -> None:
         """Read what the committed view starts from: the last seq and the counts."""
-        self._seq = await self.store.max_seq()
-        for queue, status, _mode, owner, task, n in await self.store.counts():
+        self._seq = await self.store.reads.max_seq()
+        for queue, status, _mode, owner, task, n in await self.store.reads.counts():
             self.metrics.loaded(queue, status, self.owners.of(owner), n, task)
 
     def raise_seq(self, floor: int) -> None:
@@ -385,7 +385,7 @@ class Ledger:
                     return row
                 await self._until_unlocked(lock)
                 continue
-            stored = await self.store.get_job(job_id)
+            stored = await self.store.reads.get_job(job_id)
             if stored is None:
                 raise no_such_job(job_id)
             lock = self._locks.get(stored.seq)
@@ -410,7 +410,7 @@ class Ledger:
     async def record(self, job_id: str, visible: Callable[[int | None], bool] | None = None) -> dict[str, Any]:
         """The job's committed record, read from the store (``not_found`` as well when
         ``visible`` says no to its owner)."""
-        row = await self.store.get_job(job_id)
+        row = await self.store.reads.get_job(job_id)
         if row is None or (visible is not None and not visible(row.owner)):
             raise no_such_job(job_id)
         return row.record()
@@ -438,7 +438,7 @@ class Ledger:
                     raise no_such_job(job_id)
                 status = pinned.status  # committed, and its end will wake us: no read needed
             else:
-                row = await self.store.get_job(job_id)
+                row = await self.store.reads.get_job(job_id)
                 if row is None or (visible is not None and not visible(row.owner)):
                     raise no_such_job(job_id)
                 if row.terminal:

@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Unpack
+from typing import Any, TypedDict, Unpack
 
 from protocol.status import WAITING
 from pyrexisd.core.waiting import AGING_SETTING, Waiting
 from pyrexisd.metrics import Metrics
 from pyrexisd.scheduler import Scheduler
-from pyrexisd.store import QueueChanges, QueueSettings, Store
+from pyrexisd.store import Store
+from pyrexisd.store_schema import QueueSettings
 
 _RUNNING = frozenset({"running"})
+
+
+class QueueChanges(TypedDict, total=False):
+    """Some of a queue's settings, to change (``max_concurrency=None`` removes the cap)."""
+
+    paused: bool
+    weight: float
+    max_concurrency: int | None
+    aging: float
 
 
 class Queues:
@@ -34,10 +44,10 @@ class Queues:
 
     async def load(self) -> None:
         """At start-up: the stored settings into the scheduler."""
-        settings = await self.store.settings()
+        settings = await self.store.reads.settings()
         if settings.get("paused_by_default"):
             self.scheduler.pause_all(True)
-        for q in await self.store.queue_settings():
+        for q in await self.store.reads.queue_settings():
             self.scheduler.configure(
                 q.name, weight=q.weight, max_concurrency=q.max_concurrency, aging=q.aging, paused=q.paused
             )
@@ -95,7 +105,7 @@ class Queues:
         rekey = aging is not None and aging != self.scheduler.queue(queue).aging
         if rekey:
             assert aging is not None
-            keyed = dict((await self.store.settings()).get(AGING_SETTING) or {})
+            keyed = dict((await self.store.reads.settings()).get(AGING_SETTING) or {})
             keyed[queue] = aging
             await self.store.write(
                 queues=[self._settings_of(queue, **changes)], rekeys=[(queue, aging)], settings=[(AGING_SETTING, keyed)]

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 async def recover_interrupted(store: Store, ledger: Ledger, clock: Callable[[], float]) -> None:
     """Apply ``on_interrupt`` to every job stored as running."""
-    rows = await store.jobs_with_status("running")
+    rows = await store.reads.jobs_with_status("running")
     if not rows:
         return
-    last_lines = [await store.max_log_seq(row.seq) for row in rows]
+    last_lines = [await store.reads.max_log_seq(row.seq) for row in rows]
     now = clock()
     async with ledger.change(rows) as change:
         for row, last_line in zip(rows, last_lines, strict=True):

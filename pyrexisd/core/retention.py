@@ -34,7 +34,8 @@ from protocol.status import TERMINAL
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.owners import Owners
 from pyrexisd.metrics import Metrics
-from pyrexisd.store import Finished, Store
+from pyrexisd.store import Store
+from pyrexisd.store_schema import Finished
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class Retention:
 
     async def load(self) -> int:
         """The highest seq ever pruned (the ledger numbers new jobs above it)."""
-        self._floor = int((await self.store.settings()).get(SEQ_FLOOR) or 0)
+        self._floor = int((await self.store.reads.settings()).get(SEQ_FLOOR) or 0)
         return self._floor
 
     def start(self) -> None:
@@ -137,7 +138,7 @@ class Retention:
             # Past the count bound, the oldest go whatever their age; else only the expired.
             before = None if excess > 0 else cutoff
             size = min(MAX_BATCH, max(BATCH, excess))
-            page = await self.store.finished_page(cursor, size, before)
+            page = await self.store.reads.finished_page(cursor, size, before)
             if not page:
                 return removed
             cursor = (page[-1].finished_at, page[-1].seq)
@@ -157,7 +158,7 @@ class Retention:
         removed = kept = 0
         cursor = (float("-inf"), 0)
         while True:
-            page = await self.store.finished_page(
+            page = await self.store.reads.finished_page(
                 cursor, BATCH, flt.before, flt.statuses or None, flt.queue, flt.owner, flt.unowned_too
             )
             if not page:
@@ -185,7 +186,7 @@ class Retention:
         floor = max(self._floor, *seqs)
         async with ledger.hold(seqs):
             # Read again under the lock: a job may have been retried since the page was read.
-            finished = await self.store.finished_now(seqs)
+            finished = await self.store.reads.finished_now(seqs)
             # Decided here, with no await until the write is queued: a wait registered by
             # now keeps its job (its read may be in flight); one registered later finds
             # the job gone, as if it came after the deletion.

@@ -2,8 +2,11 @@
 
 Each method is one command or query of the contract, in the daemon's own terms: it
 checks that the daemon takes work, asks admission, the ledger, the waiting room,
-dispatch or the queues, and returns records. Nothing here knows about frames or sockets,
-and nothing outside the core reaches past it into the store.
+dispatch or the queues, and returns records. Two parts with reasons of their own to
+change have rooms of their own that the service hands over to: a submit's flow from
+admitted specs to committed jobs (:mod:`pyrexisd.core.submission`), and the figures of
+``stats`` and ``metrics`` (:mod:`pyrexisd.core.stats`). Nothing here knows about frames
+or sockets, and nothing outside the core reaches past it into the store.
 
 Every method takes the :class:`~pyrexisd.access.Caller` it acts for, and applies
 ownership (:mod:`pyrexisd.core.owners`): a caller that is not an admin sees and acts on
@@ -22,35 +25,28 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import (
-    Conflict,
-    Internal,
-    InvalidState,
-    ShuttingDown,
-    StorageError,
-    Unauthorized,
-)
+from protocol.errors import Internal, InvalidState, ShuttingDown, Unauthorized
 from protocol.pipeline import PIPELINE_TASK
 from protocol.status import TERMINAL, WAITING
 from pyrexisd.access import Caller
 from pyrexisd.config import FRAME_ENVELOPE, Config
 from pyrexisd.core import model
-from pyrexisd.core.admission import Admission, Admitted, decode_cursor, encode_cursor
+from pyrexisd.core.admission import Admission, decode_cursor, encode_cursor
 from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
 from pyrexisd.core.owners import Owners
-from pyrexisd.core.queues import Queues
+from pyrexisd.core.queues import QueueChanges, Queues
 from pyrexisd.core.retention import CleanFilter, Retention
+from pyrexisd.core.stats import Stats
+from pyrexisd.core.submission import Submission
 from pyrexisd.core.waiting import Waiting
 from pyrexisd.events import EventFilter, EventHub, Subscription
 from pyrexisd.executors.base import Outcome
 from pyrexisd.metrics import Metrics
-from pyrexisd.prometheus import Exporter, cache_families, pipeline_families
 from pyrexisd.recurring import Recurring
-from pyrexisd.scheduler import Scheduler
-from pyrexisd.store import QueueChanges, Store
+from pyrexisd.store import Store
 from pyrexisd.tasks.registry import Registry
 
 LOG_PAGE = 1000  # log lines or outputs read from the store at a time
@@ -70,7 +66,7 @@ class Service:
         waiting: Waiting,
         dispatch: Dispatch,
         queues: Queues,
-        scheduler: Scheduler,
+        stats: Stats,
         metrics: Metrics,
         hub: EventHub,
         clock: Callable[[], float],
@@ -87,21 +83,18 @@ class Service:
         self.waiting = waiting
         self.dispatch = dispatch
         self.queues = queues
-        self.scheduler = scheduler
+        self._stats = stats  # what stats and metrics answer
         self.metrics = metrics
         self.hub = hub
         self.clock = clock
         self.owners = owners if owners is not None else ledger.owners
         self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
+        self.submission = Submission(
+            self.admission, store.reads, ledger, waiting, dispatch, clock, self.check_open, cache
+        )
         self.schedules = Recurring(store, self.submit, self.check_spec, self.owners.caller_for, clock)
         # Installed by the daemon: reads the configuration file again and applies it.
         self.reloader: Callable[[], Awaitable[dict[str, Any]]] | None = None
-        self.exporter = Exporter(metrics, lambda: self.scheduler.slots, lambda: self.queues.rows(None))
-        self.exporter.add(
-            lambda: pipeline_families(((row.pipeline or {}).get("stages", []) for row in dispatch.running_pipelines()), metrics.task_label)
-        )
-        if cache is not None:
-            self.exporter.add(lambda: cache_families(cache.stats(), metrics.task_label))
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -124,107 +117,7 @@ class Service:
 
     async def submit_many(self, caller: Caller, raws: Sequence[Any], batch: bool = True) -> list[dict[str, Any]]:
         """All-or-nothing: every spec is valid and stored, or none is."""
-        self.check_open()
-        admitted = self.admission.prepare_batch(caller, raws, batch)
-        known: dict[str, str] = {}
-        if any(a.spec.depends_on for a in admitted):
-            external = Admission.external_dependencies(admitted)
-            found = await self._store.get_jobs_by_id(external) if external else {}
-            known = self.admission.check_dependencies(caller, admitted, found, batch)
-        existing = await self._resubmits(caller, admitted, batch)
-        served = 0
-        if self.cache is not None and any(a.cache_key is not None for a in admitted):
-            served = await self._from_cache(self.cache, admitted, existing)
-        self.check_open()
-        fresh = [a.row for i, a in enumerate(admitted) if i not in existing]
-        if fresh:
-            quotas = self.admission.quotas
-            waits = len(fresh) - served  # a job the cache answered never waits
-            quotas.reserve(caller.uid, waits)
-            try:
-                await self._accept(fresh, known)
-            finally:
-                quotas.release(caller.uid, waits)
-        return [existing[i] if i in existing else a.row.record() for i, a in enumerate(admitted)]
-
-    async def _resubmits(self, caller: Caller, admitted: list[Admitted], batch: bool) -> dict[int, dict[str, Any]]:
-        """Specs whose client id is in use already: their records (same spec) or conflict."""
-        wanted = Admission.client_ids(admitted)
-        if not wanted:
-            return {}
-        # A submit of the same id may be committing right now: read once it is done.
-        await self.ledger.claims_settled(wanted)
-        rows = await self._store.get_jobs_by_id(list(wanted))
-        while await self.ledger.claims_settled(wanted):
-            rows = await self._store.get_jobs_by_id(list(wanted))
-        out = self.admission.resubmits(caller, admitted, rows, batch)
-        for job_id, i in wanted.items():
-            if i not in out and self.ledger.claimed(job_id):
-                raise Conflict(f"job_id {job_id!r} is being submitted concurrently", {"job_id": job_id})
-        return out
-
-    async def _from_cache(
-        self, cache: ResultCache, admitted: list[Admitted], existing: dict[int, dict[str, Any]]
-    ) -> int:
-        """Answer from the result cache the new jobs it holds a result for: they will be
-        stored ``completed``, never run. How many it answered."""
-        asked = [(a, a.cache_key) for i, a in enumerate(admitted) if a.cache_key is not None and i not in existing]
-        if not asked:
-            return 0
-        hits = await cache.lookup_many([key for _, key in asked])
-        now = self.clock()
-        served = 0
-        for a, key in asked:
-            hit = hits.get(key.digest)
-            if hit is not None:
-                row = a.row
-                row.cached_from = hit.job_id
-                row.result = hit.result
-                row.finished_at = now
-                served += 1
-        return served
-
-    async def _accept(self, rows: list[JobRow], known: dict[str, str]) -> None:
-        """Commit new jobs, each already ``running`` when a slot is free for it now."""
-        ledger = self.ledger
-        # Only a client's own ids can be resubmitted while these commit (generated ids are
-        # new), so only those are claimed.
-        ids = [row.job_id for row in rows if row.spec_digest]
-        claim = ledger.claim(ids) if ids else None
-        for row in rows:
-            row.seq = ledger.next_seq()
-        starting: list[JobRow] = []
-        # (queue, mode) pairs refused a slot: no slot frees up within this loop (the
-        # rows are one caller's, so the owner's cap is the same for all of them).
-        refused: set[tuple[str, str]] = set()
-        try:
-            now = self.clock()
-            async with ledger.change(rows, created=True):
-                for row in rows:
-                    row.status = status = Admission.initial_status(row, known, now)
-                    if status != "pending" or (row.queue, row.mode) in refused:
-                        continue
-                    if self.dispatch.try_start_now(row):
-                        row.status = "running"
-                        row.attempts = 1
-                        row.started_at = now
-                        starting.append(row)
-                    else:
-                        refused.add((row.queue, row.mode))
-        except StorageError:
-            for row in starting:
-                self.dispatch.release_slot(row)
-            self.dispatch.kick()
-            raise
-        finally:
-            if claim is not None:
-                ledger.unclaim(ids, claim)
-        for row in rows:
-            if row.status == "running":
-                self.dispatch.launch(row)
-            elif row.cached_from is None:
-                self.waiting.enqueue(row)
-        self.dispatch.kick()
+        return await self.submission.submit_many(caller, raws, batch)
 
     # -- commands on one job ------------------------------------------------------------
     async def _current(self, caller: Caller, job_id: str) -> JobRow:
@@ -302,7 +195,7 @@ class Service:
 
     async def find(self, caller: Caller, job_id: str) -> JobRow | None:
         """The job's stored row, or None (also when ``caller`` may not see it)."""
-        row = await self._store.get_job(job_id)
+        row = await self._store.reads.get_job(job_id)
         return row if row is not None and self.owners.sees(caller, row.owner) else None
 
     async def wait(self, caller: Caller, job_id: str, timeout: float | None) -> dict[str, Any]:
@@ -332,7 +225,7 @@ class Service:
         cursor = decode_cursor(after) if after else None
         owner = None if all_users else caller.uid
         unowned = owner is not None and owner == self.owners.daemon_uid  # older jobs are the daemon's
-        rows = await self._store.list_jobs(
+        rows = await self._store.reads.list_jobs(
             statuses, task, queue, limit + 1, cursor, owner, unowned, since, newest_first
         )
         more = len(rows) > limit
@@ -349,11 +242,11 @@ class Service:
 
     async def read_logs(self, job_seq: int, since: int) -> list[LogLine]:
         """Stored log lines of job ``job_seq`` from ``since``, a page at most."""
-        return await self._store.read_logs(job_seq, since, LOG_PAGE)
+        return await self._store.reads.read_logs(job_seq, since, LOG_PAGE)
 
     async def read_outputs(self, job_seq: int, since: int) -> list[OutputItem]:
         """Stored outputs of job ``job_seq`` from ``since``, a page at most."""
-        return await self._store.read_outputs(job_seq, since, LOG_PAGE)
+        return await self._store.reads.read_outputs(job_seq, since, LOG_PAGE)
 
     def log_signal(self, job_seq: int) -> asyncio.Future[None]:
         """Resolves at the next commit of log lines, outputs or an end of ``job_seq``."""
@@ -369,43 +262,7 @@ class Service:
 
     def stats(self, caller: Caller) -> dict[str, Any]:
         """The daemon's counters; the job counts are only the caller's own unless it is an admin."""
-        executors = self.dispatch.executors
-        slots = {mode: n for mode, n in self.scheduler.slots.items() if mode in executors}
-        out = self.metrics.snapshot(self.clock(), slots, None if caller.admin else caller.uid)
-        for mode, executor in executors.items():
-            state = executor.state()
-            if state is not None:
-                out[mode] = state  # e.g. "dask": the cluster as the mode sees it
-        store = self._store
-        group = store.group_commit
-        commits = group.commits
-        out["store"] = {
-            "file_bytes": store.file_bytes(),
-            "commits": commits,
-            "writes_per_commit": group.committed_writes / commits if commits else 0.0,
-            "commit_ms": 1000.0 * group.commit_seconds / commits if commits else 0.0,
-            # Per commit, where the time goes: writes waiting for their batch to start, the
-            # hand-over to the writer's thread, the statements, COMMIT, the hand-back.
-            "commit_split_ms": {k: (1000.0 * v / commits if commits else 0.0) for k, v in group.split.items()},
-            "sync": store.sync,
-        }
-        out["completed_per_s_by_queue"] = self.metrics.completed_per_s_by_queue(self.clock())
-        out["events"] = self.hub.drops()
-        retention = self.retention
-        if retention is not None:
-            out["retention"] = {
-                "finished": retention.finished_count(),
-                "pruned": retention.pruned,
-                "keep_finished": retention.rules.keep_finished,
-                "keep_max": retention.rules.keep_max,
-            }
-        # Running pipelines and their figures per stage, as of their last checkpoint.
-        out["pipelines"] = {
-            row.job_id: _pipeline_summary(row)
-            for row in self.dispatch.running_pipelines()
-            if self.owners.sees(caller, row.owner)
-        }
-        return out
+        return self._stats.record(caller)
 
     # -- the result cache ----------------------------------------------------------------
     def _result_cache(self) -> ResultCache:
@@ -429,7 +286,7 @@ class Service:
         for admins (the counts are everyone's)."""
         if not caller.admin:
             raise Unauthorized("only an admin may read the daemon's metrics: they count every user's jobs")
-        return self.exporter.text().decode()
+        return self._stats.exporter.text().decode()
 
     def task_list(self, caller: Caller) -> list[dict[str, Any]]:
         """The tasks ``caller`` may submit (every task, for an admin)."""
@@ -527,7 +384,3 @@ class Service:
     async def remove_schedule(self, caller: Caller, name: str) -> None:
         await self.schedules.remove(name, self.owners.lets(caller))
 
-
-def _pipeline_summary(row: JobRow) -> dict[str, Any]:
-    state = row.pipeline or {}
-    return {"items": state.get("items"), "outputs": state.get("outputs"), "stages": state.get("stages", [])}

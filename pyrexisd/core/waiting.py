@@ -81,12 +81,12 @@ class Waiting:
         the timers, and for pending jobs only their counts: each queue's best ones are
         paged in from the store, in order, as dispatch needs them."""
         for status in ("blocked", "held"):
-            for row in await self.store.jobs_with_status(status):
+            for row in await self.store.reads.jobs_with_status(status):
                 self.enqueue(row)
-        for seq, run_at in await self.store.deferred():
+        for seq, run_at in await self.store.reads.deferred():
             self.scheduler.defer(seq, run_at)
         await self._key_pending()
-        for queue, mode, count in await self.store.pending_counts():
+        for queue, mode, count in await self.store.reads.pending_counts():
             self.scheduler.beyond(queue, mode, count)
         self.arm_timer()
         self.fill_windows()
@@ -98,10 +98,10 @@ class Waiting:
         The setting maps each queue given its own rate to it, and ``"*"`` to the default
         rate the other queues' keys were made with.
         """
-        stored: dict[str, float] = (await self.store.settings()).get(AGING_SETTING) or {}
+        stored: dict[str, float] = (await self.store.reads.settings()).get(AGING_SETTING) or {}
         default = self.scheduler.default_aging
-        unkeyed = set(await self.store.unkeyed_queues())
-        queues = {q for q, _mode, _n in await self.store.pending_counts()} | unkeyed
+        unkeyed = set(await self.store.reads.unkeyed_queues())
+        queues = {q for q, _mode, _n in await self.store.reads.pending_counts()} | unkeyed
         stale: dict[str, float] = {}
         for q in queues:
             aging = self.scheduler.queue(q).aging
@@ -229,7 +229,7 @@ class Waiting:
 
     async def _page(self, request: PageRequest) -> None:
         try:
-            rows = await self.store.read_page(request.queue, request.mode, request.after, request.limit)
+            rows = await self.store.reads.read_page(request.queue, request.mode, request.after, request.limit)
         except StorageError as exc:
             log.error("could not read waiting jobs of queue %s: %s", request.queue, exc)
             self.scheduler.page_failed(request)
@@ -309,7 +309,7 @@ class Waiting:
         try:
             async with self.ledger.hold(row.seq for row in rows):
                 wanted = sorted({d for r in rows for d in r.depends_on})
-                statuses = {j: r.status for j, r in (await self.store.get_jobs_by_id(wanted)).items()}
+                statuses = {j: r.status for j, r in (await self.store.reads.get_jobs_by_id(wanted)).items()}
                 now = self.clock()
                 verdicts = []
                 for row in rows:
@@ -380,7 +380,7 @@ class Waiting:
                 rows = {s: row for s in seqs if (row := self.take(s)) is not None}
                 missing = [s for s in seqs if s not in rows]
                 if missing:
-                    rows.update(await self.store.get_jobs(missing))
+                    rows.update(await self.store.reads.get_jobs(missing))
                 ready = [rows[s] for s in seqs if s in rows and rows[s].status in ("scheduled", "retrying")]
                 if ready:
                     now = self.clock()

@@ -78,7 +78,7 @@ class JobOutputsSource:
         self._job_seq = 0
 
     async def open(self) -> None:
-        row = await self.store.get_job(self.job_id)
+        row = await self.store.reads.get_job(self.job_id)
         if row is None:
             raise SourceError(f"the input job {self.job_id} is gone")
         self._job_seq = row.seq
@@ -87,7 +87,7 @@ class JobOutputsSource:
     async def read(self, origin: int, offset: int) -> AsyncIterator[list[Read]]:
         since = origin + 1
         while True:
-            page = await self.store.read_outputs(self._job_seq, since, CHUNK_ITEMS)
+            page = await self.store.reads.read_outputs(self._job_seq, since, CHUNK_ITEMS)
             if not page:
                 return
             yield [(o.seq - 1, o.seq - 1, o.seq, o.value) for o in page]
