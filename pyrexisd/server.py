@@ -52,12 +52,6 @@ from pyrexisd.access import AccessPolicy, Caller, peer_of
 log = logging.getLogger(__name__)
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
-# Requests a connection starts per turn of the loop. A client that pipelines a thousand
-# submits would otherwise have them all admitted in one turn before the group commit can
-# start, each waiting for all the others' admission; the rest wait their turn as frames
-# (and the connection is not read meanwhile), so other connections' requests and the
-# commits of the admitted ones come in between.
-REQUESTS_PER_TURN = 16
 MIN_BACKLOG = 512  # connections the kernel queues while the loop is busy, at least
 
 
@@ -196,7 +190,6 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
         self.closed = False
         self.held = 0  # bytes of an unfinished frame, counted in the server's budget
-        self._backlog: deque[bytes] = deque()  # whole frames waiting for a turn (REQUESTS_PER_TURN)
         self.partial_since: float | None = None  # when the unfinished frame's first byte came
         self.last_active = 0.0
 
@@ -242,7 +235,6 @@ class Connection(asyncio.Protocol):
             server.hold_bytes(-self.held)
             self.held = 0
         self._can_write.set()
-        self._backlog.clear()  # never started: nothing of theirs was answered or done
         for task in self.inflight.values():
             task.cancel()
 
@@ -264,15 +256,11 @@ class Connection(asyncio.Protocol):
         self.last_active = now
         try:
             bodies = self.decoder.feed(data)
+            for body in bodies:
+                self._request(body)
             if bodies:
-                self._backlog.extend(bodies)
-                self._take_turn()
                 self.decoder.feed(b"")  # an oversized length after these frames shows now
         except FrameTooLarge as exc:
-            # The frames before the oversized length are started before the error frame
-            # and the close, as they would be had they come alone.
-            while self._backlog:
-                self._request(self._backlog.popleft())
             log.warning("closing a connection from uid %d: %s", self.caller.uid, exc.message)
             self.send({"id": None, "ok": False, "error": exc.to_wire()})
             self.close()
@@ -294,19 +282,6 @@ class Connection(asyncio.Protocol):
                 self._update_reading()
 
     # -- requests ---------------------------------------------------------------------
-    def _take_turn(self) -> None:
-        """Start the next :data:`REQUESTS_PER_TURN` requests waiting; the rest get the
-        next turn, and the connection is not read until none waits."""
-        backlog = self._backlog
-        if self.closed:
-            backlog.clear()
-            return
-        for _ in range(min(REQUESTS_PER_TURN, len(backlog))):
-            self._request(backlog.popleft())
-        if backlog:
-            asyncio.get_running_loop().call_soon(self._take_turn)
-        self._update_reading()
-
     def _request(self, body: bytes) -> None:
         try:
             message = decode_body(body, self.server.limits.max_depth)
@@ -419,7 +394,7 @@ class Connection(asyncio.Protocol):
             return
         # Our own backpressure: the unfinished frame's time does not run meanwhile (it is
         # not the peer's fault that we stopped reading).
-        ours = self._writing_paused or len(self.inflight) >= self.server.limits.max_inflight or bool(self._backlog)
+        ours = self._writing_paused or len(self.inflight) >= self.server.limits.max_inflight
         should_pause = ours or self._budget_paused
         if should_pause and not self._reading_paused:
             self.transport.pause_reading()
