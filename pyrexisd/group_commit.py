@@ -183,15 +183,10 @@ class GroupCommit(Generic[B]):
             split["statements"] += batch.statements_done - batch.on_thread
             split["commit"] += batch.committed - batch.statements_done
             split["handback"] += now - batch.committed
-            if self.pending.waiters and (self._urgent or self._closing):
-                # The writes made while this batch was on the disk go now, before its
-                # waiters run: the writer's thread commits them while the loop tells
-                # these, instead of idling until it has.
-                self._start()
             for fut in batch.waiters:
                 if not fut.done():
                     fut.set_result(None)
         if self.pending.waiters and (self._urgent or self._closing):
             self._schedule()
-        elif not self.pending.waiters and self._committing is None:
+        elif not self.pending.waiters:
             self._idle.set()
