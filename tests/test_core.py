@@ -111,6 +111,51 @@ async def test_lines_written_with_a_change_are_published_before_the_end(h: CoreH
     ]
 
 
+async def cancelled_mid_commit(h: CoreHarness, command: Any) -> None:
+    """Run ``command`` (a coroutine of the service) and cancel it while its commit waits
+    for the disk, as the server does to the requests of a client that disconnects; then
+    let the disk go."""
+    with writer_blocked(h.path) as release:
+        task = asyncio.ensure_future(command)
+        await h.until(lambda: h.store.group_commit.committing, what="the command's commit on its way")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release()
+
+
+async def test_a_submit_whose_caller_leaves_mid_commit_still_runs_and_frees_its_slot(h: CoreHarness) -> None:
+    """Given one slot and a submit whose commit waits for the disk, when its caller is
+    cancelled (its client went away), then the job, which commits regardless, runs and
+    completes, and the slot then serves the next job. (It used to stay ``running`` in the
+    store with no attempt, its slot lost for good: six such clients stalled thread mode.)"""
+    await cancelled_mid_commit(h, h.service.submit(ADMIN, {"task": "work", "job_id": "gone"}))
+    await h.started("gone")
+    h.executor.finish("gone")
+    assert (await h.service.wait(ADMIN, "gone", 5))["status"] == "completed"
+    after = await h.service.submit(ADMIN, {"task": "work"})
+    await h.started(after["job_id"])
+    assert h.core.scheduler.busy["thread"] == 1
+
+
+async def test_a_cancel_whose_caller_leaves_mid_commit_holds_and_the_job_never_runs(h: CoreHarness) -> None:
+    """Given a job waiting behind a running one, when a cancel of it is itself cancelled
+    while its commit waits for the disk, then the job is cancelled in memory as in the
+    store, and the freed slot goes to the next job, never to the cancelled one. (The
+    change used to be undone in memory and the job put back in the scheduler, while the
+    store said cancelled: it would have run.)"""
+    first = (await h.service.submit(ADMIN, {"task": "work"}))["job_id"]
+    waiting = (await h.service.submit(ADMIN, {"task": "work"}))["job_id"]
+    await h.started(first)
+    await cancelled_mid_commit(h, h.service.cancel(ADMIN, waiting))
+    assert (await h.service.wait(ADMIN, waiting, 5))["status"] == "cancelled"
+    assert (await h.stored(waiting)).status == "cancelled"
+    h.executor.finish(first)
+    third = (await h.service.submit(ADMIN, {"task": "work"}))["job_id"]
+    await h.started(third)
+    assert waiting not in h.executor.started
+
+
 # ------------------------------------------------------------------- dispatch and settle
 
 
