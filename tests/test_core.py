@@ -16,6 +16,7 @@ from core_harness import ADMIN, CoreHarness, running_core, writer_blocked
 
 from protocol.errors import InvalidState, NotFound, ShuttingDown, StorageError, Timeout
 from pyrexisd.core import model
+from pyrexisd.core.linger import Linger
 from pyrexisd.events import EventFilter, StoredRange
 from pyrexisd.executors.base import Outcome
 
@@ -273,7 +274,7 @@ async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2
     ends, its end and the next start wait for the other slot (the linger made long here,
     so the test does not race a timer); when the other ends, one commit carries both ends
     and both starts. An end with nothing else running does not linger."""
-    h2.core.dispatch.linger = 60.0
+    h2.core.dispatch.linger.limit = 60.0
     a, b, c, d = [(await h2.service.submit(ADMIN, {"task": "work"}))["job_id"] for _ in range(4)]
     await h2.started(a)
     await h2.started(b)
@@ -299,6 +300,34 @@ async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2
     while [(await h2.stored(j)).status for j in (c, d)] != ["completed", "completed"]:
         assert asyncio.get_running_loop().time() < deadline, "c's and d's ends never committed"
         await asyncio.sleep(0.01)
+
+
+def test_the_linger_waits_only_for_brief_modes_with_company_on_the_way() -> None:
+    """The decision alone: a mode with no figure yet, or whose jobs typically run a
+    linger or longer, never waits; a brief mode waits while another of its attempts
+    works, or while a start of it is on its way to the disk; the typical run is a moving
+    average, so one slow attempt does not end the linger, a run of them does."""
+    linger = Linger(limit=0.001)
+    assert linger.delay("thread", committing=True) is None  # nothing known of the mode yet
+    linger.began("thread")
+    linger.returned("thread", 0.0002)
+    assert linger.delay("thread", committing=True) is None  # brief, but no company
+    linger.began("thread")
+    assert linger.delay("thread", committing=False) == 0.001  # another attempt works
+    assert linger.delay("process", committing=False) is None  # not of its mode
+    linger.returned("thread", 0.0002)
+    with linger.starting(["thread", "process"]):
+        assert linger.delay("thread", committing=True) == 0.001  # a start on its way
+        assert linger.delay("thread", committing=False) is None  # not on the disk yet
+    assert linger.delay("thread", committing=True) is None  # that start went through
+    linger.began("thread")
+    linger.returned("thread", 0.003)  # one slow attempt: the average stays brief
+    linger.began("thread")
+    assert linger.delay("thread", committing=False) == 0.001
+    for _ in range(3):
+        linger.began("thread")
+        linger.returned("thread", 0.003)
+    assert linger.delay("thread", committing=False) is None  # slow now: ends commit at once
 
 
 # ---------------------------------------------------------------- waiting and promotion
