@@ -16,6 +16,7 @@ from core_harness import ADMIN, CoreHarness, running_core, writer_blocked
 
 from protocol.errors import InvalidState, NotFound, ShuttingDown, StorageError, Timeout
 from pyrexisd.core import model
+from pyrexisd.core.linger import Linger
 from pyrexisd.events import EventFilter, StoredRange
 from pyrexisd.executors.base import Outcome
 
@@ -109,6 +110,51 @@ async def test_lines_written_with_a_change_are_published_before_the_end(h: CoreH
     assert [ln.line for ln in await h.service.read_logs((await h.stored(job["job_id"])).seq, 1)] == [
         "Traceback", "  line", "Error: boom",
     ]
+
+
+async def cancelled_mid_commit(h: CoreHarness, command: Any) -> None:
+    """Run ``command`` (a coroutine of the service) and cancel it while its commit waits
+    for the disk, as the server does to the requests of a client that disconnects; then
+    let the disk go."""
+    with writer_blocked(h.path) as release:
+        task = asyncio.ensure_future(command)
+        await h.until(lambda: h.store.group_commit.committing, what="the command's commit on its way")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release()
+
+
+async def test_a_submit_whose_caller_leaves_mid_commit_still_runs_and_frees_its_slot(h: CoreHarness) -> None:
+    """Given one slot and a submit whose commit waits for the disk, when its caller is
+    cancelled (its client went away), then the job, which commits regardless, runs and
+    completes, and the slot then serves the next job. (It used to stay ``running`` in the
+    store with no attempt, its slot lost for good: six such clients stalled thread mode.)"""
+    await cancelled_mid_commit(h, h.service.submit(ADMIN, {"task": "work", "job_id": "gone"}))
+    await h.started("gone")
+    h.executor.finish("gone")
+    assert (await h.service.wait(ADMIN, "gone", 5))["status"] == "completed"
+    after = await h.service.submit(ADMIN, {"task": "work"})
+    await h.started(after["job_id"])
+    assert h.core.scheduler.busy["thread"] == 1
+
+
+async def test_a_cancel_whose_caller_leaves_mid_commit_holds_and_the_job_never_runs(h: CoreHarness) -> None:
+    """Given a job waiting behind a running one, when a cancel of it is itself cancelled
+    while its commit waits for the disk, then the job is cancelled in memory as in the
+    store, and the freed slot goes to the next job, never to the cancelled one. (The
+    change used to be undone in memory and the job put back in the scheduler, while the
+    store said cancelled: it would have run.)"""
+    first = (await h.service.submit(ADMIN, {"task": "work"}))["job_id"]
+    waiting = (await h.service.submit(ADMIN, {"task": "work"}))["job_id"]
+    await h.started(first)
+    await cancelled_mid_commit(h, h.service.cancel(ADMIN, waiting))
+    assert (await h.service.wait(ADMIN, waiting, 5))["status"] == "cancelled"
+    assert (await h.stored(waiting)).status == "cancelled"
+    h.executor.finish(first)
+    third = (await h.service.submit(ADMIN, {"task": "work"}))["job_id"]
+    await h.started(third)
+    assert waiting not in h.executor.started
 
 
 # ------------------------------------------------------------------- dispatch and settle
@@ -228,7 +274,7 @@ async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2
     ends, its end and the next start wait for the other slot (the linger made long here,
     so the test does not race a timer); when the other ends, one commit carries both ends
     and both starts. An end with nothing else running does not linger."""
-    h2.core.dispatch.linger = 60.0
+    h2.core.dispatch.linger.limit = 60.0
     a, b, c, d = [(await h2.service.submit(ADMIN, {"task": "work"}))["job_id"] for _ in range(4)]
     await h2.started(a)
     await h2.started(b)
@@ -254,6 +300,34 @@ async def test_an_end_lingers_for_the_other_slots_end_so_both_ride_one_commit(h2
     while [(await h2.stored(j)).status for j in (c, d)] != ["completed", "completed"]:
         assert asyncio.get_running_loop().time() < deadline, "c's and d's ends never committed"
         await asyncio.sleep(0.01)
+
+
+def test_the_linger_waits_only_for_brief_modes_with_company_on_the_way() -> None:
+    """The decision alone: a mode with no figure yet, or whose jobs typically run a
+    linger or longer, never waits; a brief mode waits while another of its attempts
+    works, or while a start of it is on its way to the disk; the typical run is a moving
+    average, so one slow attempt does not end the linger, a run of them does."""
+    linger = Linger(limit=0.001)
+    assert linger.delay("thread", committing=True) is None  # nothing known of the mode yet
+    linger.began("thread")
+    linger.returned("thread", 0.0002)
+    assert linger.delay("thread", committing=True) is None  # brief, but no company
+    linger.began("thread")
+    assert linger.delay("thread", committing=False) == 0.001  # another attempt works
+    assert linger.delay("process", committing=False) is None  # not of its mode
+    linger.returned("thread", 0.0002)
+    with linger.starting(["thread", "process"]):
+        assert linger.delay("thread", committing=True) == 0.001  # a start on its way
+        assert linger.delay("thread", committing=False) is None  # not on the disk yet
+    assert linger.delay("thread", committing=True) is None  # that start went through
+    linger.began("thread")
+    linger.returned("thread", 0.003)  # one slow attempt: the average stays brief
+    linger.began("thread")
+    assert linger.delay("thread", committing=False) == 0.001
+    for _ in range(3):
+        linger.began("thread")
+        linger.returned("thread", 0.003)
+    assert linger.delay("thread", committing=False) is None  # slow now: ends commit at once
 
 
 # ---------------------------------------------------------------- waiting and promotion

@@ -12,6 +12,7 @@ import random
 import resource
 import select
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -310,8 +311,45 @@ def test_a_flood_of_hostile_frames_beside_honest_clients_leaves_every_job_done_a
     growth_mib = (peak[0] - before) / 1024
     print(f"hostile connections: {counts['connections']}; RSS {before / 1024:.1f} MiB before, peak {peak[0] / 1024:.1f} MiB")
     assert growth_mib < 64, f"RSS grew by {growth_mib:.1f} MiB under the flood"
+    # The listen queue may still hold the flood's last connections (the peers do not wait
+    # to be accepted): a client that waits out a full queue, as the library does.
+    with Client(d.socket, connect_timeout=30) as c:
+        assert c.wait(c.submit("echo", {"value": "after"})["job_id"], 30)["result"] == "after"
+
+
+def test_clients_that_leave_while_their_submits_commit_take_no_slot_and_no_job_with_them(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """Given two thread slots and the database's write lock held by another process (so
+    commits wait), when four clients each send a submit, see the daemon read it (a hello
+    sent after it is answered) and disconnect, then once the disk is free every job they
+    left behind completes, and another client's job runs. (The server cancels a leaving
+    client's requests: a submit cut mid-commit used to leave its job stored ``running``
+    with no attempt, or ``pending`` outside the scheduler, and its slot taken for good.)"""
+    d = start_daemon(*SAMPLE_ARGS, "--threads", "2")
     with d.client() as c:
-        assert c.wait(c.submit("echo", {"value": "after"})["job_id"])["result"] == "after"
+        c.wait(c.submit("echo", {"value": 0})["job_id"])
+    lock = sqlite3.connect(d.db, isolation_level=None, timeout=10)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        for i in range(4):
+            with d.client() as c:
+                c.send_request("submit", {"task": "echo", "args": {"value": i}})
+                assert c.call("hello", {"protocol": 1})["ok"]
+        with d.client() as c:  # answered once the daemon has seen the others leave
+            assert c.call("hello", {"protocol": 1})["ok"]
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    with d.client() as c:
+        assert c.wait(c.submit("echo", {"value": "after"})["job_id"], 30)["status"] == "completed"
+
+    def statuses() -> dict[str, int]:
+        with sqlite3.connect(d.db, timeout=10) as db:
+            return dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+
+    wait_until(lambda: set(statuses()) == {"completed"}, 30, 0.05, "every job left behind to complete")
+    assert 2 <= statuses()["completed"] <= 6, statuses()
 
 
 def test_unfinished_frames_of_all_connections_are_held_within_the_budget(start_daemon: Callable[..., Daemon]) -> None:

@@ -1,15 +1,18 @@
-"""Coroutines the core starts and does not await: kept referenced, failures logged."""
+"""Coroutines the core starts and does not await (kept referenced, failures logged), and
+work that must run to its end even when whoever awaits it is cancelled."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol.errors import WireError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Background:
@@ -24,6 +27,23 @@ class Background:
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    async def to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work``, which goes on to its end even if the caller is cancelled
+        meanwhile (its client went away): it runs in a task of its own, kept here. Its
+        outcome is the caller's; once nobody is left to hear of it, a failure is logged.
+
+        Work that queues a write must not stop half-way: the write commits whatever
+        happens to its caller, so what follows the commit (the job launched or queued,
+        its slot freed, its waiters woken) has to happen too."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._done)  # the caller left: its failure goes to the log
+            raise
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -30,6 +30,7 @@ from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, Progres
 from pyrexisd.core.background import Background
 from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.ledger import Gate, Ledger
+from pyrexisd.core.linger import Linger
 from pyrexisd.core.model import JobRow
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.pipeline.runner import Pipelines
@@ -45,7 +46,6 @@ from pyrexisd.tasks.registry import Registry, TaskDef, make_task
 log = logging.getLogger(__name__)
 
 FIRST_RETRY = 0.05  # first pause before an end that failed to commit is written again
-LINGER = 0.001  # how long a slot's end+start may wait for another slot's end when jobs of its mode run this briefly
 
 
 class Dispatch:
@@ -72,12 +72,7 @@ class Dispatch:
     ) -> None:
         self.store = store
         self.cache = cache
-        # For _linger: attempts of each mode in their executor now, starts of each mode
-        # being committed, and each mode's typical run (a moving average).
-        self.linger = LINGER
-        self._working: Counter[str] = Counter()
-        self._starting: Counter[str] = Counter()
-        self._typical_run: dict[str, float] = {}
+        self.linger = Linger()  # when an end may wait for another slot's (see core/linger)
         self.ledger = ledger
         self.waiting = waiting
         self.scheduler = scheduler
@@ -333,7 +328,7 @@ class Dispatch:
         call = attempt.call
         assert call is not None
         mode = attempt.row.mode
-        self._working[mode] += 1
+        self.linger.began(mode)
         began = self.clock()
         try:
             if attempt.row.depends_on and mode != PIPELINE_MODE:
@@ -345,12 +340,9 @@ class Dispatch:
             log.exception("executor %s failed on job %s", mode, attempt.row.job_id, extra={"job_id": attempt.row.job_id})
             outcome = Outcome.failure("exception", f"internal error in the {mode} executor: {exc}")
         finally:
-            self._working[mode] -= 1
+            self.linger.returned(mode, self.clock() - began)
             if attempt.timer is not None:
                 attempt.timer.cancel()
-        took = self.clock() - began
-        prev = self._typical_run.get(mode)
-        self._typical_run[mode] = took if prev is None else prev + 0.2 * (took - prev)
         await self._settle(attempt, outcome)
 
     async def _inputs(self, row: JobRow) -> dict[str, Any]:
@@ -445,52 +437,21 @@ class Dispatch:
     ) -> None:
         # One commit for "this one finished" and "these started". An end that starts
         # nothing and that nobody waits for need not commit alone: it rides with the next
-        # commit (a waiter that comes meanwhile hurries it).
+        # commit (a waiter that comes meanwhile hurries it). One that starts another job
+        # may linger a moment for another slot's end, to share its commit (core/linger).
         lazy = not starts and not self.ledger.awaited(row.job_id)
-        linger = None if lazy or not starts else self._linger(row.mode)
-        for start in starts:
-            self._starting[start.mode] += 1
-        try:
-            await self._write_end_and_starts(row, outcome, notes, starts, now, cached, lazy, linger)
-        finally:
-            for start in starts:
-                self._starting[start.mode] -= 1
-
-    def _linger(self, mode: str) -> float | None:
-        """How long a slot's end and next start may wait for another slot's end of the same
-        mode, so that both ride one commit: when jobs of the mode run in less than
-        :data:`LINGER` and another is running, or is about to (its start on its way to the
-        disk). Without it, slots whose jobs run in less than a commit's time fall into
-        alternate commits and stay there: one commit per job instead of one per round of
-        slots. None: commit at once."""
-        typical = self._typical_run.get(mode)
-        if typical is None or typical >= self.linger:
-            return None
-        if self._working[mode] > 0 or (self._starting[mode] > 0 and self.store.group_commit.committing):
-            return self.linger
-        return None
-
-    async def _write_end_and_starts(
-        self,
-        row: JobRow,
-        outcome: Outcome,
-        notes: list[tuple[str, str]],
-        starts: list[JobRow],
-        now: float,
-        cached: TaskDef | None,
-        lazy: bool,
-        linger: float | None,
-    ) -> None:
-        async with self.ledger.change([row, *starts], lazy=lazy, linger=linger) as change:
-            model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
-            if cached is not None and row.status == "completed":
-                # Written in this same commit: whoever sees the job completed finds its
-                # result in the cache too (a failed commit drops the entry with the end).
-                self._cache_result(cached, row)
-            for stream, text in notes:
-                change.log(row, stream, text, now)
-            for start in starts:
-                model.start_attempt(start, now)
+        linger = self.linger.delay(row.mode, self.store.group_commit.committing) if starts else None
+        with self.linger.starting([start.mode for start in starts]):
+            async with self.ledger.change([row, *starts], lazy=lazy, linger=linger) as change:
+                model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
+                if cached is not None and row.status == "completed":
+                    # Written in this same commit: whoever sees the job completed finds its
+                    # result in the cache too (a failed commit drops the entry with the end).
+                    self._cache_result(cached, row)
+                for stream, text in notes:
+                    change.log(row, stream, text, now)
+                for start in starts:
+                    model.start_attempt(start, now)
 
     def _cache_result(self, definition: TaskDef, row: JobRow) -> None:
         """A cached task's job completed: its result goes in the cache. Not when it took

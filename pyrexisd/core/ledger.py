@@ -18,6 +18,11 @@ core hold by construction:
 * One change at a time per job: while a change of job ``seq`` is in flight its lock is
   held, and :meth:`current` waits for it.
 
+A change must not be cancelled once its rows are written: the write commits whatever
+happens to the coroutine that made it, which would be left with rows undone in memory
+and none of the work that follows the commit done. Commands a client may walk away from
+run to their end for that reason (``Service``'s ``to_the_end``).
+
 The ledger also knows which rows are *pinned*: kept in memory by the room that holds them
 (running attempts, blocked and held jobs, cached waiting rows). A pinned row's memory copy
 is the committed truth whenever it is not locked, so :meth:`current` and :meth:`wait`

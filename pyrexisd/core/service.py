@@ -12,16 +12,23 @@ Every method takes the :class:`~pyrexisd.access.Caller` it acts for, and applies
 ownership (:mod:`pyrexisd.core.owners`): a caller that is not an admin sees and acts on
 its own jobs and schedules only — another user's is ``not_found`` — lists, watches and
 counts only its own, and may not change the queues' settings (``unauthorized``).
+
+A command that changes anything runs to its end even if its caller is cancelled (the
+server cancels the requests of a client that disconnects): once its write is queued it
+commits regardless, so the rest — the job launched or queued, its slot freed, the
+waiting room and the scheduler told — must follow, or a job stays ``running`` in the
+store with no attempt and its slot lost for good (:func:`to_the_end`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgpack
 
@@ -52,6 +59,22 @@ from pyrexisd.tasks.registry import Registry
 LOG_PAGE = 1000  # log lines or outputs read from the store at a time
 BACKUP_CHUNK = 256 * 1024  # bytes of a backup sent in one event
 BACKUP_PREFIX = ".backup-"  # the copy's name, next to the database, while it is sent
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def to_the_end(
+    command: Callable[Concatenate[Service, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Service, P], Coroutine[Any, Any, T]]:
+    """A command that changes state: it runs to its end even if its caller is cancelled
+    (see the module docstring); the caller still gets its answer or its error."""
+
+    async def run(self: Service, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.background.to_the_end(command(self, *args, **kwargs))
+
+    functools.update_wrapper(run, command)  # its name and docstring
+    return run
 
 
 class Service:
@@ -88,6 +111,7 @@ class Service:
         self.hub = hub
         self.clock = clock
         self.owners = owners if owners is not None else ledger.owners
+        self.background = dispatch.background  # the core's one set of tasks it does not await
         self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.submission = Submission(
             self.admission, store.reads, ledger, waiting, dispatch, clock, self.check_open, cache
@@ -115,6 +139,7 @@ class Service:
         """Validate, store and schedule one job of ``caller``; its record once it is durable."""
         return (await self.submit_many(caller, [raw], batch=False))[0]
 
+    @to_the_end
     async def submit_many(self, caller: Caller, raws: Sequence[Any], batch: bool = True) -> list[dict[str, Any]]:
         """All-or-nothing: every spec is valid and stored, or none is."""
         return await self.submission.submit_many(caller, raws, batch)
@@ -126,6 +151,7 @@ class Service:
         self.owners.check(caller, row.owner, job_id)
         return row
 
+    @to_the_end
     async def cancel(self, caller: Caller, job_id: str) -> dict[str, Any]:
         self.check_open()
         row = await self._current(caller, job_id)
@@ -137,6 +163,7 @@ class Service:
             return row.record()
         return (await self.waiting.change(row, lambda r: model.cancel_waiting(r, self.clock()))).record()
 
+    @to_the_end
     async def retry(self, caller: Caller, job_id: str) -> dict[str, Any]:
         """A failed or cancelled job waits again, with a fresh round of retries (within
         its owner's waiting quota)."""
@@ -154,6 +181,7 @@ class Service:
         finally:
             self.admission.quotas.release(owner, 1)
 
+    @to_the_end
     async def hold(self, caller: Caller, job_id: str) -> dict[str, Any]:
         """A waiting job stays waiting until released."""
         self.check_open()
@@ -162,6 +190,7 @@ class Service:
             raise InvalidState(f"only a waiting job can be held; {job_id!r} is {row.status}", {"status": row.status})
         return (await self.waiting.change(row, lambda r: r.move("held"))).record()
 
+    @to_the_end
     async def release(self, caller: Caller, job_id: str) -> dict[str, Any]:
         """A held job goes back to the waiting status that now applies."""
         self.check_open()
@@ -170,6 +199,7 @@ class Service:
             raise InvalidState(f"only a held job can be released; {job_id!r} is {row.status}", {"status": row.status})
         return (await self.waiting.change(row, lambda r: model.unhold(r, self.clock()))).record()
 
+    @to_the_end
     async def update(self, caller: Caller, job_id: str, priority: int | None, queue: str | None) -> dict[str, Any]:
         """Change a waiting job's priority or queue (it keeps its time waited, for aging)."""
         self.check_open()
@@ -275,6 +305,7 @@ class Service:
         caller's own entries and counters for anyone else."""
         return self._result_cache().stats(task, self.owners.lets(caller))
 
+    @to_the_end
     async def cache_clear(self, caller: Caller, task: str | None) -> dict[str, int]:
         """Remove cached results (of ``task``): every user's for an admin, the caller's
         own for anyone else. Durable before it answers."""
@@ -297,6 +328,7 @@ class Service:
         ]
 
     # -- operations -------------------------------------------------------------------------
+    @to_the_end
     async def clean(
         self,
         caller: Caller,
@@ -342,6 +374,7 @@ class Service:
         finally:
             os.unlink(tmp)
 
+    @to_the_end
     async def reload(self, caller: Caller) -> dict[str, Any]:
         """Read the configuration file again and apply what can change live (admins only)."""
         if not caller.admin:
@@ -360,17 +393,20 @@ class Service:
         if not caller.admin:
             raise Unauthorized(f"only an admin may {what}: the queues are shared by every user")
 
+    @to_the_end
     async def set_paused(self, caller: Caller, queue: str | None, paused: bool) -> list[dict[str, Any]]:
         """Pause or resume one queue, or every queue (including later ones). Durable."""
         self._admin_only(caller, "pause or resume queues")
         self.check_open()
         return await self.queues.set_paused(queue, paused)
 
+    @to_the_end
     async def configure_queue(self, caller: Caller, queue: str, changes: QueueChanges) -> dict[str, Any]:
         self._admin_only(caller, "configure queues")
         self.check_open()
         return await self.queues.configure(queue, changes)
 
+    @to_the_end
     async def add_schedule(
         self, caller: Caller, name: str, cron: str | None, every: float | None, job: dict[str, Any]
     ) -> dict[str, Any]:
@@ -381,6 +417,7 @@ class Service:
     def list_schedules(self, caller: Caller) -> list[dict[str, Any]]:
         return self.schedules.list(self.owners.lets(caller))
 
+    @to_the_end
     async def remove_schedule(self, caller: Caller, name: str) -> None:
         await self.schedules.remove(name, self.owners.lets(caller))
 
