@@ -36,14 +36,29 @@ class Background:
         Work that queues a write must not stop half-way: the write commits whatever
         happens to its caller, so what follows the commit (the job launched or queued,
         its slot freed, its waiters woken) has to happen too."""
-        task = asyncio.ensure_future(work)
+        # Like asyncio.shield, but the work's end answers the caller itself (shield's
+        # done-callback would take one more loop turn on every command's path).
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                result = await work
+            except asyncio.CancelledError:  # shutdown's cancel_all
+                answer.cancel()
+                raise
+            except Exception as exc:  # the caller's to hear, or the log's once it left
+                if not answer.done():
+                    answer.set_exception(exc)
+                elif not isinstance(exc, WireError):  # wire errors are logged where raised
+                    log.error("a command whose caller left failed", exc_info=exc)
+            else:
+                if not answer.done():
+                    answer.set_result(result)
+
+        task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._done)  # the caller left: its failure goes to the log
-            raise
+        return await answer  # a cancelled caller cancels only this future
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
