@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 LAZY_DELAY = 0.003
 
 
+class KeptFuture(asyncio.Future[None]):
+    """A write's future that its awaiter's cancellation does not cancel: a task cancelled
+    while it awaits one is told so only once the batch is over, and the write's outcome
+    is still there to read (see ``Change`` in pyrexisd/core/ledger.py)."""
+
+    def cancel(self, msg: object | None = None) -> bool:
+        return False
+
+
 class Batch:
     """What every batch carries besides its writes: their futures and its timings."""
 
@@ -80,12 +89,13 @@ class GroupCommit(Generic[B]):
         # (the fsync), and the hand-back to the loop.
         self.split = {"queued": 0.0, "handover": 0.0, "statements": 0.0, "commit": 0.0, "handback": 0.0}
 
-    def enqueue(self, lazy: bool = False, linger: float | None = None) -> asyncio.Future[None]:
+    def enqueue(self, lazy: bool = False, linger: float | None = None, kept: bool = False) -> asyncio.Future[None]:
         """The writes just added to :attr:`pending` are complete: their future resolves once
-        they are durable (or raises :class:`StorageError`)."""
+        they are durable (or raises :class:`StorageError`); a ``kept`` one refuses to be
+        cancelled (:class:`KeptFuture`)."""
         batch = self.pending
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = KeptFuture(loop=loop) if kept else loop.create_future()
         if not batch.waiters:
             batch.first_at = time.perf_counter()
             self._idle.clear()

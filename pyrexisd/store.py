@@ -304,8 +304,10 @@ class Store:
         prunes: Sequence[int] = (),
         lazy: bool = False,
         linger: float | None = None,
+        kept: bool = False,
     ) -> asyncio.Future[None]:
-        """Queue rows for the next group commit; the future resolves once they are durable.
+        """Queue rows for the next group commit; the future resolves once they are durable
+        (a ``kept`` future refuses to be cancelled: see ``GroupCommit.enqueue``).
 
         ``jobs`` are written whole over what is stored; ``new_jobs`` are rows never
         stored before (a fresh seq and job id): plain inserts, which fail the batch if
@@ -361,7 +363,7 @@ class Store:
             batch.cache_touch.extend(cache.touch)
         if prunes:
             batch.prunes.extend((seq,) for seq in prunes)
-        return self.group_commit.enqueue(lazy, linger)
+        return self.group_commit.enqueue(lazy, linger, kept)
 
     def _after_commit(self, conn: sqlite3.Connection, batch: _Batch) -> None:
         # On the writer's thread, after a batch that pruned: the file gives a few freed

@@ -115,14 +115,14 @@ async def test_lines_written_with_a_change_are_published_before_the_end(h: CoreH
 async def cancelled_mid_commit(h: CoreHarness, command: Any) -> None:
     """Run ``command`` (a coroutine of the service) and cancel it while its commit waits
     for the disk, as the server does to the requests of a client that disconnects; then
-    let the disk go."""
+    let the disk go. The command ends first; then its caller hears of the cancel."""
     with writer_blocked(h.path) as release:
         task = asyncio.ensure_future(command)
         await h.until(lambda: h.store.group_commit.committing, what="the command's commit on its way")
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
         release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_a_submit_whose_caller_leaves_mid_commit_still_runs_and_frees_its_slot(h: CoreHarness) -> None:

@@ -18,10 +18,14 @@ core hold by construction:
 * One change at a time per job: while a change of job ``seq`` is in flight its lock is
   held, and :meth:`current` waits for it.
 
-A change must not be cancelled once its rows are written: the write commits whatever
-happens to the coroutine that made it, which would be left with rows undone in memory
-and none of the work that follows the commit done. Commands a client may walk away from
-run to their end for that reason (``Service``'s ``to_the_end``).
+A change is not cut half-way by a caller that goes away (the server cancels the requests
+of a client that disconnects): once its rows are written the write commits whatever
+happens to the coroutine that made it, and rows undone in memory, or the work that
+follows the commit left undone (a job not launched, its slot never freed), would part
+the core from the store. So a cancel that comes while a change's write is on its way is
+held back until the commit is over: the change ends as it would have, and inside a
+command (:func:`to_the_end`) the whole command ends before its caller hears of the
+cancel; elsewhere the cancel is asked again as the change ends.
 
 The ledger also knows which rows are *pinned*: kept in memory by the room that holds them
 (running attempts, blocked and held jobs, cached waiting rows). A pinned row's memory copy
@@ -34,9 +38,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol.errors import Internal, ShuttingDown, Timeout
 from pyrexisd.core.model import WAITING_IN_SCHEDULER, JobRow, LogLine, OutputItem
@@ -49,6 +54,52 @@ from pyrexisd.store import Store
 log = logging.getLogger(__name__)
 
 RECENT_ENDS = 1024  # terminal records kept in memory for waits that come just after the end
+
+T = TypeVar("T")
+
+# Inside a command (to_the_end): set once a cancel of its task was held back while one of
+# its changes committed, so the command ends first and its caller hears of it after.
+_CALLER_LEFT: ContextVar[list[bool] | None] = ContextVar("pyrexis_caller_left", default=None)
+
+
+async def to_the_end(work: Awaitable[T]) -> T:
+    """Await a command that changes state, in the caller's own task: a cancel that comes
+    while one of its changes commits does not cut it; it runs to its end, then raises
+    :class:`asyncio.CancelledError` (its caller went away; see the module docstring). A
+    cancel before any write is queued stops it as usual: nothing is half-done then."""
+    left = [False]
+    token = _CALLER_LEFT.set(left)
+    try:
+        result = await work
+    finally:
+        _CALLER_LEFT.reset(token)
+    if left[0]:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _committed_through_cancel(written: asyncio.Future[None]) -> bool:
+    """Await a change's write (a kept future: a cancel of this task waits for it); True
+    if a cancel came meanwhile that must be asked again once the change is over."""
+    try:
+        await written
+        return False
+    except asyncio.CancelledError:
+        if not written.done():
+            raise
+    task = asyncio.current_task()
+    assert task is not None
+    task.uncancel()
+    left = _CALLER_LEFT.get()
+    if left is not None:
+        left[0] = True  # the command's caller hears of it when the command has ended
+    try:
+        written.result()  # the write's own outcome: StorageError if the batch failed
+    except BaseException:
+        if left is None:
+            task.cancel()
+        raise
+    return left is None
 
 
 class Gate:
@@ -114,6 +165,7 @@ class Change:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         ledger = self._ledger
+        cancel_again = False
         try:
             if exc_type is None:
                 key_of = ledger.scheduler.key_of
@@ -121,9 +173,12 @@ class Change:
                     if row.status == "pending":
                         row.sched_key = key_of(row.queue, row.priority, row.enqueued_at)
                 if self.created:
-                    await ledger.store.write(new_jobs=self.rows, logs=self.lines, lazy=self.lazy)
+                    written = ledger.store.write(new_jobs=self.rows, logs=self.lines, lazy=self.lazy, kept=True)
                 else:
-                    await ledger.store.write(jobs=self.rows, logs=self.lines, lazy=self.lazy, linger=self.linger)
+                    written = ledger.store.write(
+                        jobs=self.rows, logs=self.lines, lazy=self.lazy, linger=self.linger, kept=True
+                    )
+                cancel_again = await _committed_through_cancel(written)
         except BaseException:
             self._undo()
             raise
@@ -134,6 +189,8 @@ class Change:
             self._unlock()
         if exc_type is None:
             ledger._committed(self, self._olds)
+            if cancel_again:
+                asyncio.current_task().cancel()  # type: ignore[union-attr]
 
     def _undo(self) -> None:
         for row, memento in zip(self.rows, self._mementos, strict=False):

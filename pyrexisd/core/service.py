@@ -42,6 +42,7 @@ from pyrexisd.core.admission import Admission, decode_cursor, encode_cursor
 from pyrexisd.core.cache import ResultCache
 from pyrexisd.core.dispatch import Dispatch
 from pyrexisd.core.ledger import Ledger
+from pyrexisd.core.ledger import to_the_end as run_to_the_end
 from pyrexisd.core.model import JobRow, LogLine, OutputItem
 from pyrexisd.core.owners import Owners
 from pyrexisd.core.queues import QueueChanges, Queues
@@ -71,7 +72,7 @@ def to_the_end(
     (see the module docstring); the caller still gets its answer or its error."""
 
     async def run(self: Service, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.background.to_the_end(command(self, *args, **kwargs))
+        return await run_to_the_end(command(self, *args, **kwargs))
 
     functools.update_wrapper(run, command)  # its name and docstring
     return run
@@ -111,7 +112,6 @@ class Service:
         self.hub = hub
         self.clock = clock
         self.owners = owners if owners is not None else ledger.owners
-        self.background = dispatch.background  # the core's one set of tasks it does not await
         self.admission = Admission(registry, config, clock, self.owners, metrics, cache)
         self.submission = Submission(
             self.admission, store.reads, ledger, waiting, dispatch, clock, self.check_open, cache
