@@ -247,9 +247,9 @@ class Ledger:
         # scheduler, still waiting): the waiting room installs its own test.
         self.is_parked: Callable[[int], bool] = lambda seq: False
         self.stopping = asyncio.Event()  # set when the daemon stops taking work
-        # Called with each row whose end has committed (the waiting room re-evaluates the
-        # jobs that depend on it).
-        self.on_end: Callable[[JobRow], None] = lambda row: None
+        # Told of each row whose end has committed: the waiting room re-evaluates the jobs
+        # that depend on it, retention counts ends towards --keep-max.
+        self.end_listeners: list[Callable[[JobRow], None]] = []
         self._seq = 0
         self._locks: dict[int, Gate] = {}
         self._pinned: dict[str, JobRow] = {}
@@ -369,7 +369,8 @@ class Ledger:
                 self.metrics.completed(now, row.queue)
             self._signal_log(row.seq)
             self._ended(row)
-            self.on_end(row)
+            for listener in self.end_listeners:
+                listener(row)
 
     def _publish_lines(self, rows: Sequence[JobRow], lines: Sequence[LogLine]) -> None:
         by_seq = {row.seq: row for row in rows}

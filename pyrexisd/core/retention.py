@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 BATCH = 1000  # jobs deleted in one commit (a few ms of the writer's thread)...
 MAX_BATCH = 10_000  # ...up to this many while far past --keep-max (as many as submit_many's)
 PAUSE = 0.005  # seconds between two batches of one pass: the writer serves clients meanwhile
-INTERVAL = 1.0  # seconds between passes while nothing is due
+INTERVAL = 1.0  # seconds between passes while nothing is due...
+# ...or until this many jobs have ended with --keep-max passed by as many: a daemon that
+# finishes thousands of jobs a second must not wait a whole interval to prune them.
+ENDS_TO_LOOK = BATCH
 SEQ_FLOOR = "seq_floor"  # setting: the highest seq ever pruned (seqs are never reused)
 
 
@@ -89,6 +92,8 @@ class Retention:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._floor = 0
+        self._ends = 0  # ends since the count was last compared with --keep-max
+        ledger.end_listeners.append(self._ended)
 
     async def load(self) -> int:
         """The highest seq ever pruned (the ledger numbers new jobs above it)."""
@@ -109,17 +114,28 @@ class Retention:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def _ended(self, row: object) -> None:
+        self._ends += 1
+        if self._ends < ENDS_TO_LOOK:
+            return
+        self._ends = 0
+        keep_max = self.rules.keep_max
+        if keep_max and self.finished_count() - keep_max >= ENDS_TO_LOOK:
+            self._wake.set()
+
     def finished_count(self) -> int:
         """Finished jobs of every user (the committed counts)."""
         return sum(n for (_, status), n in self.metrics.by_queue_status.items() if status in TERMINAL)
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the pass, not after: a wake while it runs (ends it did not see
+            # yet) starts the next pass at once instead of being lost for an interval.
+            self._wake.clear()
             try:
                 await self.prune_due()
             except PyrexisError as exc:
                 log.warning("pruning finished jobs failed, trying again later: %s", exc.message)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), INTERVAL)
             except TimeoutError:

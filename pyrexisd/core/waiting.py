@@ -73,7 +73,7 @@ class Waiting:
         self._to_evaluate: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        ledger.on_end = self._dependency_ended
+        ledger.end_listeners.append(self._dependency_ended)
         ledger.is_parked = self.is_parked
 
     async def load(self) -> None:
