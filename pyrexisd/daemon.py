@@ -25,7 +25,6 @@ import resource
 import signal
 import socket
 import stat
-import sys
 from collections.abc import Awaitable, Callable
 from typing import IO
 
@@ -65,13 +64,6 @@ STOP_COMMIT_WAIT = 5.0  # seconds a stopping daemon waits for commits in flight
 # and set off full collections. At this figure most of them are freed by refcounting
 # before any collection sees them (measured: the collector's share of a batch halved).
 GC_YOUNG_THRESHOLD = 10_000
-# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
-# The loop, the store's writer and the job threads share one GIL: while a thread job
-# computes, every other thread waits up to this long each time it wants the GIL back, and
-# a submit needs it several times on the writer's thread and on the loop's. Measured with
-# one CPU-bound thread job running (docs/performance.md): submit p50 13-17 ms at 5 ms,
-# 3-5 ms at 1 ms; a CPU-bound job pays a switch per millisecond only while others wait.
-GIL_SWITCH_INTERVAL = 0.001
 
 
 def lock_database(db_path: str) -> list[IO[bytes]]:
@@ -308,7 +300,6 @@ class Daemon:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             if config.http is not None:
                 try:  # before anything else: a missing extra is one line

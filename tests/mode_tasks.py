@@ -26,3 +26,16 @@ def spawner(marker: str) -> int:
     with open(marker, "w") as fh:
         fh.write(str(child.pid))
     return child.wait()
+
+
+@task(name="modes.switch_interval", modes=["thread"], mode="thread")
+def switch_interval(compute: float = 0.0) -> float:
+    """Compute in Python for ``compute`` seconds (holding the GIL as CPU-bound code
+    does), then return the interpreter's GIL switch interval as this thread sees it."""
+    import sys
+    import time
+
+    end = time.monotonic() + compute
+    while time.monotonic() < end:
+        sum(range(200))
+    return sys.getswitchinterval()

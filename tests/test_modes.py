@@ -47,6 +47,18 @@ def test_echo_in_each_mode(client: RawClient, mode: str) -> None:
     assert done["error"] is None
 
 
+def test_a_long_thread_job_shortens_the_gil_switch_interval_while_it_runs(start_daemon: Callable[..., Daemon]) -> None:
+    """Given thread jobs, when one computes longer than the executor's LONG_JOB, then it
+    sees the GIL switch at 1 ms (so the loop and the store's writer get the GIL back
+    soon), while a job that ends at once, before and after it, sees Python's usual 5 ms."""
+    _, client = start(start_daemon)
+    before = client.wait(client.submit("modes.switch_interval", {})["job_id"], timeout=30)
+    long = client.wait(client.submit("modes.switch_interval", {"compute": 0.2})["job_id"], timeout=30)
+    after = client.wait(client.submit("modes.switch_interval", {})["job_id"], timeout=30)
+    assert [r["status"] for r in (before, long, after)] == ["completed"] * 3
+    assert (before["result"], long["result"], after["result"]) == (0.005, 0.001, 0.005)
+
+
 # == cancel of a running job, per mode ===================================================
 def test_cancel_async_sleep(client: RawClient) -> None:
     job = client.submit("sleep", {"seconds": 30})

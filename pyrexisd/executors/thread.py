@@ -8,6 +8,14 @@ threads when the interpreter exits, so one task that never returns would keep a 
 daemon from exiting at all. Work is handed over on a queue and answered with one
 ``call_soon_threadsafe`` rather than through ``run_in_executor``, whose chained
 ``concurrent.futures.Future`` costs a condition variable and two extra hops per job.
+
+The job threads share the GIL with the event loop and the store's writer. A thread that
+computes in Python holds it until another has waited the interpreter's switch interval
+(5 ms by default), and a submit needs the GIL several times on the loop and the writer:
+with one CPU-bound thread job running, submits took ~50 ms. So while a thread job has
+run longer than :data:`LONG_JOB` the interval is :data:`BUSY_SWITCH_INTERVAL` (submits
+~10 ms then); jobs that end sooner (most) leave it alone, since shorter turns cost them
+and the loop CPU in switches.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -122,12 +131,29 @@ def _deliver(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
         fut.set_result(result)
 
 
+LONG_JOB = 0.005  # a thread job running longer than this may hold the GIL in long stretches
+BUSY_SWITCH_INTERVAL = 0.001  # the GIL's switch interval meanwhile
+
+
 class ThreadExecutor(Executor):
     mode = "thread"
 
     def __init__(self, slots: int) -> None:
         super().__init__(slots)
         self._pool = DaemonThreadPool(slots, "pyrexis-job")
+        self._long_jobs = 0  # running longer than LONG_JOB now
+        self._usual_switch = sys.getswitchinterval()
+
+    def _went_long(self, marked: list[bool]) -> None:
+        marked[0] = True
+        self._long_jobs += 1
+        if self._long_jobs == 1:
+            sys.setswitchinterval(BUSY_SWITCH_INTERVAL)
+
+    def _ended_long(self) -> None:
+        self._long_jobs -= 1
+        if self._long_jobs == 0:
+            sys.setswitchinterval(self._usual_switch)
 
     async def run(self, call: JobCall) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -138,7 +164,14 @@ class ThreadExecutor(Executor):
                 kwargs[call.task.ctx_param] = context_for(call, loop)
             fut: asyncio.Future[Any] = loop.create_future()
             self._pool.submit((fut, call.task.func, kwargs, call, loop))
-            result = await fut
+            long = [False]
+            timer = loop.call_later(LONG_JOB, self._went_long, long)
+            try:
+                result = await fut
+            finally:
+                timer.cancel()
+                if long[0]:
+                    self._ended_long()
         except Exception as exc:
             return CANCELLED if call.cancelled else Outcome.from_exception(exc)
         return CANCELLED if call.cancelled else Outcome.success(result)
