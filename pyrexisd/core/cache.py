@@ -49,7 +49,7 @@ import msgpack
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from protocol.errors import StorageError
+from protocol.errors import InvalidRequest, StorageError
 from pyrexisd.config import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
 from pyrexisd.store import Store
 from pyrexisd.store_schema import CacheRow, CacheWrites
@@ -272,6 +272,20 @@ class ResultCache:
         return hits
 
     # -- writing ------------------------------------------------------------------------
+    def put_completed(
+        self, definition: TaskDef, args: dict[str, Any], depends_on: Sequence[str], owner: int, result: Any, job_id: str
+    ) -> None:
+        """Job ``job_id`` of a cached task completed with ``result``: it goes in the cache.
+        Not when it took its dependencies' results as ``inputs`` (they are not part of the
+        key), nor when the task loaded now refuses its args (nothing to key on)."""
+        if definition.inputs_param is not None and depends_on:
+            return
+        try:
+            key = self.key_of_args(definition, args, owner)
+        except InvalidRequest:
+            return
+        self.put(key, result, job_id, definition.cache_ttl)
+
     def put(self, key: CacheKey, result: Any, job_id: str, ttl: float | None) -> None:
         """Keep ``result`` (of job ``job_id``) under ``key`` for ``ttl`` seconds (None: until
         evicted); the least recently used entries go if the bounds are passed. Written

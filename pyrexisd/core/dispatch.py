@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from protocol.errors import InvalidRequest, StorageError
+from protocol.errors import StorageError
 from protocol.pipeline import PIPELINE_MODE
 from pyrexisd.core import model
 from pyrexisd.core.attempt import Attempt, AttemptEvents, AttemptLimits, ProgressWriter
@@ -444,27 +444,16 @@ class Dispatch:
         with self.linger.starting([start.mode for start in starts]):
             async with self.ledger.change([row, *starts], lazy=lazy, linger=linger) as change:
                 model.apply_outcome(row, outcome, now, self.backoff, self.limits.max_result)
-                if cached is not None and row.status == "completed":
+                if cached is not None and self.cache is not None and row.status == "completed":
                     # Written in this same commit: whoever sees the job completed finds its
                     # result in the cache too (a failed commit drops the entry with the end).
-                    self._cache_result(cached, row)
+                    # A job older than ownership is the daemon's: keyed as its jobs are.
+                    self.cache.put_completed(cached, row.args, row.depends_on, self.owners.of(row.owner),
+                                             row.result, row.job_id)
                 for stream, text in notes:
                     change.log(row, stream, text, now)
                 for start in starts:
                     model.start_attempt(start, now)
-
-    def _cache_result(self, definition: TaskDef, row: JobRow) -> None:
-        """A cached task's job completed: its result goes in the cache. Not when it took
-        its dependencies' results as ``inputs``: they are not part of the key."""
-        cache = self.cache
-        if cache is None or (definition.inputs_param is not None and row.depends_on):
-            return
-        try:
-            # A job older than ownership is the daemon's: keyed as the daemon's jobs are.
-            key = cache.key_of_args(definition, row.args, self.owners.of(row.owner))
-        except InvalidRequest:  # args the task loaded now refuses: nothing to key on
-            return
-        cache.put(key, row.result, row.job_id, definition.cache_ttl)
 
     def _ended(self, attempt: Attempt) -> None:
         """An attempt's end is committed: it leaves the running set; a retry waits."""
